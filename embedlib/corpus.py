@@ -30,6 +30,15 @@ def dpkg_owners(info_dir: str = "/var/lib/dpkg/info") -> dict[str, str]:
     return owners
 
 
+def owner_of(path: str, owners: dict[str, str]) -> str | None:
+    """The package owning `path`. On merged-/usr systems dpkg may list /bin/ls for /usr/bin/ls."""
+    real = os.path.realpath(path)
+    for candidate in (path, real, path.removeprefix("/usr"), real.removeprefix("/usr")):
+        if candidate in owners:
+            return owners[candidate]
+    return None
+
+
 def system_executables(roots: Iterable[str] = DEFAULT_ROOTS, formats: tuple[str, ...] = ("elf",),
                        owners: dict[str, str] | None = None) -> list[InputFile]:
     """Regular (non-symlink) files under `roots` whose magic says one of `formats`, with dpkg families
@@ -48,7 +57,7 @@ def system_executables(roots: Iterable[str] = DEFAULT_ROOTS, formats: tuple[str,
                 except OSError:
                     continue
                 if sniff_format(head) in formats:
-                    found.append(InputFile(path, owners.get(path) or owners.get(os.path.realpath(path))))
+                    found.append(InputFile(path, owner_of(path, owners)))
     return sorted(found, key=lambda f: f.path)
 
 

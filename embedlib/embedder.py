@@ -46,9 +46,19 @@ class Embedder:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         ckpt = checkpoint.load(model_uri, map_location=self.device)
         self.model = ckpt.model.to(self.device).eval()
+        self.config = ckpt.config
         self.size = ckpt.config.raster.size
         self.version = ckpt.version
         self.dim = ckpt.config.model.embedding_dim
+
+    def embed_path(self, path: str) -> np.ndarray:
+        """One file, read and rasterized exactly as the embedding job does. Raises ValueError if unreadable."""
+        from embedlib import raster, sources
+
+        read = sources.read_file(path, self.config.input)
+        if not read.ok:
+            raise ValueError(f"cannot embed {path}: {read.status} ({read.reason})")
+        return self.embed_images(raster.to_image(read.data, self.size)[None])[0]
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """uint8 [B, size, size] -> float32 [B, D] unit vectors."""

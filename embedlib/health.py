@@ -61,8 +61,9 @@ def bn_health(
         pred_eval = logit_eval.argmax(1)
         labelled = labels >= 0
         report["top1_agreement_train_vs_eval"] = round((pred_train == pred_eval).float().mean().item(), 6)
-        report["train_mode_accuracy"] = round((pred_train == labels)[labelled].float().mean().item(), 6)
-        report["eval_mode_accuracy"] = round((pred_eval == labels)[labelled].float().mean().item(), 6)
+        if labelled.any():  # an unlabelled probe still measures agreement, just not accuracy
+            report["train_mode_accuracy"] = round((pred_train == labels)[labelled].float().mean().item(), 6)
+            report["eval_mode_accuracy"] = round((pred_eval == labels)[labelled].float().mean().item(), 6)
     if batch_norms(net):
         report["bn_layers"] = precise_statistics(net, lambda: images, apply=False)
 
@@ -82,10 +83,11 @@ def describe(report: dict) -> str:
     """A few lines a person reads at the end of training or before embedding."""
     lines = [f"BN health: {'OK' if report.get('healthy') else 'FAILED'} on {report.get('probe_files', 0)} training files"]
     if "top1_agreement_train_vs_eval" in report:
-        lines.append(
-            f"  top-1 agreement train/eval mode {report['top1_agreement_train_vs_eval']:.3f}; accuracy train mode "
-            f"{report['train_mode_accuracy']:.3f}, eval mode {report['eval_mode_accuracy']:.3f}"
-        )
+        line = f"  top-1 agreement train/eval mode {report['top1_agreement_train_vs_eval']:.3f}"
+        if "eval_mode_accuracy" in report:
+            line += (f"; accuracy train mode {report['train_mode_accuracy']:.3f}, "
+                     f"eval mode {report['eval_mode_accuracy']:.3f}")
+        lines.append(line)
     lines.append(f"  embedding cosine train/eval mode: mean {report.get('mean_cosine_train_vs_eval', float('nan')):.3f}")
     for name, dist in report.get("bn_layers", {}).items():
         lines.append(f"  {name}: running vs precise mean shift {dist['mean_shift_in_std']:.3f} std, "

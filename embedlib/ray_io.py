@@ -190,7 +190,7 @@ def samples_dataset(samples_root: str, sha_to_label: dict[str, int]):
         batch = batch.append_column("label", pa.array(labels, pa.int64()))
         return batch.filter(pc.greater_equal(batch.column("label"), 0)).select(["image", "label"])
 
-    ds = ray.data.read_parquet(samples_root.rstrip("/") + "/samples", columns=["sha256", "image"])
+    ds = ray.data.read_parquet(samples_root.rstrip("/") + "/samples").select_columns(["sha256", "image"])
     return ds.map_batches(label, batch_format="pyarrow", batch_size=4096)
 
 
@@ -252,6 +252,4 @@ def train_with_ray(cfg: Config, samples_root: str, train_labels: dict[str, int],
         raise result.error
     with result.checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
-    history = [m for m in (result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None
-                           else [result.metrics])]
-    return state["model"], history
+    return state["model"], state["history"]

@@ -92,6 +92,17 @@ def _decode(batch: dict[str, Any], size: int) -> tuple[torch.Tensor, torch.Tenso
     return torch.from_numpy(images), torch.as_tensor(batch["label"]).long()
 
 
+def _sum_over_ranks(value: int) -> int:
+    """Total over all workers: proves no row was dropped to even out the shards."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def ray_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train loop: DDP (SyncBatchNorm only on GPUs), uneven shards via DDP join, checkpoint per epoch."""
     import ray.train
@@ -110,6 +121,7 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
     optimizer = make_optimizer(model, cfg)
 
     start_epoch = 0
+    history: list[dict[str, Any]] = []  # rank 0's per-epoch metrics, kept in the checkpoint across resumes
     resume = ray.train.get_checkpoint()
     if resume:
         with resume.as_directory() as d:
@@ -117,6 +129,7 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
+        history = state.get("history", [])
 
     shard = ray.train.get_dataset_shard("train")
     probe = ray.train.get_dataset_shard("probe") if rank == 0 else None
@@ -128,17 +141,18 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
         join = model.join() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
         with join:  # shards may differ by a few rows: ranks that finish early shadow the others' all-reduces
             stats = train_epoch(model, batches, optimizer)
-        metrics = {"epoch": epoch, "rank": rank, **stats}
+        metrics = {"epoch": epoch, "rank": rank, **stats, "samples_all_ranks": _sum_over_ranks(stats["samples"])}
         if rank == 0 and probe is not None:
             probe_batches = [tuple(t.to(device) for t in _decode(b, size))
                              for b in probe.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy")]
             metrics["probe_train_mode_accuracy"] = accuracy(model, probe_batches, train_mode=True)
             metrics["probe_eval_mode_accuracy"] = accuracy(model, probe_batches, train_mode=False)
         if rank == 0:
+            history.append(metrics)
             with tempfile.TemporaryDirectory() as d:
                 buf = io.BytesIO()
                 torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                            "epoch": epoch}, buf)
+                            "epoch": epoch, "history": history}, buf)
                 with open(os.path.join(d, "state.pt"), "wb") as fh:
                     fh.write(buf.getvalue())
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))

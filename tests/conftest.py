@@ -1,0 +1,74 @@
+"""Fixtures: a real local Ray cluster, small corpora of this machine's real executables, bad inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import defaultdict
+
+import pytest
+
+from embedlib import corpus
+from embedlib.sources import InputFile
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray cluster for the whole session (no dashboard: faster start)."""
+    import ray
+
+    from embedlib import ray_io
+
+    ray_io.init_ray(num_cpus=4)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def system_files() -> list[InputFile]:
+    return corpus.system_executables(["/usr/bin", "/usr/sbin"])
+
+
+def pick_families(files: list[InputFile], families: int, per_family: int, max_size: int = 400_000) -> list[InputFile]:
+    """`per_family` files from each of the `families` largest dpkg families (small files: fast tests)."""
+    by_family: dict[str, list[InputFile]] = defaultdict(list)
+    for f in files:
+        if f.family and os.path.getsize(f.path) <= max_size:
+            by_family[f.family].append(f)
+    ranked = sorted(by_family, key=lambda k: (-len(by_family[k]), k))[:families]
+    chosen = [f for fam in ranked for f in by_family[fam][:per_family]]
+    assert len({f.family for f in chosen}) == families, "this machine lacks enough dpkg-owned executables"
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def small_corpus(system_files) -> list[InputFile]:
+    """About 90 real ELF files of 3 dpkg families."""
+    return pick_families(system_files, families=3, per_family=30)
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    """A folder of every kind of bad input, plus one good executable. Returns (folder, {name: path})."""
+    d = tmp_path / "bad"
+    d.mkdir()
+    paths = {}
+    paths["empty"] = d / "empty.bin"
+    paths["empty"].write_bytes(b"")
+    paths["one_byte"] = d / "one.bin"
+    paths["one_byte"].write_bytes(b"\x7f")
+    paths["directory"] = d / "subdir"
+    paths["directory"].mkdir()
+    paths["good"] = d / "ls"
+    shutil.copyfile("/usr/bin/ls", paths["good"])
+    paths["symlink"] = d / "link-to-ls"
+    os.symlink(paths["good"], paths["symlink"])
+    paths["dangling"] = d / "dangling"
+    os.symlink(d / "nowhere", paths["dangling"])
+    paths["huge"] = d / "huge.bin"
+    paths["huge"].write_bytes(os.urandom(300_000))  # over max_hash_bytes in the tests' config
+    paths["big"] = d / "big.bin"
+    paths["big"].write_bytes(os.urandom(100_000))  # over max_bytes, under max_hash_bytes: truncated
+    paths["fifo"] = d / "fifo"
+    os.mkfifo(paths["fifo"])
+    return d, {k: str(v) for k, v in paths.items()}
