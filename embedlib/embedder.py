@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from embedlib import checkpoint, health
+from embedlib.config import InputConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,12 @@ class Embedder:
         self.version = ckpt.version
         self.dim = ckpt.config.model.embedding_dim
 
-    def embed_path(self, path: str) -> np.ndarray:
-        """One file, read and rasterized exactly as the embedding job does. Raises ValueError if unreadable."""
+    def embed_path(self, path: str, input_cfg: InputConfig | None = None) -> np.ndarray:
+        """One file, read and rasterized as an embedding run did (pass that run's input settings: its read
+        bound decides truncation). Raises ValueError if unreadable."""
         from embedlib import raster, sources
 
-        read = sources.read_file(path, self.config.input)
+        read = sources.read_file(path, input_cfg or self.config.input)
         if not read.ok:
             raise ValueError(f"cannot embed {path}: {read.status} ({read.reason})")
         return self.embed_images(raster.to_image(read.data, self.size)[None])[0]

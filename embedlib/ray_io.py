@@ -233,7 +233,8 @@ def train_with_ray(cfg: Config, samples_root: str, train_labels: dict[str, int],
     # streaming split hands every worker a share (whole blocks go to whichever worker asks next).
     train_ds = (samples_dataset(samples_root, train_labels).random_shuffle(seed=None)
                 .repartition(max(8, cfg.train.num_workers * 8)))
-    probe_ds = samples_dataset(samples_root, probe_labels)
+    # The probe is shuffled too: family-sorted batches make train-mode (batch-statistics) accuracy meaningless.
+    probe_ds = samples_dataset(samples_root, probe_labels).random_shuffle(seed=0)
     trainer = TorchTrainer(
         train_loop_per_worker=ray_worker,
         train_loop_config={"config": cfg.to_dict(), "families": families},

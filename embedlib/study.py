@@ -123,7 +123,8 @@ def make_study_data(name: str, sha256s: Sequence[str], families: Sequence[str], 
     is_held = {sha256s[i]: bucket(sha256s[i]) < holdout_fraction for i in keep}
     train_counts = Counter(families[i] for i in keep if not is_held[sha256s[i]])
     classes = sorted(f for f, n in train_counts.items() if n >= min_train_files)
-    small = sum(1 for i in keep if families[i] not in set(classes))
+    class_set = set(classes)
+    small = sum(1 for i in keep if families[i] not in class_set)
     if small:
         dropped["family_too_small"] = small
     index = {f: k for k, f in enumerate(classes)}

@@ -277,7 +277,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--holdout-fraction", type=float, default=None, help="default: config train.holdout_fraction")
     p.add_argument("--eval-files", type=int, default=2000,
                    help="training files evaluated per epoch (train mode and eval mode), a fixed hash-chosen subset")
-    p.add_argument("--probe-files", type=int, default=512, help="training files in the BN health probe")
+    p.add_argument("--probe-files", type=int, default=256, help="training files in the BN health probe")
     p.add_argument("--workers", type=int, default=2, help="rasterization processes")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 is fastest on a busy 2-core machine: oversubscribed threads spin)")

@@ -39,7 +39,6 @@ from embedlib import digests, metrics
 from embedlib.config import InputConfig
 from embedlib.query import format_rows
 from embedlib.sources import read_file, read_manifest
-from embedlib.training import bucket
 
 from jobs._common import setup_logging
 
@@ -132,6 +131,7 @@ def cap_files(files: Files, max_files: int) -> Files:
     """At most `max_files`, chosen by a hash of sha256 (uniform, the same on every run), in path order."""
     if len(files) <= max_files:
         return files
+    from embedlib.training import bucket  # imports torch: only when needed
     chosen = sorted(range(len(files)), key=lambda i: bucket(files.sha256[i], "evaluate"))[:max_files]
     return files.take(sorted(chosen, key=lambda i: files.path[i]))
 
@@ -146,6 +146,8 @@ def choose_queries(files: Files, meta: dict | None, family_disjoint: bool) -> tu
         return mask, f"files of families that were no training class ({len(trained)} classes were trained)"
     if meta is None:
         return np.ones(len(files), dtype=bool), "all files (no --model given: some may have been trained on)"
+    from embedlib.training import bucket  # the training split's own function (imports torch)
+
     fraction = float(meta["config"]["train"]["holdout_fraction"])
     mask = np.array([bucket(s) < fraction for s in files.sha256], dtype=bool)
     return mask, f"held-out files of the checkpoint (bucket(sha256) < train.holdout_fraction = {fraction})"
@@ -314,7 +316,7 @@ def summary_rows(results: list[MethodResult], n_queries: int) -> list[dict[str, 
             "p_at_1": _mean(q["p_at_1"]), "p_at_10": _mean(q["p_at_10"]), "map_at_r": _mean(q["ap_at_r"]),
             "roc_auc": r.auc_overall,
             "p_at_1_optimistic": _mean(q["p_at_1_optimistic"]), "map_at_r_optimistic": _mean(q["ap_at_r_optimistic"]),
-            "files_without_representation": r.missing,
+            "missing": r.missing,
             "cpu_ms_per_file": float(r.timing.get("cpu_ms_per_file", float("nan"))),
             "wall_ms_per_file": float(r.timing.get("wall_ms_per_file", float("nan"))),
             "matrix_seconds": r.matrix_seconds,
@@ -535,11 +537,16 @@ def describe_setup(args: argparse.Namespace, n_files: int, n_queries: int, query
     if embed_timing:
         lines[-1] += (f", measured on {embed_timing.get('timed_files', 0)} re-embedded files"
                       + (f" ({embed_timing['note']})" if embed_timing.get("note") else ""))
+    if embed_timing.get("raster_cpu_ms_per_file") is not None:
+        lines.append(f"- embedding CPU ms per file: rasterize {embed_timing['raster_cpu_ms_per_file']:.2f}"
+                     + (f" + model {embed_timing['model_cpu_ms_per_file']:.2f}" if "model_cpu_ms_per_file" in
+                        embed_timing else " (model not timed)"))
     if digest_info:
         lines.append(f"- digests: {digest_info.get('from_table', 0)} from the table, {digest_info.get('computed', 0)} "
                      f"computed from the first {max_bytes} bytes; timings on {digest_info.get('timed_on')} "
-                     f"({digest_info.get('timed_files', 0)} files, {digest_info.get('timed_mb', 0):.1f} MB)")
-    lines.append("- matrix_seconds: wall time of the gallery x gallery distance (or score) matrix.")
+                     f"({digest_info.get('timed_files', 0)} files, {digest_info.get('timed_mb', 0):.2f} MB)")
+    lines.append("- missing: gallery files without a digest (or with a zero embedding); matrix_seconds: wall time of "
+                 "the gallery x gallery distance (or score) matrix.")
     return "\n".join(lines) + "\n"
 
 

@@ -20,17 +20,20 @@ import fsspec
 from embedlib import query
 
 
-def _model_of_run(run: str) -> str:
+def _run_info(run: str) -> dict:
     with fsspec.open(run.rstrip("/") + "/_run.json", "r") as fh:
-        return json.load(fh)["model"]
+        return json.load(fh)
 
 
-def embed_file(path: str, model_uri: str) -> list[float]:
-    """Embed one file exactly as the embedding job does (same read bounds, raster and model)."""
+def embed_file(path: str, run: str, model_uri: str | None = None) -> list[float]:
+    """Embed one file exactly as the run did: its model and its input settings (read bound, truncation)."""
+    from embedlib.config import InputConfig
     from embedlib.embedder import Embedder
 
+    info = _run_info(run)
     try:
-        return Embedder(model_uri, device="cpu").embed_path(path).tolist()
+        embedder = Embedder(model_uri or info["model"], device="cpu")
+        return embedder.embed_path(path, InputConfig(**info["input_config"])).tolist()
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
 
@@ -65,7 +68,7 @@ def run_command(args: argparse.Namespace) -> tuple[list[str], list[tuple]]:
         if args.command == "similar" and args.sha256:
             return query.similar_to_sha256(con, args.sha256.lower(), args.k)
         if args.command == "similar":
-            vector = embed_file(args.file, args.model or _model_of_run(args.run))
+            vector = embed_file(args.file, args.run, args.model)
             return query.similar_to_vector(con, vector, args.k)
         if args.command == "families":
             return query.run(con, "family_counts", {"k": args.k})

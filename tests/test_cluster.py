@@ -1,0 +1,621 @@
+"""The cluster/ deployment files, checked against the code they run.
+
+Nothing here needs a cluster, Docker or a network. Every YAML under cluster/ is parsed, and every job that
+the KubeRay manifests (RayJob, RayCronJob, CronJob templates) and cluster/README.md start is checked
+against the real code:
+
+  * `python -m jobs.X` names a file jobs/X.py, and the job's own argument parser accepts the arguments;
+  * --config files exist and, with every --set, load through embedlib.config (unknown keys are errors);
+  * the cluster a RayJob brings up can run what its config asks for (GPUs for Ray Train workers and for
+    embedding actors, CPUs left for Ray Data), and GPU worker groups start non-empty (jobs.embed picks
+    GPU or CPU from the GPUs present when it starts);
+  * scheduled runs write a new output per run, RayJobs delete their clusters, entrypoints write to object
+    storage, KubeRay field names are ones the v1 CRDs define;
+  * every Ray image, the Dockerfile and the launcher use pyproject's Ray (and torch) pins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+from unittest import mock
+
+import pytest
+import yaml
+
+from embedlib import config as embedlib_config
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+CONFIGS = CLUSTER / "configs"
+IMAGE_CONFIG_DIR = "/opt/embedlib/configs"  # where cluster/Dockerfile puts cluster/configs/
+OBJECT_STORE = ("s3://", "gs://")
+URI_FLAGS = ("--input", "--output", "--model", "--workdir", "--samples")
+RUN_VARYING = ("$(date", "__RUN_DATE__", "__RUN_WEEK__")  # what makes a scheduled run's paths its own
+RAY_KINDS = {"RayCluster", "RayJob", "RayCronJob"}
+
+# Field names of the KubeRay ray.io/v1 types (ray-operator/apis/ray/v1/*_types.go and the RayCronJob CRD,
+# KubeRay 1.3 - 1.6): a misspelt field is silently dropped by `kubectl apply`, so it is caught here.
+RAYJOB_FIELDS = {
+    "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata",
+    "clusterSelector", "submitterConfig", "managedBy", "deletionPolicy", "deletionStrategy", "entrypoint",
+    "runtimeEnvYAML", "jobId", "submissionMode", "entrypointResources", "entrypointNumCpus",
+    "entrypointNumGpus", "ttlSecondsAfterFinished", "shutdownAfterJobFinishes", "suspend",
+}
+RAYCLUSTER_FIELDS = {
+    "suspend", "managedBy", "autoscalerOptions", "headServiceAnnotations", "enableInTreeAutoscaling",
+    "gcsFaultToleranceOptions", "headGroupSpec", "rayVersion", "workerGroupSpecs", "authOptions",
+}
+HEAD_GROUP_FIELDS = {"template", "headService", "enableIngress", "rayStartParams", "serviceType"}
+WORKER_GROUP_FIELDS = {
+    "suspend", "groupName", "replicas", "minReplicas", "maxReplicas", "idleTimeoutSeconds", "rayStartParams",
+    "template", "scaleStrategy", "numOfHosts",
+}
+AUTOSCALER_FIELDS = {
+    "resources", "image", "imagePullPolicy", "securityContext", "idleTimeoutSeconds", "upscalingMode", "env",
+    "envFrom", "volumeMounts", "version",
+}
+RAYCRONJOB_FIELDS = {"jobTemplate", "schedule", "suspend"}
+
+
+# -- pyproject pins ---------------------------------------------------------------------------------------
+
+def _pyproject() -> dict[str, Any]:
+    with open(REPO / "pyproject.toml", "rb") as fh:
+        return tomllib.load(fh)
+
+
+def _requirement_name(req: str) -> str:
+    return re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0].strip().lower()
+
+
+def _exact_pin(requirements: list[str], name: str) -> str:
+    for req in requirements:
+        if _requirement_name(req) == name:
+            match = re.search(r"==\s*([^\s,;]+)", req)
+            assert match, f"{name} is not pinned exactly in {req!r}"
+            return match.group(1)
+    raise AssertionError(f"{name} is not a dependency")
+
+
+PROJECT_DEPS: list[str] = _pyproject()["project"]["dependencies"]
+RAY_VERSION = _exact_pin(PROJECT_DEPS, "ray")
+TORCH_VERSION = _exact_pin(PROJECT_DEPS, "torch")
+PYTHON_TAG = "py" + re.search(r"(\d+)\.(\d+)", _pyproject()["project"]["requires-python"]).group().replace(".", "")
+
+
+# -- the YAML under cluster/ ------------------------------------------------------------------------------
+
+def yaml_files() -> list[Path]:
+    return sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def load_documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def k8s_documents() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, document) of every Kubernetes object under cluster/, including RayJob templates kept in
+    ConfigMaps (the CronJob fallback creates RayJobs from those)."""
+    for path in yaml_files():
+        if "launcher" in path.parts:
+            continue
+        for i, doc in enumerate(load_documents(path)):
+            where = f"{path.relative_to(REPO)}[{i}] {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+            yield where, doc
+            if doc.get("kind") == "ConfigMap":
+                for key, text in (doc.get("data") or {}).items():
+                    if key.endswith((".yaml", ".yml")):
+                        for j, inner in enumerate(d for d in yaml.safe_load_all(text) if d is not None):
+                            yield f"{where} data[{key}][{j}] {inner.get('kind')}", inner
+
+
+@dataclass
+class JobSpec:
+    where: str
+    spec: dict[str, Any]  # a RayJob spec
+    scheduled: bool  # created again and again by a schedule (RayCronJob, or a CronJob's template)
+
+
+def rayjob_specs() -> list[JobSpec]:
+    specs = []
+    for where, doc in k8s_documents():
+        if doc.get("kind") == "RayJob":
+            specs.append(JobSpec(where, doc["spec"], scheduled="data[" in where))
+        elif doc.get("kind") == "RayCronJob":
+            specs.append(JobSpec(where, doc["spec"]["jobTemplate"], scheduled=True))
+    return specs
+
+
+def ray_cluster_specs() -> list[tuple[str, dict[str, Any]]]:
+    out = [(w, d["spec"]) for w, d in k8s_documents() if d.get("kind") == "RayCluster"]
+    out += [(j.where, j.spec["rayClusterSpec"]) for j in rayjob_specs() if "rayClusterSpec" in j.spec]
+    return out
+
+
+def pod_templates(cluster_spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield "head", cluster_spec["headGroupSpec"]["template"]
+    for group in cluster_spec.get("workerGroupSpecs", []):
+        yield group["groupName"], group["template"]
+
+
+# -- commands: `python -m jobs.X ...` ---------------------------------------------------------------------
+
+SHELL_OPERATORS = {";", "&&", "||", "|", "&"}
+
+
+@dataclass
+class Command:
+    module: str
+    argv: list[str]
+
+    def values(self, flag: str) -> list[str]:
+        return [self.argv[i + 1] for i, a in enumerate(self.argv[:-1]) if a == flag]
+
+    @property
+    def overrides(self) -> list[str]:
+        return self.values("--set")
+
+
+def job_commands(text: str) -> list[Command]:
+    """Every `python -m jobs.X ARGS` in a shell command line."""
+    tokens = shlex.split(text, comments=True)
+    commands = []
+    for i, token in enumerate(tokens[:-2]):
+        if re.fullmatch(r"(\S*/)?python(3(\.\d+)?)?", token) and tokens[i + 1] == "-m" and \
+                tokens[i + 2].startswith("jobs."):
+            argv = []
+            for arg in tokens[i + 3:]:
+                if arg in SHELL_OPERATORS:
+                    break
+                argv.append(arg)
+            commands.append(Command(tokens[i + 2].removeprefix("jobs."), argv))
+    return commands
+
+
+def entrypoint_commands() -> list[tuple[JobSpec, Command]]:
+    out = []
+    for job in rayjob_specs():
+        commands = job_commands(job.spec.get("entrypoint", ""))
+        assert commands, f"{job.where}: entrypoint runs no `python -m jobs.<name>`: {job.spec.get('entrypoint')!r}"
+        out += [(job, c) for c in commands]
+    return out
+
+
+def readme_commands() -> list[Command]:
+    text = (CLUSTER / "README.md").read_text()
+    out = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if "python -m jobs." in line:
+                out += job_commands(line)
+    return out
+
+
+def config_path(value: str) -> Path:
+    """A --config value as a path in this checkout (image paths map back to cluster/configs/)."""
+    if value.startswith(IMAGE_CONFIG_DIR + "/"):
+        return CONFIGS / value.removeprefix(IMAGE_CONFIG_DIR + "/")
+    return REPO / value
+
+
+def effective_config(command: Command) -> embedlib_config.Config:
+    """The Config the job would build. (jobs.embed starts from the checkpoint's config with [input] and
+    [embed] reset to the defaults, so its input/embed sections are exactly these.)"""
+    configs = command.values("--config")
+    assert len(configs) <= 1, f"jobs.{command.module}: --config given {len(configs)} times"
+    path = config_path(configs[0]) if configs else None
+    assert path is None or path.is_file(), f"jobs.{command.module}: --config {configs[0]} -> {path} does not exist"
+    return embedlib_config.load(str(path) if path else None, command.overrides)
+
+
+class _Parsed(Exception):
+    def __init__(self, namespace: argparse.Namespace) -> None:
+        self.namespace = namespace
+
+
+def parse_with_job_parser(command: Command) -> argparse.Namespace:
+    """Run the job's main() only as far as its argument parser: parse_args is stopped right after parsing."""
+    module = importlib.import_module(f"jobs.{command.module}")
+    real_parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_and_stop(self, args=None, namespace=None):
+        raise _Parsed(real_parse_args(self, args, namespace))
+
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_and_stop):
+        try:
+            module.main(command.argv)
+        except _Parsed as parsed:
+            return parsed.namespace
+        except SystemExit as exc:
+            raise AssertionError(f"jobs.{command.module} rejects its arguments {command.argv} (exit {exc.code})")
+    raise AssertionError(f"jobs.{command.module}.main() returned without parsing arguments")
+
+
+# -- resources --------------------------------------------------------------------------------------------
+
+def cpu_quantity(value: Any) -> float:
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+@dataclass
+class Group:
+    name: str
+    min: int
+    max: int
+    cpus: float  # per pod, as Ray will see them
+    gpus: int  # per pod
+
+
+def worker_groups(cluster_spec: dict[str, Any]) -> list[Group]:
+    groups = []
+    for g in cluster_spec.get("workerGroupSpecs", []):
+        container = g["template"]["spec"]["containers"][0]
+        limits = container.get("resources", {}).get("limits", {})
+        params = g.get("rayStartParams") or {}
+        cpus = cpu_quantity(params.get("num-cpus", limits.get("cpu", 0)))
+        gpus = int(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))
+        hosts = int(g.get("numOfHosts", 1))
+        replicas = g.get("replicas", g.get("minReplicas", 0))
+        assert g.get("minReplicas", 0) <= replicas <= g["maxReplicas"], f"group {g['groupName']}: replicas out of [min, max]"
+        groups.append(Group(g["groupName"], g.get("minReplicas", 0) * hosts, g["maxReplicas"] * hosts, cpus, gpus))
+    return groups
+
+
+def check_job_fits(cfg: embedlib_config.Config, module: str, groups: list[Group], where: str) -> None:
+    gpu_groups = [g for g in groups if g.gpus]
+    gpus_max = sum(g.max * g.gpus for g in groups)
+    cpus_max = sum(g.max * g.cpus for g in groups)
+    if module == "train":
+        held = cfg.train.num_workers * cfg.train.cpus_per_worker
+        if cfg.train.use_gpu:
+            assert cfg.train.num_workers <= gpus_max, \
+                f"{where}: train.num_workers={cfg.train.num_workers} GPU workers, but the cluster has {gpus_max} GPUs"
+            for g in gpu_groups:
+                assert g.cpus >= g.gpus * cfg.train.cpus_per_worker, \
+                    f"{where}: a '{g.name}' pod has {g.cpus} CPUs for {g.gpus} workers of {cfg.train.cpus_per_worker}"
+        else:
+            assert any(g.cpus >= cfg.train.cpus_per_worker for g in groups), \
+                f"{where}: no worker pod has train.cpus_per_worker={cfg.train.cpus_per_worker} CPUs"
+        # Ray Train workers hold their CPUs for the whole run; Ray Data must still get some.
+        assert cpus_max > held, f"{where}: Ray Train holds {held} of {cpus_max} CPUs, none left for Ray Data"
+    if module == "embed":
+        if gpu_groups:
+            assert sum(g.min * g.gpus for g in groups) >= 1, \
+                f"{where}: jobs.embed picks GPUs only if one is up when it starts; the GPU group may start empty"
+            assert cfg.embed.num_actors <= gpus_max, \
+                f"{where}: embed.num_actors={cfg.embed.num_actors} GPU actors, but the cluster has {gpus_max} GPUs"
+            assert cpus_max >= 1, f"{where}: no CPUs for the rasterize tasks"
+        else:
+            assert cpus_max >= cfg.embed.num_actors + 1, \
+                f"{where}: {cfg.embed.num_actors} CPU actors and rasterize tasks need more than {cpus_max} CPUs"
+
+
+# -- images -----------------------------------------------------------------------------------------------
+
+def ray_version_of_image(image: str) -> str | None:
+    """The Ray version an image is built on: rayproject/ray:<ver>-... or our embedlib:<x>-ray<ver>-..."""
+    name, _, tag = image.rpartition(":")
+    if re.search(r"(^|/)rayproject/ray(-ml|-llm)?$", name):
+        match = re.match(r"(\d+\.\d+\.\d+)", tag)
+        return match.group(1) if match else None
+    if name.rsplit("/", 1)[-1] == "embedlib":
+        match = re.search(r"ray(\d+\.\d+\.\d+)", tag)
+        return match.group(1) if match else None
+    return None
+
+
+def is_gpu_image(image: str) -> bool:
+    return bool(re.search(r"-(gpu|cu\d+)\b", image.rpartition(":")[2]))
+
+
+# =========================================================================================================
+# Tests
+# =========================================================================================================
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(CLUSTER)))
+def test_yaml_parses(path: Path) -> None:
+    docs = load_documents(path)
+    assert docs, f"{path} holds no YAML document"
+    for doc in docs:
+        assert isinstance(doc, dict), f"{path}: a document is not a mapping"
+        if "launcher" not in path.parts:
+            assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path}: not a Kubernetes object: {list(doc)}"
+
+
+def test_manifests_cover_the_jobs() -> None:
+    kinds = [d.get("kind") for _, d in k8s_documents()]
+    assert "RayCluster" in kinds
+    modules = {c.module for _, c in entrypoint_commands()}
+    assert {"train", "embed"} <= modules, f"RayJobs run {modules}"
+    scheduled = {c.module for j, c in entrypoint_commands() if j.scheduled}
+    assert {"train", "embed"} <= scheduled, f"scheduled runs: {scheduled} (want a nightly embed and a weekly train)"
+
+
+def test_kuberay_objects_use_known_fields() -> None:
+    for where, doc in k8s_documents():
+        kind = doc.get("kind")
+        if kind in RAY_KINDS:
+            assert doc["apiVersion"] == "ray.io/v1", f"{where}: apiVersion {doc['apiVersion']}"
+        if kind == "RayCronJob":
+            assert set(doc["spec"]) <= RAYCRONJOB_FIELDS, f"{where}: {set(doc['spec']) - RAYCRONJOB_FIELDS}"
+            assert len(doc["spec"]["schedule"].split()) == 5, f"{where}: schedule is not a 5-field cron line"
+    for job in rayjob_specs():
+        assert set(job.spec) <= RAYJOB_FIELDS, f"{job.where}: unknown RayJob fields {set(job.spec) - RAYJOB_FIELDS}"
+    for where, spec in ray_cluster_specs():
+        assert set(spec) <= RAYCLUSTER_FIELDS, f"{where}: unknown RayCluster fields {set(spec) - RAYCLUSTER_FIELDS}"
+        assert set(spec.get("autoscalerOptions", {})) <= AUTOSCALER_FIELDS, f"{where}: autoscalerOptions"
+        assert set(spec["headGroupSpec"]) <= HEAD_GROUP_FIELDS, f"{where}: headGroupSpec"
+        for group in spec.get("workerGroupSpecs", []):
+            assert set(group) <= WORKER_GROUP_FIELDS, f"{where}: {group.get('groupName')}: {set(group) - WORKER_GROUP_FIELDS}"
+            assert group["minReplicas"] <= group["maxReplicas"], f"{where}: {group['groupName']}: min > max"
+
+
+def test_entrypoint_modules_exist() -> None:
+    for job, command in entrypoint_commands():
+        path = REPO / "jobs" / f"{command.module}.py"
+        assert path.is_file(), f"{job.where}: `python -m jobs.{command.module}` but {path} does not exist"
+
+
+def test_entrypoints_parse_with_the_jobs_own_parsers() -> None:
+    for job, command in entrypoint_commands():
+        parse_with_job_parser(command)
+
+
+def test_entrypoint_configs_and_overrides_load() -> None:
+    for job, command in entrypoint_commands():
+        for item in command.overrides:  # each --set on its own, so that a bad one is named
+            embedlib_config.from_dict(embedlib_config.parse_overrides([item]))
+        cfg = effective_config(command)
+        assert cfg is not None, job.where
+
+
+def test_embed_entrypoints_leave_model_and_raster_to_the_checkpoint() -> None:
+    """jobs.embed takes [model] and [raster] from the checkpoint and exits if a config changes them."""
+    for job, command in entrypoint_commands():
+        if command.module != "embed":
+            continue
+        for value in command.values("--config"):
+            with open(config_path(value), "rb") as fh:
+                sections = set(tomllib.load(fh))
+            assert sections <= {"input", "embed"}, f"{job.where}: {value} sets {sections - {'input', 'embed'}}"
+        sections = set(embedlib_config.parse_overrides(command.overrides))
+        assert sections <= {"input", "embed"}, f"{job.where}: --set {sections - {'input', 'embed'}}"
+
+
+def test_entrypoints_are_single_shell_lines() -> None:
+    # KubeRay pastes the entrypoint into `bash -c "... ray job submit ... -- ENTRYPOINT ; fi"`: a newline
+    # would end the command early. Use a folded YAML scalar (>-) with every line at the same indentation.
+    for job in rayjob_specs():
+        assert "\n" not in job.spec["entrypoint"].strip(), f"{job.where}: entrypoint spans several lines"
+
+
+def test_entrypoints_use_object_storage() -> None:
+    # Pods are ephemeral: inputs, outputs, checkpoints and Ray Train state must outlive them.
+    for job, command in entrypoint_commands():
+        for flag in URI_FLAGS:
+            for value in command.values(flag):
+                assert value.startswith(OBJECT_STORE), f"{job.where}: {flag} {value} is not object storage"
+
+
+def test_scheduled_runs_write_a_new_output_per_run() -> None:
+    # A rerun into the same --output resumes it: with a fixed path a schedule would redo run 1 forever.
+    for job, command in entrypoint_commands():
+        if not job.scheduled:
+            continue
+        flags = ["--output", "--workdir", "--name"] if command.module == "train" else ["--output"]
+        for flag in flags:
+            for value in command.values(flag) or pytest.fail(f"{job.where}: no {flag}"):
+                assert any(v in value for v in RUN_VARYING), f"{job.where}: {flag} {value} is the same every run"
+
+
+def test_rayjobs_delete_their_clusters() -> None:
+    for job in rayjob_specs():
+        if "rayClusterSpec" in job.spec:
+            assert job.spec.get("shutdownAfterJobFinishes") is True, f"{job.where}: the Ray cluster would outlive the job"
+            assert "ttlSecondsAfterFinished" in job.spec, f"{job.where}: no ttlSecondsAfterFinished"
+            assert job.spec.get("backoffLimit", 0) >= 1, f"{job.where}: no retry (the jobs resume; let them)"
+
+
+def test_runtime_env_yaml() -> None:
+    for job in rayjob_specs():
+        text = job.spec.get("runtimeEnvYAML")
+        if text is None:
+            continue
+        env = yaml.safe_load(text)
+        assert isinstance(env, dict), f"{job.where}: runtimeEnvYAML is not a mapping"
+        for key, value in (env.get("env_vars") or {}).items():
+            assert isinstance(value, str), f"{job.where}: env_vars.{key} must be a string (Ray rejects {value!r})"
+
+
+def test_rayjob_clusters_fit_their_jobs() -> None:
+    for job, command in entrypoint_commands():
+        if "rayClusterSpec" in job.spec:
+            check_job_fits(effective_config(command), command.module, worker_groups(job.spec["rayClusterSpec"]),
+                           job.where)
+
+
+def test_standalone_cluster_fits_the_configs() -> None:
+    """raycluster.yaml is where users `ray job submit` with the configs of cluster/configs/."""
+    for where, doc in k8s_documents():
+        if doc.get("kind") != "RayCluster":
+            continue
+        groups = worker_groups(doc["spec"])
+        for path in sorted(CONFIGS.glob("*.toml")):
+            cfg = embedlib_config.load(str(path))
+            check_job_fits(cfg, "train", groups, f"{where} with {path.name}")
+            check_job_fits(cfg, "embed", groups, f"{where} with {path.name}")
+
+
+def test_gpu_groups() -> None:
+    for where, spec in ray_cluster_specs():
+        for group in spec.get("workerGroupSpecs", []):
+            container = group["template"]["spec"]["containers"][0]
+            resources = container.get("resources", {})
+            gpus = resources.get("limits", {}).get("nvidia.com/gpu")
+            if gpus is None:
+                continue
+            assert int(gpus) >= 1, f"{where}: {group['groupName']}"
+            # Extended resources: a request, if given, must equal the limit.
+            assert resources.get("requests", {}).get("nvidia.com/gpu", gpus) == gpus, f"{where}: {group['groupName']}"
+            # A CPU build of torch on a GPU node would silently run on the CPU.
+            assert is_gpu_image(container["image"]), f"{where}: GPU group '{group['groupName']}' runs {container['image']}"
+
+
+def test_images_and_ray_versions_match_pyproject() -> None:
+    for where, spec in ray_cluster_specs():
+        assert spec.get("rayVersion") == RAY_VERSION, f"{where}: rayVersion {spec.get('rayVersion')} != {RAY_VERSION}"
+        for group, template in pod_templates(spec):
+            for container in template["spec"]["containers"][:1]:  # the Ray container
+                version = ray_version_of_image(container["image"])
+                assert version == RAY_VERSION, f"{where}: {group} runs {container['image']} (Ray {version})"
+    for job in rayjob_specs():
+        template = job.spec.get("submitterPodTemplate")
+        for container in (template or {}).get("spec", {}).get("containers", []):
+            assert ray_version_of_image(container["image"]) == RAY_VERSION, f"{job.where}: submitter {container['image']}"
+
+
+def test_pods_use_defined_service_accounts() -> None:
+    defined = {(d["metadata"].get("namespace"), d["metadata"]["name"])
+               for _, d in k8s_documents() if d.get("kind") == "ServiceAccount"}
+    for where, doc in k8s_documents():
+        kind, ns = doc.get("kind"), doc.get("metadata", {}).get("namespace")
+        templates = []
+        if kind in RAY_KINDS:
+            spec = doc["spec"]["jobTemplate"] if kind == "RayCronJob" else doc["spec"]
+            cluster = spec if kind == "RayCluster" else spec.get("rayClusterSpec")
+            templates = [t for _, t in pod_templates(cluster)] if cluster else []
+        elif kind == "CronJob":
+            templates = [doc["spec"]["jobTemplate"]["spec"]["template"]]
+        for template in templates:
+            account = template["spec"].get("serviceAccountName")
+            assert account, f"{where}: a pod template has no serviceAccountName"
+            assert (ns, account) in defined, f"{where}: ServiceAccount {ns}/{account} is not defined under cluster/"
+
+
+def test_cronjob_fallback_can_create_rayjobs() -> None:
+    docs = [d for _, d in k8s_documents()]
+    cronjobs = [d for d in docs if d.get("kind") == "CronJob"]
+    for cron in cronjobs:
+        name, ns = cron["metadata"]["name"], cron["metadata"].get("namespace")
+        assert len(cron["spec"]["schedule"].split()) == 5, f"CronJob {name}: schedule"
+        assert cron["spec"].get("concurrencyPolicy") == "Forbid", f"CronJob {name}: overlapping runs"
+        pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        # RBAC: the pod's ServiceAccount is bound to a Role that may create ray.io rayjobs.
+        account = pod["serviceAccountName"]
+        roles = {b["roleRef"]["name"] for b in docs if b.get("kind") == "RoleBinding"
+                 and b["metadata"].get("namespace") == ns
+                 and any(s["kind"] == "ServiceAccount" and s["name"] == account and s.get("namespace") == ns
+                         for s in b["subjects"])}
+        allowed = any("ray.io" in rule.get("apiGroups", []) and "rayjobs" in rule.get("resources", [])
+                      and "create" in rule.get("verbs", [])
+                      for r in docs if r.get("kind") == "Role" and r["metadata"]["name"] in roles
+                      and r["metadata"].get("namespace") == ns for rule in r["rules"])
+        assert allowed, f"CronJob {name}: ServiceAccount {account} may not create rayjobs"
+        # The template the script reads is a key of the ConfigMap mounted there.
+        script = " ".join(pod["containers"][0].get("command", []) + pod["containers"][0].get("args", []))
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0].get("volumeMounts", [])}
+        for volume in pod.get("volumes", []):
+            if "configMap" not in volume:
+                continue
+            cm = next(d for d in docs if d.get("kind") == "ConfigMap" and d["metadata"]["name"] == volume["configMap"]["name"])
+            used = re.findall(re.escape(mounts[volume["name"]].rstrip("/")) + r"/([\w.-]+)", script)
+            assert used and set(used) <= set(cm["data"]), f"CronJob {name}: reads {used}, ConfigMap has {list(cm['data'])}"
+            assert "kubectl create" in script or "kubectl apply" in script, f"CronJob {name}: creates nothing"
+
+
+def test_namespaces_are_consistent() -> None:
+    namespaces = {d["metadata"].get("namespace") for _, d in k8s_documents()
+                  if d.get("kind") not in ("Namespace",)}
+    assert len(namespaces) == 1 and None not in namespaces, f"namespaces: {namespaces}"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_config_file_loads(path: Path) -> None:
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    assert data, f"{path} is empty"
+    cfg = embedlib_config.load(str(path))  # raises ConfigError on an unknown section or key
+    assert embedlib_config.from_dict(data) == cfg
+    if cfg.train.use_gpu and cfg.train.num_workers > 1 and cfg.model.norm == "batch-cumulative":
+        pytest.fail(f"{path}: batch-cumulative BatchNorm is not synchronized across GPU workers")
+
+
+def test_there_are_gpu_and_cpu_configs() -> None:
+    configs = [embedlib_config.load(str(p)) for p in CONFIGS.glob("*.toml")]
+    assert any(c.train.use_gpu for c in configs) and any(not c.train.use_gpu for c in configs)
+
+
+def test_dockerfile() -> None:
+    text = (CLUSTER / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S*)", text, flags=re.M))
+    assert args.get("RAY_VERSION") == RAY_VERSION, f"Dockerfile ARG RAY_VERSION={args.get('RAY_VERSION')}"
+    assert args.get("TORCH_VERSION") == TORCH_VERSION, f"Dockerfile ARG TORCH_VERSION={args.get('TORCH_VERSION')}"
+    base = args["RAY_IMAGE"].replace("${RAY_VERSION}", args["RAY_VERSION"])
+    assert ray_version_of_image(base) == RAY_VERSION and f"-{PYTHON_TAG}" in base and is_gpu_image(base), base
+    assert re.search(r"^FROM \$\{RAY_IMAGE\}", text, flags=re.M)
+    assert "download.pytorch.org/whl/" in args.get("TORCH_INDEX_URL", "")
+    # The configs land where the entrypoints look for them.
+    assert re.search(rf"^COPY\s+cluster/configs/?\s+{re.escape(IMAGE_CONFIG_DIR)}/?\s*$", text, flags=re.M)
+    for copied in re.findall(r"^COPY\s+(?:--\S+\s+)*(\S+)\s", text, flags=re.M):
+        assert (REPO / copied).exists(), f"Dockerfile copies {copied}, which does not exist"
+
+
+def test_image_requirements_are_pinned_like_pyproject() -> None:
+    lines = [line.split("#")[0].strip() for line in (CLUSTER / "requirements-image.txt").read_text().splitlines()]
+    reqs = [line for line in lines if line]
+    for req in reqs:
+        assert re.fullmatch(r"[\w.-]+(\[[\w,]+\])?==[\w.+-]+", req), f"requirements-image.txt: {req!r} is not an exact pin"
+    pins = {_requirement_name(r): r.split("==")[1] for r in reqs}
+    for dep in PROJECT_DEPS:
+        name = _requirement_name(dep)
+        assert name in pins, f"pyproject dependency {name} is not pinned for the image"
+        if "==" in dep:
+            assert pins[name] == _exact_pin(PROJECT_DEPS, name), f"{name}: image {pins[name]} != pyproject {dep}"
+    assert "s3fs" in pins and "gcsfs" in pins, "object storage filesystems missing from the image"
+    # s3fs and gcsfs each require exactly their own version of fsspec.
+    assert pins["s3fs"] == pins["fsspec"] == pins["gcsfs"], {k: pins[k] for k in ("fsspec", "s3fs", "gcsfs")}
+
+
+def test_launcher_config() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    path = CLUSTER / "launcher" / "embedlib-aws.yaml"
+    raw = load_documents(path)[0]
+    config = prepare_config(copy.deepcopy(raw))  # fills Ray's AWS defaults, as `ray up` does
+    validate_config(config)  # Ray's own schema (ray-schema.json) and consistency checks
+    assert config["provider"]["type"] == "aws"
+    docker = raw["docker"]
+    images = [docker[k] for k in ("image", "head_image", "worker_image") if k in docker]
+    images += [t["docker"]["worker_image"] for t in raw["available_node_types"].values() if "worker_image" in t.get("docker", {})]
+    for image in images:
+        assert ray_version_of_image(image) == RAY_VERSION and f"-{PYTHON_TAG}" in image, f"launcher image {image}"
+    commands = " ".join(str(c) for c in raw["setup_commands"])
+    for node_type in raw["available_node_types"].values():
+        commands += " " + " ".join(node_type.get("worker_setup_commands", []))
+    torch_pins = re.findall(r"torch==(\S+)", commands)
+    assert torch_pins and set(torch_pins) == {TORCH_VERSION}, f"launcher installs torch {torch_pins}"
+    assert "requirements-image.txt" in commands
+    for name, node_type in raw["available_node_types"].items():
+        if is_gpu_image(node_type.get("docker", {}).get("worker_image", "")):
+            assert node_type.get("min_workers", 0) >= 1, f"{name}: jobs.embed needs a GPU node up when it starts"
+            assert "/whl/cu" in " ".join(node_type.get("worker_setup_commands", [])), f"{name}: CPU torch on GPU nodes"
+
+
+def test_readme_commands() -> None:
+    commands = readme_commands()
+    modules = {c.module for c in commands}
+    assert {"rasterize", "train", "embed", "recalibrate", "query"} <= modules, f"README shows {modules}"
+    for command in commands:
+        assert (REPO / "jobs" / f"{command.module}.py").is_file(), f"README: jobs/{command.module}.py does not exist"
+        parse_with_job_parser(command)
+        if command.module != "query":
+            effective_config(command)
