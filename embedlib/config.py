@@ -72,7 +72,10 @@ class HealthConfig:
 @dataclass(frozen=True)
 class EmbedConfig:
     batch_size: int = 256
-    num_actors: int = 1  # embedding actors (one GPU each when GPUs exist)
+    num_actors: int = 1  # embedding actors (one GPU each when they use GPUs)
+    # "auto": GPU actors if the cluster has GPUs when the job starts; "true": always ask for a GPU per actor
+    # (an autoscaler then starts GPU nodes, even from zero); "false": CPU actors.
+    use_gpu: str = "auto"
     allow_unhealthy_model: bool = False  # refuse checkpoints whose BN health check failed unless set
 
 
@@ -112,6 +115,8 @@ def _coerce(value: Any, like: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected {type(like).__name__}, got {value!r}") from exc
     if isinstance(like, (int, float)):
         return type(like)(value)
+    if isinstance(like, str) and isinstance(value, bool):  # TOML `use_gpu = true` for a string setting
+        return str(value).lower()
     return value
 
 
@@ -167,6 +172,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"raster.size must be a multiple of 16 (four 2x poolings), got {cfg.raster.size}")
     if cfg.input.max_bytes <= 0 or cfg.input.max_hash_bytes < cfg.input.max_bytes:
         raise ConfigError("input.max_bytes must be positive and not above input.max_hash_bytes")
+    if cfg.embed.use_gpu not in ("auto", "true", "false"):
+        raise ConfigError(f"embed.use_gpu must be auto, true or false, got {cfg.embed.use_gpu!r}")
     if not 0.0 <= cfg.train.holdout_fraction < 1.0:
         raise ConfigError("train.holdout_fraction must be in [0, 1)")
 

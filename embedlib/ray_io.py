@@ -129,7 +129,7 @@ def run_files_job(files: list[InputFile], output: str, cfg: Config, table: str, 
     ds = ds.map_batches(rows.process_batch, fn_kwargs={"cfg": cfg}, batch_size=16, batch_format="numpy",
                         num_cpus=1)
     if table == "embeddings":
-        use_gpu = gpus_available() > 0
+        use_gpu = cfg.embed.use_gpu == "true" or (cfg.embed.use_gpu == "auto" and gpus_available() > 0)
         ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"model_uri": model_uri},
                             batch_size=cfg.embed.batch_size, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=cfg.embed.num_actors),
