@@ -43,15 +43,28 @@ def apt_options(root: str, archs: list[str]) -> list[str]:
             "-q"]
 
 
-def apt_update(opts: list[str], root: str, refresh: bool) -> None:
-    if not refresh and glob.glob(os.path.join(root, "lists", "*_Packages*")):
-        print(f"apt lists already in {root}/lists (use --refresh to update)")
-        return
+def apt_update(opts: list[str], root: str, archs: list[str], refresh: bool) -> list[str]:
+    """Run `apt-get update` once; returns apt's error lines. An index that fails (measured here: the security
+    suite's Packages for armhf, i386 and ppc64el, "File has unexpected size ... Mirror sync in progress?")
+    is not fatal as long as every architecture has its main Packages list: apt then downloads the main
+    suite's version of a package instead of the security update."""
+    lists = os.path.join(root, "lists")
+
+    def missing() -> list[str]:
+        return [a for a in archs if not glob.glob(os.path.join(lists, f"*_dists_*_main_binary-{a}_Packages*"))]
+
+    if not refresh and not missing():
+        print(f"apt lists already in {lists} (use --refresh to update)")
+        return []
     started = time.perf_counter()
     proc = subprocess.run(["apt-get", *opts, "update"], capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"apt-get update failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    print(f"apt-get update: {time.perf_counter() - started:.1f}s")
+    errors = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.startswith("E:")]
+    print(f"apt-get update: exit {proc.returncode} in {time.perf_counter() - started:.1f}s", flush=True)
+    for line in errors:
+        print(f"  {line}")
+    if missing():
+        raise SystemExit(f"apt-get update left no Packages list for {missing()}:\n{proc.stdout}\n{proc.stderr}")
+    return errors
 
 
 def download(opts: list[str], package: str, arch: str, debs: str) -> tuple[str | None, str]:
@@ -111,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     extra_archs = args.extra_archs or args.archs
     all_archs = sorted(set(args.archs) | set(extra_archs))
     opts = apt_options(os.path.join(output, "apt"), all_archs)
-    apt_update(opts, os.path.join(output, "apt"), args.refresh)
+    update_errors = apt_update(opts, os.path.join(output, "apt"), all_archs, args.refresh)
 
     wanted = [(pkg, arch) for pkg in args.packages for arch in args.archs]
     wanted += [(pkg, arch) for pkg in args.extra_packages for arch in extra_archs if (pkg, arch) not in wanted]
@@ -136,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
               flush=True)
     manifest = write_manifest(files, os.path.join(output, "manifest.csv"))
     summary = {"manifest": manifest, "files": len(files), "families": dict(Counter(f.family for f in files)),
-               "per_package_arch": per, "refused": refused, "deb_megabytes": round(deb_bytes / 1e6, 1),
+               "per_package_arch": per, "refused": refused,
+               "apt_update_errors": update_errors, "deb_megabytes": round(deb_bytes / 1e6, 1),
                "seconds": round(time.perf_counter() - started, 1)}
     with open(os.path.join(output, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)

@@ -239,7 +239,9 @@ def digest_files(paths: Sequence[str], max_bytes: int, sha256s: Sequence[str | N
     jobs = [(p, max_bytes, s) for p, s in zip(paths, sha256s or [None] * len(paths))]
     if workers <= 1 or len(jobs) < 2:
         return [_digest_file_args(j) for j in jobs]
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # forkserver: workers start from a clean process, not a fork of a parent that may hold torch threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
         return list(pool.map(_digest_file_args, jobs, chunksize=4))

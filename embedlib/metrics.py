@@ -15,22 +15,38 @@ Definitions (Musgrave, Belongie, Lim 2020, "A Metric Learning Reality Check"):
 
 Missing values (NaN, e.g. a file with no TLSH digest) are treated as infinitely far: ranked last.
 
-Ties in a ranking (equal distances; frequent for digest scores, which are small integers) are broken by
-a policy, never by the order of the gallery (which may correlate with labels, e.g. files sorted by path):
+Ties in a ranking (equal distances; frequent for digest scores, which are small integers, and for
+missing digests) are never broken by the order of the gallery, which may correlate with labels (files
+sorted by path). The policy is a parameter:
   "pessimistic" (default)  irrelevant items before relevant ones: a method earns nothing from a tie
   "optimistic"             relevant items first: the upper bound
-Within one policy the order is then stable (by gallery index), so results are deterministic. The gap
-between the two policies is how much a method's numbers depend on ties. ROC-AUC needs no policy: ties
-count 1/2 there, as usual.
+  "expected"               the exact expectation over a uniformly random order within each tie group
+                           (closed form, no sampling): the counterpart of ROC-AUC's 1/2 for ties
+Every policy is deterministic. Without ties the three agree. ROC-AUC needs no policy: ties count 1/2.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-TIES = ("pessimistic", "optimistic")
+TIES = ("pessimistic", "optimistic", "expected")
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Each query's view of the gallery, closest first (its own item removed when self_index was given)."""
+
+    distances: np.ndarray  # [Q, G'] ascending per row (+inf for missing)
+    relevant: np.ndarray  # [Q, G'] bool, in ranked order; within a tie group ordered by the policy
+    ties: str
+
+    @property
+    def n_relevant(self) -> np.ndarray:
+        """[Q] R: relevant items per query."""
+        return self.relevant.sum(axis=1)
 
 
 def as_distances(matrix: np.ndarray, higher_is_closer: bool = False) -> np.ndarray:
@@ -48,13 +64,10 @@ def relevance(query_labels: Sequence, gallery_labels: Sequence) -> np.ndarray:
     return q[:, None] == g[None, :]
 
 
-def ranked_relevance(distances: np.ndarray, query_labels: Sequence, gallery_labels: Sequence, *,
-                     self_index: Sequence[int] | None = None, higher_is_closer: bool = False,
-                     ties: str = "pessimistic") -> np.ndarray:
-    """[Q, G'] bool: row q is the relevance of the gallery in the order query q ranks it (closest first).
-
-    G' = G - 1 when `self_index` is given (each query's own column is dropped), else G.
-    """
+def rank(distances: np.ndarray, query_labels: Sequence, gallery_labels: Sequence, *,
+         self_index: Sequence[int] | None = None, higher_is_closer: bool = False,
+         ties: str = "pessimistic") -> Ranking:
+    """Sort every query's gallery by distance; G' = G - 1 when `self_index` is given, else G."""
     if ties not in TIES:
         raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     d = as_distances(distances, higher_is_closer)
@@ -68,35 +81,78 @@ def ranked_relevance(distances: np.ndarray, query_labels: Sequence, gallery_labe
         if idx.shape != (n_q,) or (n_q and (idx.min() < 0 or idx.max() >= n_g)):
             raise ValueError("self_index must give one valid gallery column per query")
         is_self[np.arange(n_q), idx] = True
-    tie_key = rel if ties == "pessimistic" else ~rel  # False sorts first
-    # np.lexsort: the last key is the primary one; it is stable, so the gallery index breaks what is left.
+    tie_key = ~rel if ties == "optimistic" else rel  # False sorts first
+    # np.lexsort: the last key is the primary one (self goes last); it is stable, so the gallery index
+    # orders what is left, i.e. items of equal distance and equal relevance: no metric can tell them apart.
     order = np.lexsort((tie_key, d, is_self), axis=-1)
+    ranked_d = np.take_along_axis(d, order, axis=-1)
     ranked = np.take_along_axis(rel, order, axis=-1)
-    return ranked[:, :-1] if self_index is not None else ranked
+    if self_index is not None:
+        ranked_d, ranked = ranked_d[:, :-1], ranked[:, :-1]
+    return Ranking(ranked_d, ranked, ties)
 
 
-def precision_at_k_ranked(ranked: np.ndarray, k: int) -> np.ndarray:
-    """[Q] P@k from a ranked relevance matrix; the denominator is min(k, items ranked)."""
+def ranked_relevance(distances: np.ndarray, query_labels: Sequence, gallery_labels: Sequence,
+                     **ranking) -> np.ndarray:
+    """[Q, G'] bool: row q is the relevance of the gallery in the order query q ranks it (see rank())."""
+    return rank(distances, query_labels, gallery_labels, **ranking).relevant
+
+
+def _tie_groups(ranking: Ranking) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per ranked position: (start of its tie group, group size, relevant in the group, relevant before it)."""
+    d, rel = ranking.distances, ranking.relevant
+    n_q, n = d.shape
+    pos = np.broadcast_to(np.arange(n), (n_q, n))
+    starts_here = np.ones((n_q, n), dtype=bool)
+    starts_here[:, 1:] = d[:, 1:] != d[:, :-1]
+    start = np.maximum.accumulate(np.where(starts_here, pos, 0), axis=1)
+    ends_here = np.ones((n_q, n), dtype=bool)
+    ends_here[:, :-1] = starts_here[:, 1:]
+    end = np.minimum.accumulate(np.where(ends_here, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]  # last index of group
+    cum = np.zeros((n_q, n + 1), dtype=np.int64)
+    cum[:, 1:] = np.cumsum(rel, axis=1)
+    before = np.take_along_axis(cum, start, axis=1)
+    in_group = np.take_along_axis(cum, end + 1, axis=1) - before
+    return start, end - start + 1, in_group, before
+
+
+def precision_at_k_ranked(ranking: Ranking, k: int) -> np.ndarray:
+    """[Q] P@k; the denominator is min(k, items ranked)."""
     if k < 1:
         raise ValueError("k must be >= 1")
-    width = min(k, ranked.shape[1])
+    n_q, n = ranking.relevant.shape
+    width = min(k, n)
     if width == 0:
-        return np.full(ranked.shape[0], np.nan)
-    return ranked[:, :width].sum(axis=1) / width
+        return np.full(n_q, np.nan)
+    if ranking.ties != "expected":
+        return ranking.relevant[:, :width].sum(axis=1) / width
+    start, size, in_group, before = (a[:, width - 1] for a in _tie_groups(ranking))
+    # the group holding position `width` contributes its relevant share of the slots it gets in the top k
+    return (before + (width - start) * in_group / size) / width
 
 
-def average_precision_at_r_ranked(ranked: np.ndarray) -> np.ndarray:
-    """[Q] AP@R from a ranked relevance matrix (R = relevant items in the row; NaN where R = 0)."""
-    r = ranked.sum(axis=1)
-    out = np.full(ranked.shape[0], np.nan)
-    if ranked.shape[0] == 0 or r.max() == 0:
+def average_precision_at_r_ranked(ranking: Ranking) -> np.ndarray:
+    """[Q] AP@R (R = relevant items of the query; NaN where R = 0)."""
+    rel = ranking.relevant
+    r = rel.sum(axis=1)
+    out = np.full(rel.shape[0], np.nan)
+    if rel.shape[0] == 0 or r.max() == 0:
         return out
-    top = ranked[:, : int(r.max())]
-    positions = np.arange(1, top.shape[1] + 1)
+    width = int(r.max())
+    positions = np.arange(1, width + 1)
     within_r = positions[None, :] <= r[:, None]
-    hits = top & within_r
-    precision_at_i = np.cumsum(top, axis=1) / positions[None, :]
-    total = (precision_at_i * hits).sum(axis=1)
+    if ranking.ties == "expected":
+        start, size, in_group, before = (a[:, :width] for a in _tie_groups(ranking))
+        # E[rel_i * (relevant in 1..i)] for position i at offset j (0-based) in a group of n with m relevant:
+        # P(rel_i) = m/n, and given rel_i the j earlier group slots hold (m-1)/(n-1) relevant each on average.
+        j = positions[None, :] - 1 - start
+        share = np.divide(in_group - 1, size - 1, out=np.zeros(size.shape), where=size > 1)
+        hits_times_count = (in_group / size) * (before + 1 + j * share)
+        total = (hits_times_count / positions[None, :] * within_r).sum(axis=1)
+    else:
+        top = rel[:, :width]
+        precision_at_i = np.cumsum(top, axis=1) / positions[None, :]
+        total = (precision_at_i * (top & within_r)).sum(axis=1)
     has = r > 0
     out[has] = total[has] / r[has]
     return out
@@ -104,14 +160,14 @@ def average_precision_at_r_ranked(ranked: np.ndarray) -> np.ndarray:
 
 def precision_at_k(distances: np.ndarray, query_labels: Sequence, gallery_labels: Sequence, k: int,
                    **ranking) -> np.ndarray:
-    """[Q] P@k per query. `ranking`: self_index, higher_is_closer, ties (see ranked_relevance)."""
-    return precision_at_k_ranked(ranked_relevance(distances, query_labels, gallery_labels, **ranking), k)
+    """[Q] P@k per query. `ranking`: self_index, higher_is_closer, ties (see rank)."""
+    return precision_at_k_ranked(rank(distances, query_labels, gallery_labels, **ranking), k)
 
 
 def average_precision_at_r(distances: np.ndarray, query_labels: Sequence, gallery_labels: Sequence,
                            **ranking) -> np.ndarray:
     """[Q] AP@R per query (NaN for queries with no relevant item)."""
-    return average_precision_at_r_ranked(ranked_relevance(distances, query_labels, gallery_labels, **ranking))
+    return average_precision_at_r_ranked(rank(distances, query_labels, gallery_labels, **ranking))
 
 
 def map_at_r(distances: np.ndarray, query_labels: Sequence, gallery_labels: Sequence, **ranking) -> float:

@@ -17,6 +17,15 @@ import numpy as np  # noqa: E402
 OTHER_COLOR = "#c8c8c8"
 
 
+def family_colors(n: int) -> list:
+    """n distinct colours, none of them grey (grey is "other"): tab20's dark half, black, then its light half."""
+    tab20 = list(plt.get_cmap("tab20").colors)
+    greys = {14, 15}
+    ordered = [tab20[i] for i in range(0, 20, 2) if i not in greys] + [(0.0, 0.0, 0.0)]
+    ordered += [tab20[i] for i in range(1, 20, 2) if i not in greys]
+    return [ordered[i % len(ordered)] for i in range(n)]
+
+
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N x 2 coordinates on the top two principal components, their explained-variance ratios)."""
     x = np.asarray(x, dtype=np.float64)
@@ -54,7 +63,7 @@ def byteplot_gallery(images: Mapping[str, Sequence[tuple[str, np.ndarray]]], pat
             if c == 0:
                 ax.set_ylabel(family[:20], fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / max(len(families), 1)))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -65,7 +74,7 @@ def pca_map(coords: np.ndarray, labels: Sequence[str], path: str, top: int = 10,
     """Scatter of 2-D coordinates: the `top` most frequent labels in colour, the rest grey."""
     labels = list(labels)
     coloured = [f for f, _ in Counter(labels).most_common(top)]
-    cmap = plt.get_cmap("tab10" if len(coloured) <= 10 else "tab20")
+    colors = family_colors(len(coloured))
     fig, ax = plt.subplots(figsize=(8.5, 6.5))
     rest = np.array([lab not in coloured for lab in labels], dtype=bool)
     if rest.any():
@@ -73,7 +82,7 @@ def pca_map(coords: np.ndarray, labels: Sequence[str], path: str, top: int = 10,
                    linewidths=0)
     for i, family in enumerate(coloured):
         sel = np.array([lab == family for lab in labels], dtype=bool)
-        ax.scatter(coords[sel, 0], coords[sel, 1], s=12, color=cmap(i % cmap.N), label=f"{family} ({int(sel.sum())})",
+        ax.scatter(coords[sel, 0], coords[sel, 1], s=12, color=colors[i], label=f"{family} ({int(sel.sum())})",
                    linewidths=0)
     if explained is not None:
         ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")

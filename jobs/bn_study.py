@@ -275,7 +275,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bn-momentum", type=float, default=0.01,
                    help="BN momentum for norm=batch, PyTorch convention (0.01 == Keras' default 0.99)")
     p.add_argument("--holdout-fraction", type=float, default=None, help="default: config train.holdout_fraction")
-    p.add_argument("--eval-files", type=int, default=2000,
+    p.add_argument("--eval-files", type=int, default=512,
                    help="training files evaluated per epoch (train mode and eval mode), a fixed hash-chosen subset")
     p.add_argument("--probe-files", type=int, default=256, help="training files in the BN health probe")
     p.add_argument("--workers", type=int, default=2, help="rasterization processes")

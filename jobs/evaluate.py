@@ -11,7 +11,7 @@ train.holdout_fraction, the split of embedlib.training.make_split: none of them 
 gallery but itself; files of a family with a single file have nothing to find and are no queries.
 
 Metrics (embedlib.metrics): P@1, P@10, MAP@R and pair ROC-AUC, per query, per family and overall; ties
-in a ranking are pessimistic (the *_optimistic columns give the other bound). TLSH and ssdeep digests come
+in a ranking are pessimistic (the *_expected columns: random order within ties, in exact expectation). TLSH and ssdeep digests come
 from the table's tlsh/ssdeep columns, or are computed here from the first --max-bytes of each file (the
 bytes the embedding saw). A file without a digest ranks last for that method, and stays a query.
 Writes summary.*, per_family.* (parquet, csv, md), per_query.parquet, evaluation.json and three PNGs.
@@ -47,6 +47,9 @@ log = logging.getLogger("jobs.evaluate")
 METHODS = ("embedding", "tlsh", "ssdeep")
 METRIC_LABELS = {"p_at_1": "P@1", "p_at_10": "P@10", "map_at_r": "MAP@R", "roc_auc": "ROC-AUC"}
 DEFAULT_RASTER_SIZE = 64
+# Tie policies reported (embedlib.metrics): the headline is pessimistic; "expected" (random order within
+# ties) shows how much of a method's result hangs on ties. Column suffix per policy.
+REPORTED_TIES = {"pessimistic": "", "expected": "_expected"}
 
 
 @dataclass
@@ -89,7 +92,7 @@ class MethodResult:
 
 def read_embeddings(root: str) -> pa.Table:
     fs, path = fsspec.core.url_to_fs(root.rstrip("/") + "/embeddings")
-    columns = ["sha256", "path", "size_bytes", "family", "tlsh", "ssdeep", "embedding"]
+    columns = ["sha256", "path", "size_bytes", "family", "tlsh", "ssdeep", "model_version", "embedding"]
     return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
 
 
@@ -132,6 +135,7 @@ def cap_files(files: Files, max_files: int) -> Files:
     if len(files) <= max_files:
         return files
     from embedlib.training import bucket  # imports torch: only when needed
+
     chosen = sorted(range(len(files)), key=lambda i: bucket(files.sha256[i], "evaluate"))[:max_files]
     return files.take(sorted(chosen, key=lambda i: files.path[i]))
 
@@ -289,14 +293,13 @@ def evaluate_method(name: str, matrix: np.ndarray, higher_is_closer: bool, files
     """Per-query P@1, P@10, AP@R (both tie policies) and pooled pair ROC-AUC, overall and per family."""
     result = MethodResult(name, higher_is_closer)
     q_labels, g_labels = files.family[queries], files.family
-    for ties in metrics.TIES:
-        suffix = "" if ties == "pessimistic" else "_optimistic"
-        ranked = metrics.ranked_relevance(matrix, q_labels, g_labels, self_index=queries,
-                                          higher_is_closer=higher_is_closer, ties=ties)
-        result.per_query[f"p_at_1{suffix}"] = metrics.precision_at_k_ranked(ranked, 1)
-        result.per_query[f"p_at_10{suffix}"] = metrics.precision_at_k_ranked(ranked, 10)
-        result.per_query[f"ap_at_r{suffix}"] = metrics.average_precision_at_r_ranked(ranked)
-        result.per_query["r"] = ranked.sum(axis=1)
+    for ties, suffix in REPORTED_TIES.items():
+        ranking = metrics.rank(matrix, q_labels, g_labels, self_index=queries, higher_is_closer=higher_is_closer,
+                               ties=ties)
+        result.per_query[f"p_at_1{suffix}"] = metrics.precision_at_k_ranked(ranking, 1)
+        result.per_query[f"p_at_10{suffix}"] = metrics.precision_at_k_ranked(ranking, 10)
+        result.per_query[f"ap_at_r{suffix}"] = metrics.average_precision_at_r_ranked(ranking)
+        result.per_query["r"] = ranking.n_relevant
     distances = metrics.as_distances(matrix, higher_is_closer)
     same = metrics.relevance(q_labels, g_labels)
     pairs = metrics.query_pairs(len(queries), len(files), queries)
@@ -315,7 +318,7 @@ def summary_rows(results: list[MethodResult], n_queries: int) -> list[dict[str, 
             "method": r.name, "queries": n_queries,
             "p_at_1": _mean(q["p_at_1"]), "p_at_10": _mean(q["p_at_10"]), "map_at_r": _mean(q["ap_at_r"]),
             "roc_auc": r.auc_overall,
-            "p_at_1_optimistic": _mean(q["p_at_1_optimistic"]), "map_at_r_optimistic": _mean(q["ap_at_r_optimistic"]),
+            "p_at_1_expected": _mean(q["p_at_1_expected"]), "map_at_r_expected": _mean(q["ap_at_r_expected"]),
             "missing": r.missing,
             "cpu_ms_per_file": float(r.timing.get("cpu_ms_per_file", float("nan"))),
             "wall_ms_per_file": float(r.timing.get("wall_ms_per_file", float("nan"))),
@@ -449,7 +452,12 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> di
                              else "evaluation")
     os.makedirs(output, exist_ok=True)
 
-    files, counts = labelled_files(read_embeddings(args.embeddings), args.labels)
+    table = read_embeddings(args.embeddings)
+    versions = sorted(set(table.column("model_version").to_pylist()))
+    if meta and versions != [meta.get("model_version")]:
+        say(f"WARNING: the embeddings come from model(s) {versions}, --model is {meta.get('model_version')}: "
+            "its held-out split is only meaningful for the model that made these embeddings")
+    files, counts = labelled_files(table, args.labels)
     before_cap = len(files)
     files = cap_files(files, args.max_files)
     counts.update(labelled=before_cap, evaluated=len(files))
@@ -498,10 +506,11 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> di
     written += make_plots(files, results, summary, output, raster_size, max_bytes, args.plot_families,
                           args.plot_files, args.pca_families)
     report = {"embeddings": args.embeddings, "labels": args.labels, "model": args.model,
-              "model_version": (meta or {}).get("model_version"), "family_disjoint": args.family_disjoint,
+              "model_version": (meta or {}).get("model_version"), "embedding_model_versions": versions, "family_disjoint": args.family_disjoint,
               "queries": len(queries), "query_kind": query_kind, "single_file_families_skipped": lonely,
               "counts": counts, "max_bytes": max_bytes, "digests": digest_info, "embedding_timing": embed_timing,
-              "summary": summary, "tie_policy": "pessimistic (optimistic columns: the other bound)"}
+              "summary": summary,
+              "tie_policy": "pessimistic; *_expected: exact expectation over random order within ties"}
     json_path = os.path.join(output, "evaluation.json")
     with open(json_path, "w") as fh:
         json.dump(report, fh, indent=1, default=_json_default)
@@ -529,8 +538,8 @@ def describe_setup(args: argparse.Namespace, n_files: int, n_queries: int, query
         f"- families with a single file (no query possible): {len(lonely)}",
         "- P@k = relevant in top k / k; MAP@R = mean over queries of (1/R) sum_{i<=R} P@i rel_i (R = relevant "
         "items); ROC-AUC over (query, other file) pairs, same vs different family, ties 1/2.",
-        "- ranking ties are pessimistic (irrelevant first); *_optimistic = relevant first. A file without a "
-        "digest ranks last for that method.",
+        "- ranking ties are pessimistic (irrelevant first); *_expected = exact expectation over a random order "
+        "within ties (digest scores tie a lot). A file without a digest ranks last for that method.",
         "- cpu_ms/wall_ms_per_file: computing one file's representation from bytes already in memory (no I/O); "
         "embedding = rasterize + CPU model forward in one batch",
     ]
@@ -544,7 +553,9 @@ def describe_setup(args: argparse.Namespace, n_files: int, n_queries: int, query
     if digest_info:
         lines.append(f"- digests: {digest_info.get('from_table', 0)} from the table, {digest_info.get('computed', 0)} "
                      f"computed from the first {max_bytes} bytes; timings on {digest_info.get('timed_on')} "
-                     f"({digest_info.get('timed_files', 0)} files, {digest_info.get('timed_mb', 0):.2f} MB)")
+                     f"({digest_info.get('timed_files', 0)} files, {digest_info.get('timed_mb', 0):.2f} MB)"
+                     + (f"; computing them took {digest_info['wall_seconds']:.0f} s wall with {args.workers} "
+                        "worker(s)" if "wall_seconds" in digest_info else ""))
     lines.append("- missing: gallery files without a digest (or with a zero embedding); matrix_seconds: wall time of "
                  "the gallery x gallery distance (or score) matrix.")
     return "\n".join(lines) + "\n"

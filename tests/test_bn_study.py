@@ -85,8 +85,9 @@ def test_bn_study_main_tiny_shows_the_seed_gap_and_precise_bn_closes_it(tiny_man
     from jobs import bn_study
 
     out = tmp_path / "study"
+    seeds = (0, 1, 2)
     bn_study.main(["--corpus", tiny_manifest, "--views", "top", "--families", "3", "--files-per-family",
-                   str(PER_FAMILY), "--size", "32", "--epochs", "1", "--seeds", "0", "--workers", "1",
+                   str(PER_FAMILY), "--size", "32", "--epochs", "1", "--seeds", *map(str, seeds), "--workers", "1",
                    "--bn-momentum", "0.01", "--output", str(out)])
     for name in ("results.csv", "results.md", "summary.md"):
         assert (out / name).stat().st_size > 0
@@ -94,21 +95,28 @@ def test_bn_study_main_tiny_shows_the_seed_gap_and_precise_bn_closes_it(tiny_man
     corpus = rows[0]["corpus"]
     assert (out / f"gap_{corpus}.png").stat().st_size > 1000
     assert (out / f"heldout_{corpus}.png").stat().st_size > 1000
-    assert len(rows) == 4 * 1 * 2  # norms x epochs x precise_bn
-    by = {(r["norm"], r["precise_bn"]): r for r in rows}
-    assert set(by) == {(n, p) for n in ("batch", "batch-cumulative", "group", "none") for p in ("no", "yes")}
+    assert len(rows) == 4 * len(seeds) * 1 * 2  # norms x seeds x epochs x precise_bn
+    by = {(r["norm"], int(r["seed"]), r["precise_bn"]): r for r in rows}
+    assert set(by) == {(n, s, p) for n in ("batch", "batch-cumulative", "group", "none") for s in seeds
+                       for p in ("no", "yes")}
 
     # The seed bug, and its fix: after one short epoch with momentum 0.01 the running statistics are still
-    # near their initial values, so eval mode disagrees with train mode on the very training files;
-    # recomputed statistics make eval mode agree with train mode again.
-    no, yes = by[("batch", "no")], by[("batch", "yes")]
-    assert float(yes["top1_agreement"]) > float(no["top1_agreement"]) + 0.2
-    assert float(yes["top1_agreement"]) >= 0.9
-    assert float(no["gap"]) > float(yes["gap"])
-    assert no["train_mode_acc"] == yes["train_mode_acc"]  # train mode ignores running stats: same model
+    # near their initial values, so eval mode disagrees with train mode on the very training files; exact
+    # statistics (on a copy) make eval mode agree with train mode again. How far the running statistics are
+    # off after 3 steps varies with the seed (measured over seeds 0-9 here: agreement without precise BN
+    # 0.32-0.95, with it 0.91-0.99, and always higher with it), hence several seeds and a per-seed ordering.
+    margins = []
+    for seed in seeds:
+        no, yes = by[("batch", seed, "no")], by[("batch", seed, "yes")]
+        assert float(yes["top1_agreement"]) >= 0.9
+        assert float(no["top1_agreement"]) < float(yes["top1_agreement"])
+        assert no["train_mode_acc"] == yes["train_mode_acc"]  # train mode ignores running stats: same model
+        margins.append(float(yes["top1_agreement"]) - float(no["top1_agreement"]))
+    assert sum(margins) / len(margins) >= 0.1
     # No BN layers: precise BN does not apply, and the table says so instead of recomputing.
     for norm in ("group", "none"):
-        assert by[(norm, "yes")]["note"] == study.NO_BN_NOTE and not by[(norm, "no")]["note"]
-        assert float(by[(norm, "no")]["top1_agreement"]) == 1.0
+        for seed in seeds:
+            assert by[(norm, seed, "yes")]["note"] == study.NO_BN_NOTE and not by[(norm, seed, "no")]["note"]
+            assert float(by[(norm, seed, "no")]["top1_agreement"]) == 1.0
     summary = (out / "summary.md").read_text()
-    assert "the seed gap shows" in summary or "no large gap" in summary
+    assert "mean±std over 3 seeds" in summary and "## Verdicts" in summary

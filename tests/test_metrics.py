@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -85,6 +87,11 @@ def test_ties_pessimistic_optimistic_and_independent_of_gallery_order():
             metrics.precision_at_k(d, ["a"], gallery, 1, **policy)[0]
     # AUC counts the tie 1/2: (0.5 vs 0.5 -> 1/2) + (0.9 vs 0.5 -> 0), over 2 pairs
     assert metrics.pair_roc_auc(d[0], np.array(gallery) == "a") == pytest.approx(0.25)
+    # expected (random order within the tie): P@1 = 1/2; AP@R = 1/2 * (E[rel_1] + E[rel_2 * hits(1..2)] / 2)
+    #   = 1/2 * (1/2 + (1/2 * 1) / 2) = 3/8   (rel_2 is "a" half the time, and then rel_1 is b: hits = 1)
+    exp = dict(ties="expected")
+    assert metrics.precision_at_k(d, ["a"], gallery, 1, **exp)[0] == pytest.approx(0.5)
+    assert metrics.average_precision_at_r(d, ["a"], gallery, **exp)[0] == pytest.approx(3 / 8)
     with pytest.raises(ValueError):
         metrics.ranked_relevance(d, ["a"], gallery, ties="random")
 
@@ -147,3 +154,47 @@ def test_average_ranks():
 def test_auc_degenerate_cases():
     assert np.isnan(metrics.pair_roc_auc(np.array([0.1, 0.2]), np.array([True, True])))
     assert metrics.pair_roc_auc(np.array([0.1, 0.2]), np.array([False, True])) == 0.0
+
+
+def _expected_by_enumeration(d_row, rel_row, fn):
+    groups = [rel_row[d_row == v].tolist() for v in np.unique(d_row)]
+    per_group = [list(itertools.permutations(g)) for g in groups]  # all n! orders, duplicates included
+    values = [fn([r for order in orders for r in order]) for orders in itertools.product(*per_group)]
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_expected_ties_equal_the_average_over_every_tie_order(seed):
+    rng = np.random.default_rng(100 + seed)
+    n_g = 9
+    d = rng.integers(0, 3, size=(3, n_g)).astype(float)
+    d[0, 4] = np.nan  # a missing value ties with nothing but other missing ones, at the end
+    gallery = rng.choice(["a", "b"], size=n_g).astype(object)
+    queries = np.array(["a", "b", "a"], dtype=object)
+    rel = metrics.relevance(queries, gallery)
+    ap = metrics.average_precision_at_r(d, queries, gallery, ties="expected")
+    p1 = metrics.precision_at_k(d, queries, gallery, 1, ties="expected")
+    p4 = metrics.precision_at_k(d, queries, gallery, 4, ties="expected")
+    lo = metrics.average_precision_at_r(d, queries, gallery, ties="pessimistic")
+    hi = metrics.average_precision_at_r(d, queries, gallery, ties="optimistic")
+    for q in range(len(queries)):
+        row = metrics.as_distances(d[q])
+        assert ap[q] == pytest.approx(_expected_by_enumeration(row, rel[q], _brute_force_ap_at_r))
+        assert p1[q] == pytest.approx(_expected_by_enumeration(row, rel[q], lambda r: r[0]))
+        assert p4[q] == pytest.approx(_expected_by_enumeration(row, rel[q], lambda r: sum(r[:4]) / 4))
+        assert lo[q] - 1e-12 <= ap[q] <= hi[q] + 1e-12
+
+
+def test_policies_agree_without_ties_and_self_exclusion_works_for_expected():
+    rng = np.random.default_rng(7)
+    labels = rng.choice(["a", "b", "c"], size=12).astype(object)
+    d = rng.random((12, 12))
+    d = (d + d.T) / 2
+    q = np.arange(12)
+    results = [metrics.average_precision_at_r(d, labels, labels, self_index=q, ties=t) for t in metrics.TIES]
+    assert np.allclose(results[0], results[1], equal_nan=True) and np.allclose(results[0], results[2], equal_nan=True)
+    # self ties with everything: the expected policy must still drop it, not share its slot
+    flat = np.zeros((12, 12))
+    p1 = metrics.precision_at_k(flat, labels, labels, 1, self_index=q, ties="expected")
+    counts = {f: int((labels == f).sum()) for f in set(labels)}
+    assert p1 == pytest.approx([(counts[f] - 1) / 11 for f in labels])
