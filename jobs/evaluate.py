@@ -176,10 +176,18 @@ def max_bytes_for(root: str, meta: dict | None, override: int | None) -> int:
     return InputConfig().max_bytes
 
 
+def embed_run_model(root: str) -> str | None:
+    """The checkpoint the embed job recorded in its _run.json, if any."""
+    return (read_json(root.rstrip("/") + "/_run.json") or {}).get("model")
+
+
 def raster_size_for(root: str, meta: dict | None) -> int:
+    """The image size the network saw: --model's, else that of the model the embed run recorded."""
+    run = read_json(root.rstrip("/") + "/_run.json") or {}
+    if meta is None and run.get("model"):
+        meta = read_json(run["model"].rstrip("/") + "/meta.json")
     if meta:
         return int(meta["config"]["raster"]["size"])
-    run = read_json(root.rstrip("/") + "/_run.json") or {}
     return int((run.get("raster") or {}).get("size") or DEFAULT_RASTER_SIZE)
 
 
@@ -468,6 +476,9 @@ def evaluate(args: argparse.Namespace, say: Callable[[str], None] = print) -> di
         + (f"; {before_cap - len(files)} left out by --max-files {args.max_files}" if before_cap > len(files) else "")
         + ")")
     say(f"queries: {len(queries)} = {query_kind}")
+    if meta is None and embed_run_model(args.embeddings):
+        say(f"hint: these embeddings were made with {embed_run_model(args.embeddings)}; pass it as --model to "
+            "query held-out files only")
     if lonely:
         say(f"skipped as queries: {int(sum(candidates & np.isin(files.family, lonely)))} files of {len(lonely)} "
             f"families with a single file in the gallery (nothing to retrieve): {', '.join(lonely[:12])}"
