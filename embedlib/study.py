@@ -182,8 +182,10 @@ def precise_copy(model: torch.nn.Module, images: np.ndarray, batch_size: int = 2
                  max_samples: int | None = None) -> torch.nn.Module:
     """A copy of `model` with exact BN statistics over `images` (the model itself is untouched)."""
     twin = copy.deepcopy(model)
+    if max_samples and len(images) > max_samples:  # a uniform subset: images are in path (family) order
+        images = images[np.sort(np.random.default_rng(0).choice(len(images), max_samples, replace=False))]
     if batch_norms(twin):
-        precise_statistics(twin, _image_stream(images[:max_samples] if max_samples else images, batch_size))
+        precise_statistics(twin, _image_stream(images, batch_size))
     return twin
 
 
@@ -305,7 +307,10 @@ def summary_markdown(rows: list[dict], corpora: list[str], bn_momentum: float) -
              "`batch-cumulative` averages every batch equally (momentum=None). gap = train-mode accuracy minus "
              "eval-mode accuracy, both on the same training files in the same shuffled batches. Precise BN is "
              "applied to a copy of the model at each epoch end (training is unchanged). For `group` and `none` "
-             "there are no BN layers, so precise BN does not apply: those rows repeat the values without it.", ""]
+             "there are no BN layers, so precise BN does not apply: those rows repeat the values without it. "
+             "`batch` and `batch-cumulative` differ only in their running statistics, which training (train mode) "
+             "never uses: with the same seed they train the very same weights, so their train-mode accuracy and "
+             "their precise-BN rows coincide; only eval mode as trained tells them apart.", ""]
     headers = ["norm", "precise BN", "steps", "train-mode acc", "eval-mode acc (train files)", "gap",
                "held-out acc", "top-1 agreement"]
     for title, epoch in (("final epoch", None), ("after epoch 1 (the seed's short training)", 1)):

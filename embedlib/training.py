@@ -111,7 +111,8 @@ def calibrate_and_check(model: torch.nn.Module, cfg: Config, samples_root: str, 
     probe = list(batches_of(probe_images, probe_labels, bs, shuffle=True, seed=cfg.train.seed))
     out: dict = {"bn_health_before_precise_bn": health.bn_health(model, probe, cfg.health)}
     if cfg.train.precise_bn and batch_norms(model):
-        stream = image_batches(samples_root, size, max(bs, 256), cfg.train.precise_bn_max_samples)
+        # Training files only: held-out accuracy must not use statistics computed on held-out images.
+        stream = image_batches(samples_root, size, max(bs, 256), cfg.train.precise_bn_max_samples, split.train)
         out["precise_bn"] = {"layers": precise_bn.precise_statistics(model, stream),
                              "max_samples": cfg.train.precise_bn_max_samples}
     out["bn_health"] = health.bn_health(model, probe, cfg.health)

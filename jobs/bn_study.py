@@ -158,6 +158,22 @@ def write_csv(rows: list[dict], path: str) -> None:
     os.replace(tmp, path)
 
 
+def read_csv(path: str) -> list[dict]:
+    """results.csv back into rows (numbers as numbers), for --replot."""
+    ints = {"seed", "epoch", "steps", "families", "train_files", "eval_files", "heldout_files"}
+    text = {"corpus", "norm", "precise_bn", "note", "bn_momentum"}
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for k, v in r.items():
+            if k in ints:
+                r[k] = int(v)
+            elif k not in text:
+                r[k] = float(v) if v != "" else float("nan")
+        r["bn_momentum"] = float(r["bn_momentum"]) if r["bn_momentum"] else ""
+    return rows
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -169,6 +185,7 @@ def plot(rows: list[dict], corpus: str, output: str, bn_momentum: float) -> list
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     mine = [r for r in rows if r["corpus"] == corpus]
     norms = [n for n in NORM_KINDS if any(r["norm"] == n for r in mine)]
@@ -196,6 +213,7 @@ def plot(rows: list[dict], corpus: str, output: str, bn_momentum: float) -> list
             ax.plot(*curve(norm, "yes", "eval_mode_acc_on_train"), "b--s", ms=3, label="eval mode, precise BN")
         ax.set_title(label_of(norm) + ("" if has_bn else "\n(no BN: precise BN n/a)"), fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy on training files")
@@ -209,12 +227,22 @@ def plot(rows: list[dict], corpus: str, output: str, bn_momentum: float) -> list
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = {"batch": "tab:blue", "batch-cumulative": "tab:purple", "group": "tab:green", "none": "tab:red"}
+    precise_drawn: dict[tuple, str] = {}
     for norm in norms:
         ax.plot(*curve(norm, "no", "heldout_acc"), "-o", ms=3, color=colors.get(norm), label=label_of(norm))
         if norm.startswith("batch"):
-            ax.plot(*curve(norm, "yes", "heldout_acc"), "--s", ms=3, color=colors.get(norm),
-                    label=label_of(norm) + " + precise BN")
+            xs, ys = curve(norm, "yes", "heldout_acc")
+            key = (tuple(xs), tuple(round(y, 6) for y in ys))
+            if key in precise_drawn:  # batch and batch-cumulative train the same weights: one precise curve
+                continue
+            others = [n for n in norms if n != norm and n.startswith("batch")
+                      and (tuple(curve(n, "yes", "heldout_acc")[0]),
+                           tuple(round(y, 6) for y in curve(n, "yes", "heldout_acc")[1])) == key]
+            name = " / ".join([norm] + others) + " + precise BN" + (" (same weights)" if others else "")
+            precise_drawn[key] = name
+            ax.plot(xs, ys, "--s", ms=3, color=colors.get(norm), label=name)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("held-out accuracy (eval mode)")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
@@ -265,7 +293,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-family-files", type=int, default=20, help="families in the 'multi' view have >= this")
     p.add_argument("--files-per-family", type=int, default=None, help="cap per family (default: no cap)")
     p.add_argument("--norms", type=_csv_list, default=list(NORM_KINDS), help="comma-separated norm kinds")
-    p.add_argument("--epochs", type=int, default=6, help="epochs for the 'top' view")
+    p.add_argument("--epochs", type=int, default=5, help="epochs for the 'top' view")
     p.add_argument("--multi-epochs", type=int, default=None,
                    help="epochs for the 'multi' view (default 2 x --epochs: held-out needs longer training)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -284,6 +312,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", default=DEFAULT_OUTPUT)
     p.add_argument("--cache", default=None, help="image cache folder (default OUTPUT/cache; 'none' disables)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--replot", action="store_true",
+                   help="only rewrite results.md, summary.md and the plots from OUTPUT/results.csv")
     p.add_argument("--config", help="TOML config (model/train settings used as the base)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args(argv)
@@ -307,6 +337,12 @@ def base_config(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.replot:
+        rows = read_csv(os.path.join(args.output, "results.csv"))
+        corpora = list(dict.fromkeys(r["corpus"] for r in rows))
+        momentum = next((r["bn_momentum"] for r in rows if r["norm"] == "batch"), args.bn_momentum)
+        print(write_outputs(rows, corpora, args.output, momentum, plots=not args.no_plots))
+        return rows
     cfg = base_config(args)
     import torch
 

@@ -120,3 +120,7 @@ def test_bn_study_main_tiny_shows_the_seed_gap_and_precise_bn_closes_it(tiny_man
             assert float(by[(norm, seed, "no")]["top1_agreement"]) == 1.0
     summary = (out / "summary.md").read_text()
     assert "mean±std over 3 seeds" in summary and "## Verdicts" in summary
+    # --replot rebuilds the tables and plots from results.csv alone, to the same summary.
+    (out / "summary.md").unlink()
+    bn_study.main(["--replot", "--output", str(out), "--no-plots"])
+    assert (out / "summary.md").read_text() == summary
