@@ -47,8 +47,9 @@ def _weights_bytes(model: torch.nn.Module) -> bytes:
 
 
 def model_version(weights: bytes, cfg: Config) -> str:
+    settings = cfg.to_dict()
     h = hashlib.sha256(weights)
-    h.update(json.dumps({"raster": cfg.to_dict()["raster"], "model": cfg.to_dict()["model"]}, sort_keys=True).encode())
+    h.update(json.dumps({"raster": settings["raster"], "model": settings["model"]}, sort_keys=True).encode())
     return "m-" + h.hexdigest()[:16]
 
 

@@ -1,6 +1,6 @@
 """Embedder: loads a checkpoint once per worker and turns batches of images into embeddings.
 
-Used as a Ray Data actor (callable class) and directly by the query CLI, so both embed identically.
+Used by the Ray embedding actors (ray_io.EmbedStage) and directly by the query CLI, so both embed identically.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def check_health(meta: dict, allow_unhealthy: bool) -> str | None:
 
 
 class Embedder:
-    """Callable on a batch dict with 'image' (binary rows of size*size uint8); adds 'embedding'."""
+    """A checkpoint's model in eval mode on one device, with the raster size and version it embeds with."""
 
     def __init__(self, model_uri: str, device: str | None = None) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,12 +69,6 @@ class Embedder:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
             return self.model.embed(x).float().cpu().numpy()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = decode_images(batch["image"], self.size)
-        batch["embedding"] = list(self.embed_images(images)) if len(images) else []
-        batch["model_version"] = np.full(len(images), self.version, dtype=object)
-        return batch
 
 
 def decode_images(column: np.ndarray | list, size: int) -> np.ndarray:

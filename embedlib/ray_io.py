@@ -194,29 +194,26 @@ def samples_dataset(samples_root: str, sha_to_label: dict[str, int]):
     return ds.map_batches(label, batch_format="pyarrow", batch_size=4096)
 
 
-class _UnevenSplitConfig:
-    """Factory for a DataConfig that shards with equal=False: no row is silently dropped to even the split
-    (Ray's default streaming_split(equal=True) drops the remainder every epoch); DDP join absorbs the tail."""
+def _uneven_data_config():
+    """A DataConfig that shards with equal=False: no row is silently dropped to even the split (Ray's default
+    streaming_split(equal=True) drops the remainder every epoch); DDP join absorbs the uneven tail."""
+    from ray.train import DataConfig
 
-    @staticmethod
-    def make():
-        from ray.train import DataConfig
+    class UnevenDataConfig(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            output = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)
+                ds.context.execution_options = self._resolve_execution_options(name)
+                if name == "train":
+                    for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                        output[i][name] = split
+                else:
+                    for i in range(world_size):
+                        output[i][name] = ds.iterator()
+            return output
 
-        class UnevenDataConfig(DataConfig):
-            def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-                output = [{} for _ in range(world_size)]
-                for name, ds in datasets.items():
-                    ds = ds.copy(ds)
-                    ds.context.execution_options = self._resolve_execution_options(name)
-                    if name == "train":
-                        for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
-                            output[i][name] = split
-                    else:
-                        for i in range(world_size):
-                            output[i][name] = ds.iterator()
-                return output
-
-        return UnevenDataConfig()
+    return UnevenDataConfig()
 
 
 def train_with_ray(cfg: Config, samples_root: str, train_labels: dict[str, int], probe_labels: dict[str, int],
@@ -246,7 +243,7 @@ def train_with_ray(cfg: Config, samples_root: str, train_labels: dict[str, int],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets={"train": train_ds, "probe": probe_ds},
-        dataset_config=_UnevenSplitConfig.make(),
+        dataset_config=_uneven_data_config(),
     )
     result = trainer.fit()
     if result.error:

@@ -178,6 +178,16 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+
+def _save(fig, path: str) -> str:
+    """Write a figure as PNG and free it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 def plot(rows: list[dict], corpus: str, output: str, bn_momentum: float) -> list[str]:
     """gap_<corpus>.png (per norm: train-mode vs eval-mode accuracy on training files, with and without
     precise BN) and heldout_<corpus>.png (held-out accuracy per epoch, per norm). Means over seeds."""
@@ -219,25 +229,24 @@ def plot(rows: list[dict], corpus: str, output: str, bn_momentum: float) -> list
     axes[0][0].set_ylabel("accuracy on training files")
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{corpus}: train mode vs eval mode on the same training files", fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(output, f"gap_{_safe(corpus)}.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, os.path.join(output, f"gap_{_safe(corpus)}.png")))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = {"batch": "tab:blue", "batch-cumulative": "tab:purple", "group": "tab:green", "none": "tab:red"}
     precise_drawn: dict[tuple, str] = {}
+
+    def precise_key(norm: str) -> tuple:
+        xs, ys = curve(norm, "yes", "heldout_acc")
+        return tuple(xs), tuple(round(y, 6) for y in ys)
+
     for norm in norms:
         ax.plot(*curve(norm, "no", "heldout_acc"), "-o", ms=3, color=colors.get(norm), label=label_of(norm))
         if norm.startswith("batch"):
             xs, ys = curve(norm, "yes", "heldout_acc")
-            key = (tuple(xs), tuple(round(y, 6) for y in ys))
+            key = precise_key(norm)
             if key in precise_drawn:  # batch and batch-cumulative train the same weights: one precise curve
                 continue
-            others = [n for n in norms if n != norm and n.startswith("batch")
-                      and (tuple(curve(n, "yes", "heldout_acc")[0]),
-                           tuple(round(y, 6) for y in curve(n, "yes", "heldout_acc")[1])) == key]
+            others = [n for n in norms if n != norm and n.startswith("batch") and precise_key(n) == key]
             name = " / ".join([norm] + others) + " + precise BN" + (" (same weights)" if others else "")
             precise_drawn[key] = name
             ax.plot(xs, ys, "--s", ms=3, color=colors.get(norm), label=name)
@@ -248,11 +257,7 @@ def plot(rows: list[dict], corpus: str, output: str, bn_momentum: float) -> list
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(f"{corpus}: held-out accuracy, BatchNorm vs not", fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(output, f"heldout_{_safe(corpus)}.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, os.path.join(output, f"heldout_{_safe(corpus)}.png")))
     return written
 
 
