@@ -91,3 +91,18 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             raise ValueError(f"column {fld.name!r} is required by table {schema.metadata[b'embedlib.table'].decode()}")
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+# -- neighbors (issue 9): written by jobs.neighbors, read by embedlib.query -------------------------------------
+NEIGHBORS = pa.schema(
+    [
+        pa.field("sha256", pa.string(), nullable=False),  # a row of run `run_id`
+        pa.field("rank", pa.int32(), nullable=False),  # 1 = nearest
+        pa.field("neighbor", pa.string(), nullable=False),  # its sha256
+        pa.field("distance", pa.float32(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),  # 'cosine' (1 - cosine similarity) or 'l2'
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ],
+    metadata={"embedlib.table": "neighbors", "embedlib.schema_version": str(SCHEMA_VERSION)},
+)

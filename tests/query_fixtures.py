@@ -1,0 +1,228 @@
+"""A small but realistic output root, written with pyarrow in exactly the DESIGN.md layout (issue 8's writer).
+
+Until the new embedding pipeline lands, the query tests cannot run jobs.embed to produce this layout, so this
+module writes it by hand: three finished runs under two model versions, errors, runs rows, a staging folder
+of an unfinished run and a lock file (both must be ignored). The Arrow schemas below mirror DESIGN.md's
+column list; at merge they should be replaced by schema.py's definitions (the single source of columns).
+
+  R1  model mv-a (D=6)   30 files of 3 families, errors: empty, duplicate
+  R2  model mv-b (D=8)   the same 30 contents re-embedded under mv-b (beta-07 now among gamma), 6 new (two part
+                         files), errors: unreadable
+  R3  model mv-b (D=8)   9 new files: 3 near-copies of one R2 file, 3 of a new unlabelled family, 3 labelled;
+                         errors: too_large, duplicate
+The current model version is mv-b (R3 finished last).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+RUN1, RUN2, RUN3 = "20261101T010000Z-aaaaaa", "20261102T010000Z-bbbbbb", "20261103T010000Z-cccccc"
+RUN_UNFINISHED = "20261104T010000Z-dddddd"
+MV_A, MV_B = "mv-a", "mv-b"
+DIMS = {MV_A: 6, MV_B: 8}
+FAMILIES = ("alpha", "beta", "gamma")
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("path_raw", pa.binary()),
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("mtime_ns", pa.int64()),
+        pa.field("etag", pa.string()),
+        pa.field("format", pa.string(), nullable=False),
+        pa.field("family", pa.string()),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("tlsh", pa.string()),
+        pa.field("ssdeep", pa.string()),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+    ])
+
+
+ERRORS = pa.schema([
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("path_raw", pa.binary()),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("sha256", pa.string()),
+    pa.field("size_bytes", pa.int64()),
+    pa.field("mtime_ns", pa.int64()),
+    pa.field("etag", pa.string()),
+    pa.field("family", pa.string()),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+])
+
+RUNS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("job", pa.string(), nullable=False),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("raster", pa.string()),
+    pa.field("input", pa.string()),
+    pa.field("started", pa.timestamp("us", tz="UTC")),
+    pa.field("finished", pa.timestamp("us", tz="UTC")),
+    pa.field("files_seen", pa.int64()),
+    pa.field("skipped_known", pa.int64()),
+    pa.field("embedded", pa.int64()),
+    pa.field("duplicates", pa.int64()),
+    pa.field("failed", pa.int64()),
+    pa.field("bytes_read", pa.int64()),
+    pa.field("seconds", pa.float64()),
+    pa.field("embedlib_version", pa.string()),
+    pa.field("config", pa.string()),
+])
+
+
+@dataclass
+class FixtureRoot:
+    """What was written, for brute-force checks: per model version, sha256 -> (vector, row)."""
+
+    root: str
+    vectors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # version -> sha256 -> unit vector
+    rows: dict[str, dict[str, dict]] = field(default_factory=dict)  # version -> sha256 -> row (no embedding)
+    errors: list[dict] = field(default_factory=list)
+    manifest: str | None = None  # labels CSV (path,family) with one family corrected
+
+    def matrix(self, version: str) -> tuple[list[str], np.ndarray]:
+        shas = sorted(self.vectors[version])
+        return shas, np.stack([self.vectors[version][s] for s in shas])
+
+
+def sha(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _write(fs, path: str, table: pa.Table, metadata: dict[str, str]) -> None:
+    """Atomic like the real writer: a temporary name no *.parquet glob matches, then a rename."""
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    tmp = path + ".tmp"
+    fs.makedirs(os.path.dirname(path), exist_ok=True)
+    with fs.open(tmp, "wb") as fh:
+        pq.write_table(table, fh)
+    fs.mv(tmp, path)
+
+
+def write_root(root: str, storage_options: dict | None = None) -> FixtureRoot:
+    """Write the fixture output root at `root` (a local path or any fsspec URI)."""
+    fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    base = base.rstrip("/")
+    rng = np.random.default_rng(7)
+    out = FixtureRoot(root=root)
+    centers = {v: {f: rng.normal(size=d) for f in FAMILIES + ("delta",)} for v, d in DIMS.items()}
+
+    def vec(version: str, family: str, scale: float = 0.35) -> np.ndarray:
+        return _unit(centers[version][family] + scale * rng.normal(size=DIMS[version]))
+
+    def row(name: str, family: str | None, version: str, run: str, vector: np.ndarray, size: int) -> dict:
+        r = {"sha256": sha(name), "path": f"/corpus/{name}", "path_raw": None, "size_bytes": size,
+             "mtime_ns": 1_700_000_000_000_000_000 + size, "etag": None,
+             "format": "pe" if name.endswith(".exe") else "elf", "family": family, "truncated": size > 60_000,
+             "tlsh": None, "ssdeep": None, "model_version": version, "run_id": run}
+        out.vectors.setdefault(version, {})[r["sha256"]] = vector
+        out.rows.setdefault(version, {})[r["sha256"]] = r
+        return r
+
+    def emb_table(rows: list[dict], version: str) -> pa.Table:
+        dim = DIMS[version]
+        flat = np.concatenate([out.vectors[version][r["sha256"]] for r in rows]).astype(np.float32)
+        cols = {k: [r[k] for r in rows] for k in rows[0]}
+        cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
+        return pa.Table.from_pydict(cols, schema=embeddings_schema(dim))
+
+    def write_embeddings(rows: list[dict], version: str, run: str, part: int) -> None:
+        meta = {"embedlib.table": "embeddings", "embedlib.schema_version": "2", "embedlib.model_version": version,
+                "embedlib.embedding_dim": str(DIMS[version])}
+        _write(fs, f"{base}/embeddings/model_version={version}/run={run}/part-{part:06d}.parquet",
+               emb_table(rows, version), meta)
+
+    def write_errors(rows: list[dict], run: str, stage: str = "read") -> None:
+        full = [{k: r.get(k) for k in ERRORS.names} for r in rows]
+        out.errors += full
+        _write(fs, f"{base}/errors/run={run}/part-{stage}-000000.parquet",
+               pa.Table.from_pylist(full, schema=ERRORS), {"embedlib.table": "errors"})
+
+    def write_run(run: str, version: str, day: int, embedded: int, failed: int, duplicates: int) -> None:
+        started = dt.datetime(2026, 11, day, 1, 0, tzinfo=dt.timezone.utc)
+        r = {"run_id": run, "job": "embed", "model_version": version, "raster": json.dumps({"size": 64}),
+             "input": "/corpus", "started": started, "finished": started + dt.timedelta(minutes=5),
+             "files_seen": embedded + failed + duplicates, "skipped_known": 0, "embedded": embedded,
+             "duplicates": duplicates, "failed": failed, "bytes_read": 1000 * embedded, "seconds": 300.0,
+             "embedlib_version": "0.2.0", "config": json.dumps({"model": f"/models/{version}"})}
+        _write(fs, f"{base}/runs/{run}.parquet", pa.Table.from_pylist([r], schema=RUNS), {"embedlib.table": "runs"})
+
+    # R1: mv-a, 3 families x 10 files
+    names = [(f"{fam}-{i:02d}" + (".exe" if i % 4 == 0 else ""), fam) for fam in FAMILIES for i in range(10)]
+    r1 = [row(n, fam if i % 5 else None, MV_A, RUN1, vec(MV_A, fam), 1000 + 37 * i)
+          for i, (n, fam) in enumerate(names)]
+    write_embeddings(r1, MV_A, RUN1, 0)
+    write_errors([
+        {"path": "/corpus/empty.bin", "status": "empty", "reason": "0 bytes", "size_bytes": 0,
+         "model_version": MV_A, "run_id": RUN1},
+        {"path": "/corpus/copy-of-alpha-01", "status": "duplicate", "reason": f"same content as /corpus/{names[1][0]}",
+         "sha256": sha(names[1][0]), "size_bytes": 1037, "family": "alpha", "model_version": MV_A, "run_id": RUN1},
+    ], RUN1)
+    write_run(RUN1, MV_A, 1, len(r1), 1, 1)
+
+    # R2: mv-b, the same contents re-embedded + 6 new, in two part files
+    # beta-07 lands among gamma under mv-b: its attributed family changes between the versions
+    r2 = [row(n, fam if i % 5 else None, MV_B, RUN2, vec(MV_B, "gamma" if n == "beta-07" else fam), 1000 + 37 * i)
+          for i, (n, fam) in enumerate(names)]
+    r2 += [row(f"{fam}-new-{j}", fam, MV_B, RUN2, vec(MV_B, fam), 5000 + j) for fam in FAMILIES[:2] for j in range(3)]
+    write_embeddings(r2[:20], MV_B, RUN2, 0)
+    write_embeddings(r2[20:], MV_B, RUN2, 1)
+    write_errors([{"path": "/corpus/secret", "status": "unreadable", "reason": "Permission denied",
+                   "model_version": MV_B, "run_id": RUN2}], RUN2)
+    write_run(RUN2, MV_B, 2, len(r2), 1, 0)
+
+    # R3: mv-b, near-copies of alpha-03 (a near-duplicate group), a new unlabelled family, 3 labelled files
+    anchor = out.vectors[MV_B][sha(names[3][0])]
+    r3 = [row(f"alpha-03-patched-{j}", "alpha" if j else None, MV_B, RUN3,
+              _unit(anchor + 0.004 * rng.normal(size=DIMS[MV_B])), 2000 + j) for j in range(3)]
+    r3 += [row(f"delta-{j}", None, MV_B, RUN3, vec(MV_B, "delta", 0.2), 70_000 + j) for j in range(3)]
+    r3 += [row(f"gamma-late-{j}.exe", "gamma", MV_B, RUN3, vec(MV_B, "gamma"), 3000 + j) for j in range(3)]
+    write_embeddings(r3, MV_B, RUN3, 0)
+    write_errors([
+        {"path": "/corpus/huge.iso", "status": "too_large", "reason": "over input.max_hash_bytes",
+         "size_bytes": 3 << 30, "model_version": MV_B, "run_id": RUN3},
+        {"path": "/corpus/gamma-late-0-copy.exe", "status": "duplicate", "reason": "same content as another file",
+         "sha256": sha("gamma-late-0.exe"), "size_bytes": 3000, "family": "gamma", "model_version": MV_B,
+         "run_id": RUN3},
+    ], RUN3)
+    write_run(RUN3, MV_B, 3, len(r3), 1, 1)
+
+    # An unfinished run: staging files (never *.parquet) and a lock; both must be invisible to the views.
+    fs.makedirs(f"{base}/_work/{RUN_UNFINISHED}", exist_ok=True)
+    with fs.open(f"{base}/_work/{RUN_UNFINISHED}/part-000000.parquet.tmp", "wb") as fh:
+        fh.write(b"not parquet")
+    with fs.open(f"{base}/_lock.json", "wb") as fh:
+        fh.write(json.dumps({"run_id": RUN_UNFINISHED}).encode())
+
+    # A labels manifest: every embedded path of mv-b with its family, one family corrected, text cells only.
+    manifest_rows = ["path,family"]
+    for r in out.rows[MV_B].values():
+        family = r["family"]
+        if r["path"].endswith("delta-0"):
+            family = "delta"  # the manifest knows a family the embedding run did not
+        manifest_rows.append(f"{r['path']},{family or ''}")
+    manifest_rows.append("/corpus/copy-of-alpha-01,alpha")
+    with fs.open(f"{base}/labels.csv", "wb") as fh:
+        fh.write(("\n".join(manifest_rows) + "\n").encode())
+    out.manifest = root.rstrip("/") + "/labels.csv"
+    return out
