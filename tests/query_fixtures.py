@@ -119,16 +119,17 @@ def _write(fs, path: str, table: pa.Table, metadata: dict[str, str]) -> None:
     fs.mv(tmp, path)
 
 
-def write_root(root: str, storage_options: dict | None = None) -> FixtureRoot:
-    """Write the fixture output root at `root` (a local path or any fsspec URI)."""
+def write_root(root: str, storage_options: dict | None = None, dims: dict[str, int] | None = None) -> FixtureRoot:
+    """Write the fixture output root at `root` (a local path or any fsspec URI); `dims` overrides DIMS."""
+    dim_of = {**DIMS, **(dims or {})}
     fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
     base = base.rstrip("/")
     rng = np.random.default_rng(7)
     out = FixtureRoot(root=root)
-    centers = {v: {f: rng.normal(size=d) for f in FAMILIES + ("delta",)} for v, d in DIMS.items()}
+    centers = {v: {f: rng.normal(size=d) for f in FAMILIES + ("delta",)} for v, d in dim_of.items()}
 
     def vec(version: str, family: str, scale: float = 0.35) -> np.ndarray:
-        return _unit(centers[version][family] + scale * rng.normal(size=DIMS[version]))
+        return _unit(centers[version][family] + scale * rng.normal(size=dim_of[version]))
 
     def row(name: str, family: str | None, version: str, run: str, vector: np.ndarray, size: int) -> dict:
         r = {"sha256": sha(name), "path": f"/corpus/{name}", "path_raw": None, "size_bytes": size,
@@ -140,7 +141,7 @@ def write_root(root: str, storage_options: dict | None = None) -> FixtureRoot:
         return r
 
     def emb_table(rows: list[dict], version: str) -> pa.Table:
-        dim = DIMS[version]
+        dim = dim_of[version]
         flat = np.concatenate([out.vectors[version][r["sha256"]] for r in rows]).astype(np.float32)
         cols = {k: [r[k] for r in rows] for k in rows[0]}
         cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
@@ -148,7 +149,7 @@ def write_root(root: str, storage_options: dict | None = None) -> FixtureRoot:
 
     def write_embeddings(rows: list[dict], version: str, run: str, part: int) -> None:
         meta = {"embedlib.table": "embeddings", "embedlib.schema_version": "2", "embedlib.model_version": version,
-                "embedlib.embedding_dim": str(DIMS[version])}
+                "embedlib.embedding_dim": str(dim_of[version])}
         _write(fs, f"{base}/embeddings/model_version={version}/run={run}/part-{part:06d}.parquet",
                emb_table(rows, version), meta)
 
@@ -194,7 +195,7 @@ def write_root(root: str, storage_options: dict | None = None) -> FixtureRoot:
     # R3: mv-b, near-copies of alpha-03 (a near-duplicate group), a new unlabelled family, 3 labelled files
     anchor = out.vectors[MV_B][sha(names[3][0])]
     r3 = [row(f"alpha-03-patched-{j}", "alpha" if j else None, MV_B, RUN3,
-              _unit(anchor + 0.004 * rng.normal(size=DIMS[MV_B])), 2000 + j) for j in range(3)]
+              _unit(anchor + 0.004 * rng.normal(size=dim_of[MV_B])), 2000 + j) for j in range(3)]
     r3 += [row(f"delta-{j}", None, MV_B, RUN3, vec(MV_B, "delta", 0.2), 70_000 + j) for j in range(3)]
     r3 += [row(f"gamma-late-{j}.exe", "gamma", MV_B, RUN3, vec(MV_B, "gamma"), 3000 + j) for j in range(3)]
     write_embeddings(r3, MV_B, RUN3, 0)
@@ -204,8 +205,10 @@ def write_root(root: str, storage_options: dict | None = None) -> FixtureRoot:
         {"path": "/corpus/gamma-late-0-copy.exe", "status": "duplicate", "reason": "same content as another file",
          "sha256": sha("gamma-late-0.exe"), "size_bytes": 3000, "family": "gamma", "model_version": MV_B,
          "run_id": RUN3},
+        {"path": "/corpus/broken.bin", "status": "embed_error", "reason": "RuntimeError in the model",
+         "sha256": sha("broken.bin"), "size_bytes": 4000, "model_version": MV_B, "run_id": RUN3},
     ], RUN3)
-    write_run(RUN3, MV_B, 3, len(r3), 1, 1)
+    write_run(RUN3, MV_B, 3, len(r3), 2, 1)
 
     # An unfinished run: staging files (never *.parquet) and a lock; both must be invisible to the views.
     fs.makedirs(f"{base}/_work/{RUN_UNFINISHED}", exist_ok=True)

@@ -27,7 +27,7 @@ from embedlib.query import layout
 from embedlib.query.errors import DUCKDB_ERRORS, QueryError, translate
 
 SQL_PACKAGE = "embedlib.query.sql"
-_PLACEHOLDER = re.compile(r"@(NAME|VARIABLE|DIM)@")
+_PLACEHOLDER = re.compile(r"@(NAME|VARIABLE|DIM|METRIC|M|EF_CONSTRUCTION)@")
 _CREATES = re.compile(r"CREATE OR REPLACE (?:VIEW|MACRO|TABLE) \"?(\w+)", re.I)
 
 # Objects built from the sources, in order: (name, SQL file of its SELECT, sources it reads).
@@ -87,6 +87,15 @@ def _register_source(con: duckdb.DuckDBPyConnection, root: layout.Root, name: st
         i = unified.get_field_index("embedding")
         unified = unified.set(i, pa.field("embedding", pa.list_(pa.float32())))
     con.register(name, ds.dataset(files, schema=unified, filesystem=fs, format="parquet"))
+
+
+def _empty_errors() -> pa.Table:
+    """schema.ERRORS with no rows (plus the partition columns, until schema.py carries them: issue 8)."""
+    table = schema.ERRORS.empty_table()
+    for column in ("model_version", "run_id"):
+        if column not in table.column_names:
+            table = table.append_column(column, pa.array([], pa.string()))
+    return table
 
 
 def _register_labels(con: duckdb.DuckDBPyConnection, labels: str, storage_options: dict | None) -> None:
@@ -188,7 +197,7 @@ def _build(con: duckdb.DuckDBPyConnection, r: layout.Root, listing: layout.Listi
             _register_source(con, r, name, files, embedding_as_list=name == "embedlib_src_embeddings_all")
             present.add(name)
         elif name == "embedlib_src_errors":  # no error in any run: an empty table, not a missing one
-            con.register(name, schema.ERRORS.empty_table())
+            con.register(name, _empty_errors())
             present.add(name)
     if labels is not None:
         _register_labels(con, labels, storage_options)
