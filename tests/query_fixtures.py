@@ -26,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedlib.query.layout import rename_exact
+
 RUN1, RUN2, RUN3 = "20261101T010000Z-aaaaaa", "20261102T010000Z-bbbbbb", "20261103T010000Z-cccccc"
 RUN_UNFINISHED = "20261104T010000Z-dddddd"
 MV_A, MV_B = "mv-a", "mv-b"
@@ -116,7 +118,7 @@ def _write(fs, path: str, table: pa.Table, metadata: dict[str, str]) -> None:
     fs.makedirs(os.path.dirname(path), exist_ok=True)
     with fs.open(tmp, "wb") as fh:
         pq.write_table(table, fh)
-    fs.mv(tmp, path)
+    rename_exact(fs, tmp, path)  # fsspec's own mv would take [1] in a name as a glob
 
 
 def write_root(root: str, storage_options: dict | None = None, dims: dict[str, int] | None = None) -> FixtureRoot:
@@ -229,3 +231,46 @@ def write_root(root: str, storage_options: dict | None = None, dims: dict[str, i
         fh.write(("\n".join(manifest_rows) + "\n").encode())
     out.manifest = root.rstrip("/") + "/labels.csv"
     return out
+
+
+def write_embedded_root(root: str, model_uri: str, paths: list[str]) -> dict[str, np.ndarray]:
+    """A one-run root whose rows were embedded by a real checkpoint (for `embedlib similar --file`):
+    the runs row records the model, as the pipeline's config does. Returns sha256 -> vector."""
+    from embedlib.embedder import Embedder
+
+    embedder = Embedder(model_uri, device="cpu")
+    fs, base = fsspec.core.url_to_fs(root)
+    rows, vectors = [], {}
+    for p in paths:
+        data = open(p, "rb").read()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in vectors:
+            continue
+        vectors[digest] = embedder.embed_path(p).astype(np.float32)
+        rows.append({"sha256": digest, "path": p, "size_bytes": len(data), "format": "elf", "family": None,
+                     "truncated": False, "model_version": embedder.version, "run_id": RUN1})
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(list(vectors.values()))),
+                                                          embedder.dim)
+    table = pa.Table.from_pydict(cols).cast(
+        pa.schema([f for f in embeddings_schema(embedder.dim) if f.name in cols]))
+    _write(fs, f"{base}/embeddings/model_version={embedder.version}/run={RUN1}/part-000000.parquet", table, {})
+    run = {"run_id": RUN1, "job": "embed", "model_version": embedder.version, "started": dt.datetime.now(dt.timezone.utc),
+           "finished": dt.datetime.now(dt.timezone.utc), "embedded": len(rows), "config": json.dumps({"model": model_uri})}
+    _write(fs, f"{base}/runs/{RUN1}.parquet",
+           pa.Table.from_pylist([{k: run.get(k) for k in RUNS.names}], schema=RUNS), {})
+    return vectors
+
+
+def tiny_checkpoint(path: str, seed: int = 0) -> str:
+    """A real (untrained) checkpoint, small enough to build in a test."""
+    import torch
+
+    from embedlib import checkpoint
+    from embedlib.config import Config, from_dict
+    from embedlib.model import build_model
+
+    torch.manual_seed(seed)
+    cfg = from_dict({"raster": {"size": 16}, "model": {"embedding_dim": 8, "channels": (4, 4, 4, 4)}}, Config())
+    checkpoint.save(path, build_model(cfg.model, 2).eval(), cfg, ["a", "b"], {})
+    return path

@@ -162,10 +162,10 @@ def answer(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> analytic
     return analytics.ask(con, "family_changes" if args.files else "drift_versions", a=a, b=b)
 
 
-def print_result(columns: list[str], rows: list[tuple], fmt: str, out: TextIO = sys.stdout) -> None:
+def print_result(columns: list[str], rows: list[tuple], fmt: str) -> None:
     if not columns:
         return
-    print(format_rows(columns, rows, fmt), file=out)
+    print(format_rows(columns, rows, fmt))
     if fmt == "table":
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", file=sys.stderr)
 
@@ -195,9 +195,10 @@ def split_statements(buffer: str) -> tuple[list[str], str]:
     return done, buffer[start:]
 
 
-def repl(con: duckdb.DuckDBPyConnection, fmt: str, stdin: TextIO = sys.stdin, interactive: bool | None = None) -> int:
+def repl(con: duckdb.DuckDBPyConnection, fmt: str, stdin: TextIO | None = None, interactive: bool | None = None) -> int:
     """Statements from stdin, each answered (or its error printed as one line) in turn; on a terminal, with
     prompts. Exit status 1 when any statement failed."""
+    stdin = stdin or sys.stdin
     interactive = stdin.isatty() if interactive is None else interactive
     failed, rest = False, ""
 

@@ -12,7 +12,7 @@ def format_rows(columns: list[str], rows: list[tuple], fmt: str = "table") -> st
         return json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=1)
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.writer(buf)
+        writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(rows)
         return buf.getvalue().rstrip("\n")

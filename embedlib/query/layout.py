@@ -16,6 +16,7 @@ through a pyarrow dataset instead.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -75,6 +76,17 @@ class Root:
     def uri(self, fs_path: str) -> str:
         """The full name of a file for DuckDB (a local absolute path, or protocol://...)."""
         return fs_path if self.local else self.fs.unstrip_protocol(fs_path)
+
+
+def rename_exact(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
+    """Rename one file, names taken literally (fsspec's mv/copy/rm expand [ ] * ? as globs). Atomic on a local
+    disk; on an object store a copy then a delete (readers see the old or the new object, never half)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        os.replace(src, dst)
+    else:
+        fs.cp_file(src, dst)
+        fs.rm_file(src)
 
 
 def open_root(root: str, storage_options: dict | None = None, must_exist: bool = True) -> Root:

@@ -203,7 +203,7 @@ def _write_atomic(fs, table: pa.Table, path: str) -> None:
     tmp = posixpath.join(posixpath.dirname(path), f"_tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}.partial")
     with fs.open(tmp, "wb") as fh:
         pq.write_table(table, fh)
-    fs.mv(tmp, path)
+    layout.rename_exact(fs, tmp, path)
 
 
 def neighbors_table(query_sha: np.ndarray, idx: np.ndarray, dist: np.ndarray, corpus_sha: np.ndarray,
@@ -292,5 +292,5 @@ def write_parts(r: layout.Root, folder: str, query_sha, idx, dist, corpus_sha, m
         written.append(path)
     for old in r.fs.ls(folder, detail=False):
         if old.rstrip("/") not in written and posixpath.basename(old).startswith(("part-", "_tmp-")):
-            r.fs.rm(old)
+            r.fs.rm_file(old)
     return written
