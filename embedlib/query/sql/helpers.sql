@@ -1,5 +1,5 @@
 -- Checks that stop a query with one clear line (error()) instead of a silently empty or wrong answer,
--- and the two distances. Used by every macro below; usable from any query.
+-- Used by the macros of the other files; usable from any query.
 
 -- k between 1 and `most`, a whole number.
 CREATE OR REPLACE MACRO embedlib_check_k(k, most) AS
@@ -25,10 +25,6 @@ CREATE OR REPLACE MACRO embedlib_check_metric(metric) AS
     CASE WHEN metric IS NULL OR lower(metric) NOT IN ('cosine', 'l2')
          THEN error('unknown metric ' || coalesce('''' || metric || '''', 'NULL') || ': use ''cosine'' or ''l2''')
          ELSE true END;
-
--- Cosine distance (1 - cosine similarity, the default) or Euclidean distance between two FLOAT[D].
-CREATE OR REPLACE MACRO embedlib_distance(a, b, metric) AS
-    CASE WHEN lower(metric) = 'l2' THEN array_distance(a, b) ELSE array_cosine_distance(a, b) END;
 
 -- The current model version (of the latest finished run unless connect() was given one).
 CREATE OR REPLACE MACRO embedlib_current_version() AS (SELECT model_version FROM embedlib_settings);

@@ -6,7 +6,8 @@
 -- Columns: rank (1 = nearest), distance (cosine distance by default, 'l2' = Euclidean), sha256, path, family
 -- (as recorded when embedded), format, size_bytes, run_id. Ties are broken by sha256. A query vector taken
 -- from another model version is refused unless cross_version := true (the spaces are not comparable).
--- Every check raises one clear error instead of returning no rows.
+-- Every check raises one clear error instead of returning no rows. The metric picks one of two UNION ALL
+-- branches by a constant filter (the other is pruned when the plan is made): no per-row CASE.
 
 CREATE OR REPLACE MACRO "similar"(sha, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE
 WITH q0 AS (
@@ -48,11 +49,15 @@ q AS (
 SELECT (row_number() OVER (ORDER BY distance, sha256))::INTEGER AS rank, distance, sha256, path, family, format,
        size_bytes, run_id
 FROM (
-    SELECT embedlib_distance(e.embedding, q.v, metric) AS distance, e.sha256, e.path, e.family, e.format,
-           e.size_bytes, e.run_id
-    FROM embeddings e, q
-    WHERE q.ok AND e.sha256 <> lower(sha)
-    ORDER BY distance, e.sha256
+    SELECT * FROM (
+        SELECT array_cosine_distance(e.embedding, q.v) AS distance, e.sha256, e.path, e.family, e.format,
+               e.size_bytes, e.run_id
+        FROM embeddings e, q WHERE q.ok AND e.sha256 <> lower(sha) AND lower(metric) <> 'l2'
+        UNION ALL
+        SELECT array_distance(e.embedding, q.v), e.sha256, e.path, e.family, e.format, e.size_bytes, e.run_id
+        FROM embeddings e, q WHERE q.ok AND e.sha256 <> lower(sha) AND lower(metric) = 'l2'
+    )
+    ORDER BY distance, sha256
     LIMIT greatest(k, 1)
 )
 ORDER BY rank;
@@ -76,11 +81,15 @@ WITH q AS (
 SELECT (row_number() OVER (ORDER BY distance, sha256))::INTEGER AS rank, distance, sha256, path, family, format,
        size_bytes, run_id
 FROM (
-    SELECT embedlib_distance(e.embedding, q.v, metric) AS distance, e.sha256, e.path, e.family, e.format,
-           e.size_bytes, e.run_id
-    FROM embeddings e, q
-    WHERE q.ok
-    ORDER BY distance, e.sha256
+    SELECT * FROM (
+        SELECT array_cosine_distance(e.embedding, q.v) AS distance, e.sha256, e.path, e.family, e.format,
+               e.size_bytes, e.run_id
+        FROM embeddings e, q WHERE q.ok AND lower(metric) <> 'l2'
+        UNION ALL
+        SELECT array_distance(e.embedding, q.v), e.sha256, e.path, e.family, e.format, e.size_bytes, e.run_id
+        FROM embeddings e, q WHERE q.ok AND lower(metric) = 'l2'
+    )
+    ORDER BY distance, sha256
     LIMIT greatest(k, 1)
 )
 ORDER BY rank;
