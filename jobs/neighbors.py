@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from embedlib.query.cli import OneLineParser
 from embedlib.query.errors import QueryError
 from embedlib.query.neighbors import METRICS, compute_neighbors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.neighbors", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m jobs.neighbors", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="output root of jobs.embed (local folder or fsspec URI)")
     p.add_argument("--run", help="run id whose new rows get neighbours (default: the latest finished run)")
     p.add_argument("--model-version", help="model version to search (default: the run's)")

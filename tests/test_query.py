@@ -283,6 +283,16 @@ def test_labels_manifest_overrides_recorded_families(fx):
     assert fams["delta"] == 1
 
 
+def test_labels_manifest_in_parquet(fx, tmp_path):
+    import pyarrow as pa
+
+    manifest = tmp_path / "labels [v2].parquet"
+    pq.write_table(pa.table({"path": ["/corpus/delta-1", "/corpus/nowhere"], "family": ["delta", "x"]}), manifest)
+    c = query.connect(fx.root, labels=str(manifest))
+    labels = dict(c.execute("SELECT sha256, family FROM labelled_files").fetchall())
+    assert labels[qf.sha("delta-1")] == "delta" and labels[qf.sha("alpha-01")] == "alpha"  # recorded ones stay
+
+
 def test_labels_manifest_bad_input(fx, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("path,kind\n/x,y\n")

@@ -112,6 +112,14 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(root, capsys, argv, message):
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("embedlib: error:"), err
 
 
+def test_usage_errors_are_one_line_too(root, capsys):
+    for argv in (["near-dupes", "--max-distance", "abc"], ["similar", "-k", "x", "--sha256", "0" * 64], ["nope"], []):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv + ["--root", root.root])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "error:" in err, err
+
+
 def test_bad_roots_and_databases(tmp_path, capsys, root):
     (tmp_path / "empty").mkdir()
     for argv, message in [

@@ -33,6 +33,13 @@ from embedlib.query.fmt import format_rows
 PROMPT, MORE = "embedlib> ", "     ...> "
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (the usage itself is in --help)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """Options every command takes, before or after its name."""
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
@@ -47,10 +54,9 @@ def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedlib", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="embedlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(parser, suppress=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)

@@ -103,6 +103,11 @@ def _register_labels(con: duckdb.DuckDBPyConnection, labels: str, storage_option
     if not lroot.fs.isfile(lroot.path):
         raise QueryError(f"labels manifest {labels!r} does not exist")
     uri = lroot.uri(lroot.path)
+    if not lroot.local:
+        try:
+            con.register_filesystem(lroot.fs)
+        except DUCKDB_ERRORS:
+            pass  # the root's own filesystem, already registered
     if not layout.duckdb_safe(uri):
         raise QueryError(f"labels manifest {labels!r}: a name with both a backslash and [ ] * ? is not supported")
     kind = "parquet" if uri.lower().endswith(".parquet") else "csv"
