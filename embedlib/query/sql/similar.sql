@@ -7,7 +7,8 @@
 -- (as recorded when embedded), format, size_bytes, run_id. Ties are broken by sha256. A query vector taken
 -- from another model version is refused unless cross_version := true (the spaces are not comparable).
 -- Every check raises one clear error instead of returning no rows. The metric picks one of two UNION ALL
--- branches by a constant filter (the other is pruned when the plan is made): no per-row CASE.
+-- branches by a constant filter (the other is pruned when the plan is made): no per-row CASE. The distance
+-- pass reads only sha256 and embedding; the k winners are joined back for their other columns.
 
 CREATE OR REPLACE MACRO "similar"(sha, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE
 WITH q0 AS (
@@ -45,21 +46,21 @@ q AS (
                  || (SELECT string_agg(DISTINCT status, ', ') FROM errors WHERE sha256 = lower(sha))
         ELSE 'unknown sha256 ' || lower(sha) || ': no such file in embeddings' END) ELSE ok END AS ok
     FROM q0
-)
-SELECT (row_number() OVER (ORDER BY distance, sha256))::INTEGER AS rank, distance, sha256, path, family, format,
-       size_bytes, run_id
-FROM (
+),
+top AS (
     SELECT * FROM (
-        SELECT array_cosine_distance(e.embedding, q.v) AS distance, e.sha256, e.path, e.family, e.format,
-               e.size_bytes, e.run_id
+        SELECT array_cosine_distance(e.embedding, q.v) AS distance, e.sha256
         FROM embeddings e, q WHERE q.ok AND e.sha256 <> lower(sha) AND lower(metric) <> 'l2'
         UNION ALL
-        SELECT array_distance(e.embedding, q.v), e.sha256, e.path, e.family, e.format, e.size_bytes, e.run_id
+        SELECT array_distance(e.embedding, q.v), e.sha256
         FROM embeddings e, q WHERE q.ok AND e.sha256 <> lower(sha) AND lower(metric) = 'l2'
     )
     ORDER BY distance, sha256
     LIMIT greatest(k, 1)
 )
+SELECT (row_number() OVER (ORDER BY top.distance, top.sha256))::INTEGER AS rank, top.distance, top.sha256, e.path,
+       e.family, e.format, e.size_bytes, e.run_id
+FROM top JOIN embeddings e USING (sha256)
 ORDER BY rank;
 
 CREATE OR REPLACE MACRO similar_to_vector(vec, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE
@@ -77,19 +78,19 @@ WITH q AS (
                  THEN error('comparing an embedding of model version ' || from_version || ' with the current model version '
                             || embedlib_current_version() || ' is refused: pass cross_version := true to do it anyway')
              ELSE embedlib_check_k(k, embedlib_max_k()) AND embedlib_check_metric(metric) END AS ok
-)
-SELECT (row_number() OVER (ORDER BY distance, sha256))::INTEGER AS rank, distance, sha256, path, family, format,
-       size_bytes, run_id
-FROM (
+),
+top AS (
     SELECT * FROM (
-        SELECT array_cosine_distance(e.embedding, q.v) AS distance, e.sha256, e.path, e.family, e.format,
-               e.size_bytes, e.run_id
+        SELECT array_cosine_distance(e.embedding, q.v) AS distance, e.sha256
         FROM embeddings e, q WHERE q.ok AND lower(metric) <> 'l2'
         UNION ALL
-        SELECT array_distance(e.embedding, q.v), e.sha256, e.path, e.family, e.format, e.size_bytes, e.run_id
+        SELECT array_distance(e.embedding, q.v), e.sha256
         FROM embeddings e, q WHERE q.ok AND lower(metric) = 'l2'
     )
     ORDER BY distance, sha256
     LIMIT greatest(k, 1)
 )
+SELECT (row_number() OVER (ORDER BY top.distance, top.sha256))::INTEGER AS rank, top.distance, top.sha256, e.path,
+       e.family, e.format, e.size_bytes, e.run_id
+FROM top JOIN embeddings e USING (sha256)
 ORDER BY rank;
