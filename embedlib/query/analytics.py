@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import duckdb
 
-from embedlib.query.connect import sql_text
+from embedlib.query.connect import sql_text, statement
 from embedlib.query.errors import DUCKDB_ERRORS, QueryError, translate
 
 Result = tuple[list[str], list[tuple]]
@@ -19,7 +19,7 @@ def explain(con: duckdb.DuckDBPyConnection, exc: BaseException) -> QueryError:
     err = translate(exc)
     if isinstance(exc, duckdb.CatalogException):
         try:
-            missing = con.execute("SELECT name, reason FROM embedlib_missing").fetchall()
+            missing = con.execute(statement("missing_list")).fetchall()
         except DUCKDB_ERRORS:
             missing = []
         text = str(exc)

@@ -48,9 +48,9 @@ def _read(name: str) -> str:
     return resources.files(SQL_PACKAGE).joinpath(f"{name}.sql").read_text()
 
 
-def sql_text(file: str, **fill: int | str) -> str:
-    """The text of sql/<name>.sql with @NAME@ placeholders filled. Only sizes and identifiers that we computed
-    are ever filled in; user values are bound as $parameters."""
+def _fill(text: str, fill: dict[str, int | str]) -> str:
+    """@NAME@ placeholders filled. Only sizes and identifiers that we computed are ever filled in; user values
+    are bound as $parameters."""
 
     def sub(m: re.Match) -> str:
         value = fill[m.group(1).lower()]
@@ -58,7 +58,18 @@ def sql_text(file: str, **fill: int | str) -> str:
             raise ValueError(f"refusing to fill @{m.group(1)}@ with {value!r}")
         return str(value)
 
-    return _PLACEHOLDER.sub(sub, _read(file))
+    return _PLACEHOLDER.sub(sub, text)
+
+
+def sql_text(file: str, **fill: int | str) -> str:
+    """The text of sql/<file>.sql with its placeholders filled."""
+    return _fill(_read(file), fill)
+
+
+def statement(section: str, **fill: int | str) -> str:
+    """One `-- name:` section of sql/internal.sql, placeholders filled."""
+    sections = re.split(r"^-- name: (\w+)\n", _read("internal"), flags=re.M)
+    return _fill(dict(zip(sections[1::2], sections[2::2]))[section].strip(), fill)
 
 
 def create_statement(kind: str, name: str, select: str) -> str:
@@ -77,7 +88,7 @@ def _register_source(con: duckdb.DuckDBPyConnection, root: layout.Root, name: st
     DuckDB's glob cannot express) a pyarrow dataset."""
     uris = [root.uri(f) for f in files]
     if all(layout.duckdb_safe(u) for u in uris):
-        con.execute("SET VARIABLE " + name + " = $files", {"files": [layout.duckdb_path(u) for u in uris]})
+        con.execute(statement("set_files", variable=name), {"files": [layout.duckdb_path(u) for u in uris]})
         con.execute(sql_text("source_files", name=name, variable=name))
         return
     fs = pafs.LocalFileSystem() if root.local else pafs.PyFileSystem(pafs.FSSpecHandler(root.fs))
@@ -111,9 +122,9 @@ def _register_labels(con: duckdb.DuckDBPyConnection, labels: str, storage_option
     if not layout.duckdb_safe(uri):
         raise QueryError(f"labels manifest {labels!r}: a name with both a backslash and [ ] * ? is not supported")
     kind = "parquet" if uri.lower().endswith(".parquet") else "csv"
-    con.execute("SET VARIABLE embedlib_labels_file = $f", {"f": [layout.duckdb_path(uri)]})
+    con.execute(statement("set_files", variable="embedlib_labels_file"), {"files": [layout.duckdb_path(uri)]})
     con.execute(sql_text(f"source_labels_{kind}", variable="embedlib_labels_file"))
-    columns = [r[0] for r in con.execute("DESCRIBE embedlib_src_labels").fetchall()]
+    columns = [r[0] for r in con.execute(statement("labels_columns")).fetchall()]
     missing = {"path", "family"} - set(columns)
     if missing:
         raise QueryError(f"labels manifest {labels!r} has no {' and no '.join(sorted(missing))} column "
@@ -168,7 +179,7 @@ def connect(root: str | None = None, *, model_version: str | None = None, labels
         raise
     if database is None:
         return con
-    con.execute("CHECKPOINT")
+    con.execute(statement("checkpoint"))
     con.close()
     os.replace(building, database)
     return open_database(database)
@@ -182,8 +193,7 @@ def _remove(path: str) -> None:
 
 def _build(con: duckdb.DuckDBPyConnection, r: layout.Root, listing: layout.Listing, version: str, dim: int,
            labels: str | None, materialize: bool, storage_options: dict | None) -> None:
-    # A table name that happens to match a Python variable must not silently read that variable.
-    con.execute("SET python_enable_replacements = false")
+    con.execute(statement("no_python_replacements"))
     if not r.local:
         con.register_filesystem(r.fs)
     con.execute(sql_text("settings"), {"root": r.given, "model_version": version, "dim": dim, "labels": labels,
@@ -245,18 +255,17 @@ def _build(con: duckdb.DuckDBPyConnection, r: layout.Root, listing: layout.Listi
             if name in present:
                 _drop_source(con, name)
     for name, reason in missing.items():
-        con.execute("INSERT INTO embedlib_missing VALUES ($name, $reason)", {"name": name, "reason": reason})
+        con.execute(statement("missing_insert"), {"name": name, "reason": reason})
 
 
 def _drop_source(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    (kind,) = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = $n AND NOT internal",
-                          {"n": name}).fetchone()
+    (kind,) = con.execute(statement("is_view"), {"name": name}).fetchone()
     try:
         con.unregister(name)
     except DUCKDB_ERRORS:
         pass
     if kind:
-        con.execute(f"DROP VIEW IF EXISTS {name}")
+        con.execute(statement("drop_view", name=name))
 
 
 def _check_database_path(path: str, must_exist: bool) -> None:
@@ -276,8 +285,8 @@ def open_database(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnecti
         con = duckdb.connect(path, read_only=read_only)
     except DUCKDB_ERRORS as exc:
         raise QueryError(f"cannot open database {path!r}: {translate(exc)}") from exc
-    con.execute("SET python_enable_replacements = false")
-    found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'embedlib_settings'").fetchone()[0]
+    con.execute(statement("no_python_replacements"))
+    found = con.execute(statement("is_embedlib_database")).fetchone()[0]
     if not found:
         con.close()
         raise QueryError(f"{path!r} is not an embedlib database (no embedlib_settings table): "

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import duckdb
 
-from embedlib.query.connect import sql_text
+from embedlib.query.connect import sql_text, statement
 from embedlib.query.errors import QueryError
 
 METRICS = {"cosine": "cosine", "l2": "l2sq", "ip": "ip"}
@@ -34,7 +34,7 @@ def load_vss(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _dim(con: duckdb.DuckDBPyConnection) -> int:
-    return int(con.execute("SELECT embedding_dim FROM embedlib_settings").fetchone()[0])
+    return int(con.execute(statement("embedding_dim")).fetchone()[0])
 
 
 def build(con: duckdb.DuckDBPyConnection, metric: str = "cosine", m: int = 16, ef_construction: int = 128) -> None:
@@ -42,7 +42,7 @@ def build(con: duckdb.DuckDBPyConnection, metric: str = "cosine", m: int = 16, e
     if metric not in METRICS:
         raise QueryError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     load_vss(con)
-    con.execute("SET hnsw_enable_experimental_persistence = true")  # a --db file may hold it (experimental)
+    con.execute(statement("hnsw_persistence"))  # a --db file may hold it (experimental)
     con.execute(sql_text("hnsw_build", dim=_dim(con)))
     con.execute(sql_text("hnsw_index", metric=METRICS[metric], m=int(m), ef_construction=int(ef_construction)))
 

@@ -1,0 +1,183 @@
+"""The one place for settings: frozen dataclasses, loaded from TOML plus "section.key=value" overrides.
+
+Unknown keys are errors (a typo in a config must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+NormKind = Literal["batch", "batch-cumulative", "group", "none"]
+NORM_KINDS: tuple[str, ...] = ("batch", "batch-cumulative", "group", "none")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How files are found and read. Reads are bounded: we never hold more than `max_bytes` of one file."""
+
+    max_bytes: int = 16 * 1024 * 1024  # bytes kept per file for the byteplot; larger files are truncated
+    max_hash_bytes: int = 2 * 1024 * 1024 * 1024  # files larger than this are refused (status too_large)
+    follow_symlinks: bool = False  # a symlink's target is usually listed itself; following invites loops
+    shard_size: int = 256  # files per output shard: the unit of work, of output files and of resume
+    digests: bool = False  # also compute TLSH and ssdeep digests per file (columns tlsh, ssdeep)
+
+
+@dataclass(frozen=True)
+class RasterConfig:
+    """Byteplot settings. Changing any of these changes every image: it is part of the model's identity."""
+
+    size: int = 64  # output images are size x size uint8
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    embedding_dim: int = 128
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    norm: NormKind = "batch"
+    bn_momentum: float = 0.1  # PyTorch convention: weight of the new batch (Keras 0.99 == PyTorch 0.01)
+    group_norm_groups: int = 8
+    logit_scale: float = 16.0  # cosine classifier temperature: keeps embeddings the thing being classified
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+    min_family_size: int = 5  # families with fewer training files are not classes (still embedded)
+    holdout_fraction: float = 0.2  # per family, by sha256 hash: deterministic held-out split
+    max_failures: int = 3  # Ray Train restarts from the last checkpoint this many times
+    precise_bn: bool = True  # recompute BN statistics over the corpus before saving
+    precise_bn_max_samples: int = 50_000
+    probe_samples: int = 1024  # training files used for the BN health report
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Thresholds under which a checkpoint's eval mode is said to disagree with training."""
+
+    min_top1_agreement: float = 0.9
+    min_mean_cosine: float = 0.9
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    batch_size: int = 256
+    num_actors: int = 1  # embedding actors (one GPU each when they use GPUs)
+    # "auto": GPU actors if the cluster has GPUs when the job starts; "true": always ask for a GPU per actor
+    # (an autoscaler then starts GPU nodes, even from zero); "false": CPU actors.
+    use_gpu: str = "auto"
+    allow_unhealthy_model: bool = False  # refuse checkpoints whose BN health check failed unless set
+
+
+@dataclass(frozen=True)
+class Config:
+    input: InputConfig = field(default_factory=InputConfig)
+    raster: RasterConfig = field(default_factory=RasterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or a value of the wrong type."""
+
+
+def _coerce(value: Any, like: Any, key: str) -> Any:
+    if isinstance(like, bool):
+        if isinstance(value, str):
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+            raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+        return bool(value)
+    if isinstance(like, tuple):
+        items = json.loads(value) if isinstance(value, str) else value
+        return tuple(type(like[0])(v) for v in items) if like else tuple(items)
+    if isinstance(like, (int, float)) and isinstance(value, str):
+        try:
+            return type(like)(float(value)) if isinstance(like, int) and "e" in value.lower() else type(like)(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: expected {type(like).__name__}, got {value!r}") from exc
+    if isinstance(like, (int, float)):
+        return type(like)(value)
+    if isinstance(like, str) and isinstance(value, bool):  # TOML `use_gpu = true` for a string setting
+        return str(value).lower()
+    return value
+
+
+def _section_with(section: Any, updates: dict[str, Any], prefix: str) -> Any:
+    names = {f.name for f in dataclasses.fields(section)}
+    unknown = set(updates) - names
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {sorted(f'{prefix}.{k}' for k in unknown)}; known: {sorted(names)}")
+    coerced = {k: _coerce(v, getattr(section, k), f"{prefix}.{k}") for k, v in updates.items()}
+    return dataclasses.replace(section, **coerced)
+
+
+def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from nested {section: {key: value}}, validating every key."""
+    cfg = base or Config()
+    sections = {f.name for f in dataclasses.fields(Config)}
+    unknown = set(data) - sections
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}; known: {sorted(sections)}")
+    replaced = {name: _section_with(getattr(cfg, name), values, name) for name, values in data.items()}
+    cfg = dataclasses.replace(cfg, **replaced)
+    validate(cfg)
+    return cfg
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, dict[str, str]]:
+    """["train.lr=1e-3", "model.norm=group"] -> {"train": {"lr": "1e-3"}, "model": {"norm": "group"}}."""
+    nested: dict[str, dict[str, str]] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        nested.setdefault(section, {})[name] = value.strip()
+    return nested
+
+
+def load(path: str | None = None, overrides: list[str] | None = None, base: Config | None = None) -> Config:
+    """Config from an optional TOML file, then command-line overrides (which win)."""
+    cfg = base or Config()
+    if path:
+        with open(path, "rb") as fh:
+            cfg = from_dict(tomllib.load(fh), cfg)
+    if overrides:
+        cfg = from_dict(parse_overrides(overrides), cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    if cfg.model.norm not in NORM_KINDS:
+        raise ConfigError(f"model.norm must be one of {NORM_KINDS}, got {cfg.model.norm!r}")
+    if cfg.raster.size < 16 or cfg.raster.size % 16:
+        raise ConfigError(f"raster.size must be a multiple of 16 (four 2x poolings), got {cfg.raster.size}")
+    if cfg.input.max_bytes <= 0 or cfg.input.max_hash_bytes < cfg.input.max_bytes:
+        raise ConfigError("input.max_bytes must be positive and not above input.max_hash_bytes")
+    if cfg.embed.use_gpu not in ("auto", "true", "false"):
+        raise ConfigError(f"embed.use_gpu must be auto, true or false, got {cfg.embed.use_gpu!r}")
+    if not 0.0 <= cfg.train.holdout_fraction < 1.0:
+        raise ConfigError("train.holdout_fraction must be in [0, 1)")
+
+
+def config_from_json(data: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with to_dict() (e.g. from a checkpoint's meta.json)."""
+    return from_dict({k: v for k, v in data.items()})

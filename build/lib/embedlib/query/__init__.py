@@ -1,0 +1,17 @@
+"""SQL over embedlib's output root with DuckDB: views, similarity macros, analytics, the `embedlib` command.
+
+  con = embedlib.query.connect("s3://bucket/embedlib")          # or a local folder
+  con.sql("SELECT * FROM similar('<sha256>', 10)")
+  con.sql("SELECT * FROM attribution WHERE run_id = '...'")
+
+Every SQL statement lives in embedlib/query/sql/; parameters are bound, never pasted.
+"""
+
+from embedlib.query.analytics import (ask, attribution, explain, near_duplicate_groups, run_sql,
+                                      similar, similar_to_vector, stored_neighbors)
+from embedlib.query.connect import connect, open_database, sql_text
+from embedlib.query.errors import QueryError
+from embedlib.query.fmt import format_rows
+
+__all__ = ["QueryError", "ask", "attribution", "connect", "explain", "format_rows", "near_duplicate_groups",
+           "open_database", "run_sql", "similar", "similar_to_vector", "sql_text", "stored_neighbors"]

@@ -1,0 +1,285 @@
+"""connect(root): a DuckDB connection with the views and macros of embedlib.query.sql over an output root.
+
+Two ways to hold the data:
+  views (default, in memory)  every query reads the Parquet files; opening is cheap.
+  materialised (database=FILE or materialize=True)  the tables are copied into DuckDB once (a FILE keeps them
+                              for later sessions: open_database(FILE) needs no root); repeated queries are faster.
+Objects: embeddings (current model version, FLOAT[D]), embeddings_all, errors, runs, neighbors_all,
+neighbors, labels (when a manifest is given), labelled_files, attribution, counts, and the macros of sql/.
+An object whose data the root lacks (e.g. no neighbors yet) is not created; embedlib_missing says why, and
+queries that name it fail with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+import embedlib
+from embedlib import schema
+from embedlib.query import layout
+from embedlib.query.errors import DUCKDB_ERRORS, QueryError, translate
+
+SQL_PACKAGE = "embedlib.query.sql"
+_PLACEHOLDER = re.compile(r"@(NAME|VARIABLE|DIM|METRIC|M|EF_CONSTRUCTION)@")
+_CREATES = re.compile(r"CREATE OR REPLACE (?:VIEW|MACRO|TABLE) \"?(\w+)", re.I)
+
+# Objects built from the sources, in order: (name, SQL file of its SELECT, sources it reads).
+BASES = (
+    ("embeddings_all", "base_embeddings_all", ("embedlib_src_embeddings_all",)),
+    ("embeddings", "base_embeddings", ("embedlib_src_embeddings",)),
+    ("errors", "base_errors", ("embedlib_src_errors",)),
+    ("runs", "base_runs", ("embedlib_src_runs",)),
+    ("neighbors_all", "base_neighbors_all", ("embedlib_src_neighbors",)),
+    ("labels", "base_labels", ("embedlib_src_labels",)),
+)
+# Views and macros over the bases, in order. Each file says what it needs in a `-- requires:` line.
+DERIVED = ("helpers", "labelled_files", "neighbors", "attribution", "counts", "error_counts", "run_counts",
+           "duplicates", "similar", "near_duplicates", "drift", "drift_versions")
+
+
+def _read(name: str) -> str:
+    return resources.files(SQL_PACKAGE).joinpath(f"{name}.sql").read_text()
+
+
+def sql_text(file: str, **fill: int | str) -> str:
+    """The text of sql/<name>.sql with @NAME@ placeholders filled. Only sizes and identifiers that we computed
+    are ever filled in; user values are bound as $parameters."""
+
+    def sub(m: re.Match) -> str:
+        value = fill[m.group(1).lower()]
+        if not isinstance(value, int) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"refusing to fill @{m.group(1)}@ with {value!r}")
+        return str(value)
+
+    return _PLACEHOLDER.sub(sub, _read(file))
+
+
+def create_statement(kind: str, name: str, select: str) -> str:
+    """CREATE OR REPLACE VIEW|TABLE name AS <one of our own SELECTs>."""
+    return sql_text(kind, name=name).replace("@SELECT@", select.strip().rstrip(";"))
+
+
+def requires(name: str) -> list[str]:
+    m = re.search(r"^-- requires: (.*)$", _read(name), flags=re.M)
+    return [x.strip() for x in m.group(1).split(",")] if m else []
+
+
+def _register_source(con: duckdb.DuckDBPyConnection, root: layout.Root, name: str, files: list[str],
+                     embedding_as_list: bool = False) -> None:
+    """A view `name` over exactly these files: read_parquet over a bound list of escaped names, or (a name
+    DuckDB's glob cannot express) a pyarrow dataset."""
+    uris = [root.uri(f) for f in files]
+    if all(layout.duckdb_safe(u) for u in uris):
+        con.execute("SET VARIABLE " + name + " = $files", {"files": [layout.duckdb_path(u) for u in uris]})
+        con.execute(sql_text("source_files", name=name, variable=name))
+        return
+    fs = pafs.LocalFileSystem() if root.local else pafs.PyFileSystem(pafs.FSSpecHandler(root.fs))
+    schemas = [layout.file_schema(root, f) for f in files]
+    unified = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
+    if embedding_as_list and "embedding" in unified.names:  # versions may differ in size: a plain list
+        i = unified.get_field_index("embedding")
+        unified = unified.set(i, pa.field("embedding", pa.list_(pa.float32())))
+    con.register(name, ds.dataset(files, schema=unified, filesystem=fs, format="parquet"))
+
+
+def _empty_errors() -> pa.Table:
+    """schema.ERRORS with no rows (plus the partition columns, until schema.py carries them: issue 8)."""
+    table = schema.ERRORS.empty_table()
+    for column in ("model_version", "run_id"):
+        if column not in table.column_names:
+            table = table.append_column(column, pa.array([], pa.string()))
+    return table
+
+
+def _register_labels(con: duckdb.DuckDBPyConnection, labels: str, storage_options: dict | None) -> None:
+    lroot = layout.open_root(labels, storage_options, must_exist=False)
+    if not lroot.fs.isfile(lroot.path):
+        raise QueryError(f"labels manifest {labels!r} does not exist")
+    uri = lroot.uri(lroot.path)
+    if not lroot.local:
+        try:
+            con.register_filesystem(lroot.fs)
+        except DUCKDB_ERRORS:
+            pass  # the root's own filesystem, already registered
+    if not layout.duckdb_safe(uri):
+        raise QueryError(f"labels manifest {labels!r}: a name with both a backslash and [ ] * ? is not supported")
+    kind = "parquet" if uri.lower().endswith(".parquet") else "csv"
+    con.execute("SET VARIABLE embedlib_labels_file = $f", {"f": [layout.duckdb_path(uri)]})
+    con.execute(sql_text(f"source_labels_{kind}", variable="embedlib_labels_file"))
+    columns = [r[0] for r in con.execute("DESCRIBE embedlib_src_labels").fetchall()]
+    missing = {"path", "family"} - set(columns)
+    if missing:
+        raise QueryError(f"labels manifest {labels!r} has no {' and no '.join(sorted(missing))} column "
+                         f"(columns: {', '.join(columns)})")
+
+
+def connect(root: str | None = None, *, model_version: str | None = None, labels: str | None = None,
+            database: str | None = None, materialize: bool | None = None,
+            storage_options: dict | None = None) -> duckdb.DuckDBPyConnection:
+    """A ready DuckDB connection over the output root `root` (local path or fsspec URI).
+
+    model_version: the version `embeddings` shows (default: that of the latest finished run).
+    labels: a manifest (CSV or Parquet, columns path and family) whose families override the recorded ones.
+    database: a DuckDB file to materialise the tables into (an earlier embedlib database there is replaced, any
+      other file is refused); without a root, open that file as it was built.
+    Raises QueryError (one line) for every bad input."""
+    if root is None:
+        if database is None:
+            raise QueryError("give an output root (--root) or a database built from one (--db)")
+        return open_database(database)
+    if database is not None:
+        _check_database_path(database, must_exist=False)
+    materialize = database is not None if materialize is None else materialize
+    r = layout.open_root(root, storage_options)
+    listing = layout.list_root(r)
+    if listing.empty:
+        raise QueryError(f"output root {root!r} is empty: no embeddings/, errors/ or runs/ files "
+                         "(has a jobs.embed run finished into it?)")
+    version = model_version or layout.current_model_version(listing)
+    if model_version is not None and model_version not in listing.embeddings:
+        known = ", ".join(sorted(listing.embeddings)) or "none"
+        raise QueryError(f"model version {model_version!r} has no embeddings under {root!r} (versions: {known})")
+    files = listing.embeddings.get(version, [])
+    dim = layout.embedding_dim(r, files[0]) if files else 0
+    if database is not None and os.path.exists(database):
+        open_database(database, read_only=True).close()  # refuse to replace a file that is not ours
+    # A database file is built under a temporary name and renamed: a reader never sees half of it.
+    building = f"{database}.building-{os.getpid()}" if database is not None else ":memory:"
+    try:
+        con = duckdb.connect(building)
+    except DUCKDB_ERRORS as exc:
+        raise QueryError(f"cannot create database {database!r}: {translate(exc)}") from exc
+    try:
+        _build(con, r, listing, version, dim, labels, materialize, storage_options)
+    except DUCKDB_ERRORS as exc:
+        con.close()
+        _remove(building)
+        raise translate(exc) from exc
+    except BaseException:
+        con.close()
+        _remove(building)
+        raise
+    if database is None:
+        return con
+    con.execute("CHECKPOINT")
+    con.close()
+    os.replace(building, database)
+    return open_database(database)
+
+
+def _remove(path: str) -> None:
+    for p in (path, path + ".wal"):
+        if p != ":memory:" and os.path.exists(p):
+            os.remove(p)
+
+
+def _build(con: duckdb.DuckDBPyConnection, r: layout.Root, listing: layout.Listing, version: str, dim: int,
+           labels: str | None, materialize: bool, storage_options: dict | None) -> None:
+    # A table name that happens to match a Python variable must not silently read that variable.
+    con.execute("SET python_enable_replacements = false")
+    if not r.local:
+        con.register_filesystem(r.fs)
+    con.execute(sql_text("settings"), {"root": r.given, "model_version": version, "dim": dim, "labels": labels,
+                                       "materialized": materialize, "embedlib_version": embedlib.__version__})
+    missing: dict[str, str] = {}
+    sources = {
+        "embedlib_src_embeddings_all": [f for fs in listing.embeddings.values() for f in fs],
+        "embedlib_src_embeddings": listing.embeddings.get(version, []),
+        "embedlib_src_errors": listing.errors,
+        "embedlib_src_runs": listing.runs,
+        "embedlib_src_neighbors": [f for fs in listing.neighbors.values() for f in fs],
+    }
+    present = set()
+    for name, files in sources.items():
+        if files:
+            _register_source(con, r, name, files, embedding_as_list=name == "embedlib_src_embeddings_all")
+            present.add(name)
+        elif name == "embedlib_src_errors":  # no error in any run: an empty table, not a missing one
+            con.register(name, _empty_errors())
+            present.add(name)
+    if labels is not None:
+        _register_labels(con, labels, storage_options)
+        present.add("embedlib_src_labels")
+    why = {
+        "embeddings": f"no embeddings under model version {version} in {r.given}",
+        "embeddings_all": f"no embeddings in {r.given}",
+        "runs": f"no finished run (runs/) in {r.given}",
+        "neighbors_all": f"no stored neighbours in {r.given}: run python -m jobs.neighbors --root ROOT first",
+        "labels": "no labels manifest was given (--labels)",
+    }
+    built = set()
+    for name, select, needs in BASES:
+        if not set(needs) <= present:
+            missing[name] = why[name]
+            continue
+        kind = "create_table" if materialize else "create_view"
+        con.execute(create_statement(kind, name, sql_text(select, dim=dim)))
+        built.add(name)
+    if "neighbors_all" in built and version not in listing.neighbors:
+        missing["neighbors"] = (f"no stored neighbours for model version {version}: "
+                                "run python -m jobs.neighbors --root ROOT first")
+    for name in DERIVED:
+        if name == "labelled_files" and "labels" in built:
+            name = "labelled_files_manifest"
+        text = sql_text(name, dim=dim)
+        need = [n for n in requires(name) if n not in built]
+        created = _CREATES.findall(text)
+        if need:
+            for obj in created:
+                missing.setdefault(obj, missing.get(need[0], f"needs {need[0]}, which is missing"))
+            continue
+        try:
+            con.execute(text)
+        except DUCKDB_ERRORS as exc:
+            raise QueryError(f"sql/{name}.sql: {translate(exc)}") from exc
+        built.update(created)
+    if materialize:
+        for name in sources | {"embedlib_src_labels": None}:
+            if name in present:
+                _drop_source(con, name)
+    for name, reason in missing.items():
+        con.execute("INSERT INTO embedlib_missing VALUES ($name, $reason)", {"name": name, "reason": reason})
+
+
+def _drop_source(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    (kind,) = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = $n AND NOT internal",
+                          {"n": name}).fetchone()
+    try:
+        con.unregister(name)
+    except DUCKDB_ERRORS:
+        pass
+    if kind:
+        con.execute(f"DROP VIEW IF EXISTS {name}")
+
+
+def _check_database_path(path: str, must_exist: bool) -> None:
+    if os.path.isdir(path):
+        raise QueryError(f"database {path!r} is a directory: give a file name, e.g. {os.path.join(path, 'embedlib.duckdb')}")
+    if must_exist and not os.path.isfile(path):
+        raise QueryError(f"no database {path!r}: build it first with --root ROOT --db {path}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise QueryError(f"cannot create database {path!r}: folder {parent!r} does not exist")
+
+
+def open_database(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A DuckDB file built by connect(root, database=path): its tables, views and macros, no root needed."""
+    _check_database_path(path, must_exist=True)
+    try:
+        con = duckdb.connect(path, read_only=read_only)
+    except DUCKDB_ERRORS as exc:
+        raise QueryError(f"cannot open database {path!r}: {translate(exc)}") from exc
+    con.execute("SET python_enable_replacements = false")
+    found = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'embedlib_settings'").fetchone()[0]
+    if not found:
+        con.close()
+        raise QueryError(f"{path!r} is not an embedlib database (no embedlib_settings table): "
+                         f"build it with --root ROOT --db {path}")
+    return con

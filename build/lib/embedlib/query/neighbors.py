@@ -1,0 +1,296 @@
+"""Batch nearest neighbours: the k nearest of every new row of a run, against the whole table of its model
+version, written as ROOT/neighbors/model_version=V/run=R/part-NNNNNN.parquet (schema.NEIGHBORS).
+
+`knn` is pure (arrays in, arrays out) and works in blocks, so memory stays at block_rows x corpus_block
+distances whatever the corpus size: a BLAS matmul per block on the CPU (numpy), or torch on a GPU. Ties are
+broken by the neighbour's sha256 (the corpus is sorted by it), as the SQL macros do. The fan-out over Ray
+tasks lives in ray_fanout.py and calls the same `knn` on slices of the queries.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from embedlib import schema
+from embedlib.query import layout
+from embedlib.query.errors import QueryError
+
+log = logging.getLogger(__name__)
+
+METRICS = ("cosine", "l2")
+MAX_K = 1000
+
+
+@dataclass
+class NeighborsResult:
+    run_id: str
+    model_version: str
+    queries: int
+    corpus: int
+    k: int
+    metric: str
+    backend: str
+    parts: list[str]
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"neighbors: {self.queries} rows of run {self.run_id} x {self.corpus} rows of model version "
+                f"{self.model_version}, k={self.k} ({self.metric}, {self.backend}) -> {len(self.parts)} part(s) "
+                f"in {self.seconds:.1f} s")
+
+
+# -- the computation (pure) ----------------------------------------------------------------------------------
+
+def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(norms == 0, 1, norms)
+    return x
+
+
+def _merge(best_d, best_i, cand_d, cand_i, k):
+    d = np.concatenate([best_d, cand_d], axis=1)
+    i = np.concatenate([best_i, cand_i], axis=1)
+    if d.shape[1] > k:
+        keep = np.argpartition(d, k - 1, axis=1)[:, :k]
+        d, i = np.take_along_axis(d, keep, 1), np.take_along_axis(i, keep, 1)
+    return d, i
+
+
+def knn(queries: np.ndarray, corpus: np.ndarray, k: int, metric: str = "cosine",
+        query_index: np.ndarray | None = None, block_rows: int = 2048, corpus_block: int = 16384,
+        backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
+    """(indices [Q, k'], distances [Q, k']) of the k nearest corpus rows to each query, nearest first, ties by
+    index; k' = min(k, rows available). query_index[i] >= 0 is query i's own row in the corpus (excluded).
+    backend: 'numpy' (BLAS), or 'torch' / 'torch:cuda' / 'torch:cpu' (a GPU when there is one)."""
+    if metric not in METRICS:
+        raise QueryError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    if queries.ndim != 2 or corpus.ndim != 2 or queries.shape[1] != corpus.shape[1]:
+        raise QueryError(f"queries {queries.shape} and corpus {corpus.shape} do not have the same dimension")
+    n = len(corpus)
+    qidx = np.full(len(queries), -1, dtype=np.int64) if query_index is None else np.asarray(query_index, np.int64)
+    k_eff = max(0, min(k, n - (1 if (qidx >= 0).any() else 0)))
+    if len(queries) == 0 or k_eff == 0:
+        return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+    q, c = _prepare(queries, metric), _prepare(corpus, metric)
+    if backend.startswith("torch"):
+        d, i = _knn_torch(q, c, k_eff, metric, qidx, block_rows, corpus_block, backend)
+    else:
+        d, i = _knn_numpy(q, c, k_eff, metric, qidx, block_rows, corpus_block)
+    order = np.lexsort((i, d), axis=-1)  # nearest first, ties by corpus index (= by sha256)
+    return np.take_along_axis(i, order, 1), np.take_along_axis(d, order, 1)
+
+
+def _block_distances(qb: np.ndarray, cb: np.ndarray, metric: str, q2=None, c2=None) -> np.ndarray:
+    dots = qb @ cb.T
+    if metric == "cosine":
+        return 1.0 - dots
+    return np.sqrt(np.maximum(q2[:, None] + c2[None, :] - 2.0 * dots, 0.0))
+
+
+def _knn_numpy(q, c, k, metric, qidx, block_rows, corpus_block):
+    q2 = np.einsum("ij,ij->i", q, q) if metric == "l2" else None
+    c2 = np.einsum("ij,ij->i", c, c) if metric == "l2" else None
+    out_d = np.empty((len(q), k), np.float32)
+    out_i = np.empty((len(q), k), np.int64)
+    for s in range(0, len(q), block_rows):
+        qb, own = q[s:s + block_rows], qidx[s:s + block_rows]
+        best_d = np.full((len(qb), 0), np.inf, np.float32)
+        best_i = np.zeros((len(qb), 0), np.int64)
+        for cs in range(0, len(c), corpus_block):
+            cb = c[cs:cs + corpus_block]
+            d = _block_distances(qb, cb, metric, None if q2 is None else q2[s:s + block_rows],
+                                 None if c2 is None else c2[cs:cs + corpus_block]).astype(np.float32, copy=False)
+            rows = np.nonzero((own >= cs) & (own < cs + len(cb)))[0]
+            d[rows, own[rows] - cs] = np.inf  # a file is not its own neighbour
+            kk = min(k, len(cb))
+            part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < len(cb) else np.broadcast_to(
+                np.arange(len(cb)), d.shape)
+            best_d, best_i = _merge(best_d, best_i, np.take_along_axis(d, part, 1), part + cs, k)
+        out_d[s:s + len(qb)], out_i[s:s + len(qb)] = best_d, best_i
+    return out_d, out_i
+
+
+def _knn_torch(q, c, k, metric, qidx, block_rows, corpus_block, backend):
+    import torch
+
+    device = backend.split(":", 1)[1] if ":" in backend else ("cuda" if torch.cuda.is_available() else "cpu")
+    ct = torch.from_numpy(c).to(device)
+    c2 = (ct * ct).sum(1) if metric == "l2" else None
+    out_d = np.empty((len(q), k), np.float32)
+    out_i = np.empty((len(q), k), np.int64)
+    with torch.inference_mode():
+        for s in range(0, len(q), block_rows):
+            qb = torch.from_numpy(q[s:s + block_rows]).to(device)
+            own = torch.from_numpy(qidx[s:s + block_rows]).to(device)
+            best_d = torch.full((len(qb), 0), float("inf"), device=device)
+            best_i = torch.zeros((len(qb), 0), dtype=torch.int64, device=device)
+            for cs in range(0, len(ct), corpus_block):
+                cb = ct[cs:cs + corpus_block]
+                dots = qb @ cb.T
+                if metric == "cosine":
+                    d = 1.0 - dots
+                else:
+                    d = ((qb * qb).sum(1)[:, None] + c2[cs:cs + corpus_block][None, :] - 2.0 * dots).clamp_min(0).sqrt()
+                rows = torch.nonzero((own >= cs) & (own < cs + len(cb))).flatten()
+                d[rows, own[rows] - cs] = float("inf")
+                vals, idx = torch.topk(d, min(k, len(cb)), dim=1, largest=False)
+                best_d = torch.cat([best_d, vals], 1)
+                best_i = torch.cat([best_i, idx + cs], 1)
+                if best_d.shape[1] > k:
+                    vals, keep = torch.topk(best_d, k, dim=1, largest=False)
+                    best_d, best_i = vals, torch.gather(best_i, 1, keep)
+            out_d[s:s + len(qb)] = best_d.cpu().numpy()
+            out_i[s:s + len(qb)] = best_i.cpu().numpy()
+    return out_d, out_i
+
+
+def default_backend() -> str:
+    """torch on a GPU when there is one, else numpy BLAS (importing torch only to ask)."""
+    try:
+        import torch
+
+        return "torch:cuda" if torch.cuda.is_available() else "numpy"
+    except ImportError:
+        return "numpy"
+
+
+# -- reading a model version and writing the neighbors table (I/O) ------------------------------------------
+
+@dataclass
+class Corpus:
+    sha256: np.ndarray  # [N] str, sorted
+    run_id: np.ndarray  # [N] str
+    vectors: np.ndarray  # [N, D] float32
+
+
+def load_version(root: layout.Root, files: list[str]) -> Corpus:
+    """Every row of one model version (sha256, run_id, embedding), sorted by sha256, one row per sha256."""
+    shas, runs, vecs = [], [], []
+    for path in files:
+        with root.fs.open(path, "rb") as fh:
+            t = pq.read_table(fh, columns=["sha256", "run_id", "embedding"])
+        emb = t.column("embedding").combine_chunks()
+        dim = emb.type.list_size if pa.types.is_fixed_size_list(emb.type) else len(emb[0]) if len(emb) else 0
+        flat = emb.flatten() if len(emb) else pa.array([], pa.float32())
+        vecs.append(flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(emb), dim))
+        shas.append(t.column("sha256").to_numpy(zero_copy_only=False))
+        runs.append(t.column("run_id").to_numpy(zero_copy_only=False))
+    sha = np.concatenate(shas) if shas else np.array([], object)
+    order = np.argsort(sha, kind="stable")
+    sha = sha[order]
+    keep = np.ones(len(sha), bool)
+    keep[1:] = sha[1:] != sha[:-1]  # the writer embeds a content once per version; be safe anyway
+    order = order[keep]
+    dims = {v.shape[1] for v in vecs if len(v)}
+    if len(dims) > 1:
+        raise QueryError(f"one model version with embeddings of different sizes {sorted(dims)}")
+    matrix = np.concatenate(vecs)[order] if vecs else np.zeros((0, 0), np.float32)
+    return Corpus(sha256=sha[keep], run_id=np.concatenate(runs)[order], vectors=matrix)
+
+
+def _write_atomic(fs, table: pa.Table, path: str) -> None:
+    """A temporary name no *.parquet glob matches, then a rename: readers see the whole file or nothing."""
+    tmp = posixpath.join(posixpath.dirname(path), f"_tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}.partial")
+    with fs.open(tmp, "wb") as fh:
+        pq.write_table(table, fh)
+    layout.rename_exact(fs, tmp, path)
+
+
+def neighbors_table(query_sha: np.ndarray, idx: np.ndarray, dist: np.ndarray, corpus_sha: np.ndarray,
+                    metric: str, version: str, run: str) -> pa.Table:
+    q, k = idx.shape
+    return pa.table({
+        "sha256": pa.array(np.repeat(query_sha, k), pa.string()),
+        "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), q)),
+        "neighbor": pa.array(corpus_sha[idx.ravel()] if idx.size else np.array([], object), pa.string()),
+        "distance": pa.array(dist.ravel().astype(np.float32)),
+        "metric": pa.array([metric] * (q * k), pa.string()),
+        "model_version": pa.array([version] * (q * k), pa.string()),
+        "run_id": pa.array([run] * (q * k), pa.string()),
+    }, schema=schema.NEIGHBORS)
+
+
+def _latest_run(listing: layout.Listing) -> tuple[str, str]:
+    runs = layout.read_runs(listing)
+    if runs is None or runs.num_rows == 0:
+        raise QueryError(f"output root {listing.root.given!r} has no finished run: give --run")
+    rows = [r for r in runs.select(["run_id", "model_version", "finished"]).to_pylist() if r["finished"]]
+    if not rows:
+        raise QueryError(f"output root {listing.root.given!r} has no finished run: give --run")
+    latest = max(rows, key=lambda r: (r["finished"], r["run_id"]))
+    return latest["run_id"], latest["model_version"]
+
+
+def compute_neighbors(root: str, run: str | None = None, model_version: str | None = None, k: int = 10,
+                      metric: str = "cosine", backend: str | None = None, block_rows: int = 2048,
+                      corpus_block: int = 16384, rows_per_part: int = 100_000, ray_tasks: int = 0,
+                      ray_address: str | None = None, storage_options: dict | None = None) -> NeighborsResult:
+    """The k nearest rows of model version V (default: the run's) for every row of run R (default: the latest
+    finished run), written to ROOT/neighbors/model_version=V/run=R/. A rerun replaces that folder's parts.
+    ray_tasks > 0 fans the queries out over that many Ray tasks (ray_fanout.py)."""
+    t0 = time.perf_counter()
+    if not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be a whole number between 1 and {MAX_K} (got {k!r})")
+    if metric not in METRICS:
+        raise QueryError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    r = layout.open_root(root, storage_options)
+    listing = layout.list_root(r)
+    if listing.empty:
+        raise QueryError(f"output root {root!r} is empty: nothing to compute neighbours for")
+    if run is None:
+        run, run_version = _latest_run(listing)
+        model_version = model_version or run_version
+    if model_version is None:
+        having = [v for v, runs in listing.runs_of_version.items() if run in runs]
+        if not having:
+            raise QueryError(f"run {run!r} has no embeddings under {root!r}")
+        model_version = max(having)
+    if model_version not in listing.embeddings:
+        known = ", ".join(sorted(listing.embeddings)) or "none"
+        raise QueryError(f"model version {model_version!r} has no embeddings under {root!r} (versions: {known})")
+    corpus = load_version(r, listing.embeddings[model_version])
+    mine = np.nonzero(corpus.run_id == run)[0]
+    if run not in listing.runs_of_version.get(model_version, set()):
+        log.info("run %s embedded nothing under model version %s", run, model_version)
+    backend = backend or default_backend()
+    if ray_tasks:
+        from embedlib.query.ray_fanout import knn_ray
+
+        idx, dist = knn_ray(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
+                            corpus_block=corpus_block, num_tasks=ray_tasks, backend=backend, address=ray_address)
+    else:
+        idx, dist = knn(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
+                        corpus_block=corpus_block, backend=backend)
+    folder = r.join("neighbors", layout.partition_dir("model_version", model_version), layout.partition_dir("run", run))
+    parts = write_parts(r, folder, corpus.sha256[mine], idx, dist, corpus.sha256, metric, model_version, run,
+                        rows_per_part)
+    return NeighborsResult(run_id=run, model_version=model_version, queries=len(mine), corpus=len(corpus.sha256),
+                           k=idx.shape[1], metric=metric, backend=f"{backend}{'+ray' if ray_tasks else ''}",
+                           parts=parts, seconds=time.perf_counter() - t0)
+
+
+def write_parts(r: layout.Root, folder: str, query_sha, idx, dist, corpus_sha, metric, version, run,
+                rows_per_part: int) -> list[str]:
+    """Deterministic part names (a rerun overwrites them), then any older part or temporary file removed."""
+    r.fs.makedirs(folder, exist_ok=True)
+    per = max(1, rows_per_part // max(1, idx.shape[1]))  # queries per part
+    written = []
+    for n, s in enumerate(range(0, len(query_sha), per)):
+        path = posixpath.join(folder, f"part-{n:06d}.parquet")
+        table = neighbors_table(query_sha[s:s + per], idx[s:s + per], dist[s:s + per], corpus_sha, metric, version, run)
+        _write_atomic(r.fs, table, path)
+        written.append(path)
+    for old in r.fs.ls(folder, detail=False):
+        if old.rstrip("/") not in written and posixpath.basename(old).startswith(("part-", "_tmp-")):
+            r.fs.rm_file(old)
+    return written

@@ -1,0 +1,1 @@
+SELECT * FROM drift_versions($a, $b);

@@ -1,0 +1,1 @@
+SELECT * FROM family_changes($a, $b) WHERE changed;

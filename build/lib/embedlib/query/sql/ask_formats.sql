@@ -1,0 +1,1 @@
+SELECT * FROM format_counts;

@@ -1,0 +1,1 @@
+SELECT * FROM embedlib_src_neighbors

@@ -1,0 +1,96 @@
+-- requires: embeddings
+-- ("similar" is quoted where it is created: SIMILAR is an SQL keyword. Calls need no quotes.)
+-- Similarity in plain SQL, over the current model version (`embeddings`, FLOAT[@DIM@]):
+--   SELECT * FROM similar('<sha256>', 10);                      -- the file itself excluded
+--   SELECT * FROM similar_to_vector([0.1, ...], 10, metric := 'l2');
+-- Columns: rank (1 = nearest), distance (cosine distance by default, 'l2' = Euclidean), sha256, path, family
+-- (as recorded when embedded), format, size_bytes, run_id. Ties are broken by sha256. A query vector taken
+-- from another model version is refused unless cross_version := true (the spaces are not comparable).
+-- Every check raises one clear error instead of returning no rows. The metric picks one of two UNION ALL
+-- branches by a constant filter (the other is pruned when the plan is made): no per-row CASE. The distance
+-- pass reads only sha256 and embedding; the k winners are joined back for their other columns.
+
+CREATE OR REPLACE MACRO "similar"(sha, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE
+WITH q0 AS (
+    SELECT
+        (SELECT v FROM (
+            SELECT embedding AS v FROM embeddings
+            WHERE sha256 = lower(sha) AND coalesce(from_version, embedlib_current_version()) = embedlib_current_version()
+            UNION ALL
+            SELECT try_cast(a.embedding AS FLOAT[@DIM@]) AS v FROM embeddings_all a
+            WHERE a.sha256 = lower(sha) AND a.model_version = from_version
+              AND from_version <> embedlib_current_version()
+        ) LIMIT 1) AS v,
+        embedlib_check_sha256(sha) AND embedlib_check_k(k, embedlib_max_k()) AND embedlib_check_metric(metric)
+        AND CASE WHEN from_version IS NOT NULL AND from_version <> embedlib_current_version() AND NOT cross_version
+                 THEN error('comparing embeddings of model version ' || from_version || ' with the current model version '
+                            || embedlib_current_version() || ' is refused: pass cross_version := true to do it anyway')
+                 ELSE true END AS ok
+),
+q AS (
+    SELECT v, CASE WHEN ok AND v IS NULL THEN error(CASE
+        WHEN from_version IS NOT NULL AND from_version <> embedlib_current_version()
+             AND EXISTS (SELECT 1 FROM embeddings_all WHERE sha256 = lower(sha) AND model_version = from_version)
+            THEN 'model version ' || from_version || ' embeds '
+                 || (SELECT any_value(len(embedding)) FROM embeddings_all WHERE model_version = from_version)
+                 || ' dimensions and the current model version ' || embedlib_current_version() || ' @DIM@: they cannot be compared'
+        WHEN from_version IS NOT NULL AND from_version <> embedlib_current_version()
+            THEN 'sha256 ' || lower(sha) || ' is not embedded under model version ' || from_version
+        WHEN EXISTS (SELECT 1 FROM embeddings_all WHERE sha256 = lower(sha))
+            THEN 'sha256 ' || lower(sha) || ' is not embedded under the current model version '
+                 || embedlib_current_version() || ' (only under '
+                 || (SELECT string_agg(DISTINCT model_version, ', ') FROM embeddings_all WHERE sha256 = lower(sha))
+                 || '): compare across versions with from_version := ..., cross_version := true'
+        WHEN EXISTS (SELECT 1 FROM errors WHERE sha256 = lower(sha))
+            THEN 'sha256 ' || lower(sha) || ' was not embedded: errors lists it with status '
+                 || (SELECT string_agg(DISTINCT status, ', ') FROM errors WHERE sha256 = lower(sha))
+        ELSE 'unknown sha256 ' || lower(sha) || ': no such file in embeddings' END) ELSE ok END AS ok
+    FROM q0
+),
+top AS (
+    SELECT * FROM (
+        SELECT array_cosine_distance(e.embedding, q.v) AS distance, e.sha256
+        FROM embeddings e, q WHERE q.ok AND e.sha256 <> lower(sha) AND lower(metric) <> 'l2'
+        UNION ALL
+        SELECT array_distance(e.embedding, q.v), e.sha256
+        FROM embeddings e, q WHERE q.ok AND e.sha256 <> lower(sha) AND lower(metric) = 'l2'
+    )
+    ORDER BY distance, sha256
+    LIMIT greatest(k, 1)
+)
+SELECT (row_number() OVER (ORDER BY top.distance, top.sha256))::INTEGER AS rank, top.distance, top.sha256, e.path,
+       e.family, e.format, e.size_bytes, e.run_id
+FROM top JOIN embeddings e USING (sha256)
+ORDER BY rank;
+
+CREATE OR REPLACE MACRO similar_to_vector(vec, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE
+WITH q AS (
+    SELECT try_cast(vec AS FLOAT[@DIM@]) AS v,
+        CASE WHEN vec IS NULL THEN error('the query vector is NULL')
+             WHEN len(vec) <> @DIM@
+                 THEN error('the query vector has ' || len(vec) || ' dimensions; model version '
+                            || embedlib_current_version() || ' embeds @DIM@')
+             WHEN len(list_filter(vec::DOUBLE[], x -> x IS NULL OR isnan(x) OR isinf(x))) > 0
+                 THEN error('the query vector holds NULL, NaN or infinite values')
+             WHEN lower(metric) = 'cosine' AND list_dot_product(vec::DOUBLE[], vec::DOUBLE[]) = 0
+                 THEN error('the query vector is all zeros: it has no cosine distance')
+             WHEN from_version IS NOT NULL AND from_version <> embedlib_current_version() AND NOT cross_version
+                 THEN error('comparing an embedding of model version ' || from_version || ' with the current model version '
+                            || embedlib_current_version() || ' is refused: pass cross_version := true to do it anyway')
+             ELSE embedlib_check_k(k, embedlib_max_k()) AND embedlib_check_metric(metric) END AS ok
+),
+top AS (
+    SELECT * FROM (
+        SELECT array_cosine_distance(e.embedding, q.v) AS distance, e.sha256
+        FROM embeddings e, q WHERE q.ok AND lower(metric) <> 'l2'
+        UNION ALL
+        SELECT array_distance(e.embedding, q.v), e.sha256
+        FROM embeddings e, q WHERE q.ok AND lower(metric) = 'l2'
+    )
+    ORDER BY distance, sha256
+    LIMIT greatest(k, 1)
+)
+SELECT (row_number() OVER (ORDER BY top.distance, top.sha256))::INTEGER AS rank, top.distance, top.sha256, e.path,
+       e.family, e.format, e.size_bytes, e.run_id
+FROM top JOIN embeddings e USING (sha256)
+ORDER BY rank;

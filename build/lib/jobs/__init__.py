@@ -1,0 +1,1 @@
+"""Entry points: python -m jobs.<name>. Each parses arguments, builds a Config, calls embedlib, prints a summary."""

@@ -1,0 +1,59 @@
+"""Nearest neighbours of every file a run embedded, against everything its model version holds.
+
+  python -m jobs.neighbors --root runs/out                      # the latest finished run, k = 10, cosine
+  python -m jobs.neighbors --root s3://bucket/embedlib --run 20261125T181500Z-1a2b3c -k 20
+  python -m jobs.neighbors --root runs/out --ray-tasks 8 --ray-address auto    # fan out over a Ray cluster
+
+Writes ROOT/neighbors/model_version=V/run=R/part-NNNNNN.parquet (sha256, rank, neighbor, distance, metric,
+model_version, run_id); a rerun replaces that run's parts. Then, in SQL: the `neighbors` and `attribution`
+views, near_duplicate_groups(max_distance), family_changes(a, b) (see `embedlib --help`).
+Blocks of queries x corpus rows keep memory flat; a GPU is used when there is one (torch), else numpy BLAS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from embedlib.query.cli import OneLineParser
+from embedlib.query.errors import QueryError
+from embedlib.query.neighbors import METRICS, compute_neighbors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m jobs.neighbors", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", required=True, help="output root of jobs.embed (local folder or fsspec URI)")
+    p.add_argument("--run", help="run id whose new rows get neighbours (default: the latest finished run)")
+    p.add_argument("--model-version", help="model version to search (default: the run's)")
+    p.add_argument("-k", type=int, default=10, help="neighbours per file (default 10)")
+    p.add_argument("--metric", choices=METRICS, default="cosine")
+    p.add_argument("--backend", choices=("numpy", "torch", "torch:cpu", "torch:cuda"),
+                   help="default: torch on a GPU when there is one, else numpy")
+    p.add_argument("--block-rows", type=int, default=2048, help="queries per block (memory: x --corpus-block)")
+    p.add_argument("--corpus-block", type=int, default=16384, help="corpus rows per block")
+    p.add_argument("--ray-tasks", type=int, default=0, help="fan out over this many Ray tasks (0: in this process)")
+    p.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("block_rows", "corpus_block"):
+        if getattr(args, name) < 1:
+            print(f"jobs.neighbors: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    try:
+        result = compute_neighbors(args.root, run=args.run, model_version=args.model_version, k=args.k,
+                                   metric=args.metric, backend=args.backend, block_rows=args.block_rows,
+                                   corpus_block=args.corpus_block, ray_tasks=max(0, args.ray_tasks),
+                                   ray_address=args.ray_address)
+    except QueryError as exc:
+        print(f"jobs.neighbors: error: {exc}", file=sys.stderr)
+        return 1
+    print(result.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
