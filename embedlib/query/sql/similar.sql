@@ -8,7 +8,8 @@
 -- from another model version is refused unless cross_version := true (the spaces are not comparable).
 -- Every check raises one clear error instead of returning no rows. The metric picks one of two UNION ALL
 -- branches by a constant filter (the other is pruned when the plan is made): no per-row CASE. The distance
--- pass reads only sha256 and embedding; the k winners are joined back for their other columns.
+-- pass reads only sha256 and embedding; the k winners are joined back for their other columns. A query vector
+-- given as a value stays a constant in the distance (no per-row copy of it through a join).
 
 CREATE OR REPLACE MACRO "similar"(sha, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE
 WITH q0 AS (
@@ -65,7 +66,7 @@ ORDER BY rank;
 
 CREATE OR REPLACE MACRO similar_to_vector(vec, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE
 WITH q AS (
-    SELECT try_cast(vec AS FLOAT[@DIM@]) AS v,
+    SELECT
         CASE WHEN vec IS NULL THEN error('the query vector is NULL')
              WHEN len(vec) <> @DIM@
                  THEN error('the query vector has ' || len(vec) || ' dimensions; model version '
@@ -81,11 +82,11 @@ WITH q AS (
 ),
 top AS (
     SELECT * FROM (
-        SELECT array_cosine_distance(e.embedding, q.v) AS distance, e.sha256
-        FROM embeddings e, q WHERE q.ok AND lower(metric) <> 'l2'
+        SELECT array_cosine_distance(e.embedding, try_cast(vec AS FLOAT[@DIM@])) AS distance, e.sha256
+        FROM embeddings e WHERE (SELECT ok FROM q) AND lower(metric) <> 'l2'
         UNION ALL
-        SELECT array_distance(e.embedding, q.v), e.sha256
-        FROM embeddings e, q WHERE q.ok AND lower(metric) = 'l2'
+        SELECT array_distance(e.embedding, try_cast(vec AS FLOAT[@DIM@])), e.sha256
+        FROM embeddings e WHERE (SELECT ok FROM q) AND lower(metric) = 'l2'
     )
     ORDER BY distance, sha256
     LIMIT greatest(k, 1)
