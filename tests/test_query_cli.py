@@ -201,3 +201,23 @@ def test_similar_file_embeds_with_the_model_of_the_run(tmp_path, capsys):
     code, out, err = run_cli(capsys, "similar", "--file", files[0], "--model", other, "--cross-version", "-k", "2",
                              "--root", tmp_path / "root")
     assert code == 0 and out.count("/usr/bin/") == 2
+
+
+def test_hnsw_index_is_opt_in_and_says_approximate(root, tmp_path, capsys):
+    sha = qf.sha("beta-02")
+    db = tmp_path / "h.duckdb"
+    code, _, err = run_cli(capsys, "similar", "--sha256", sha, "--approx", "--root", root.root, "--db", db)
+    assert code == 1 and "no HNSW index in this database" in err
+    code, out, err = run_cli(capsys, "index", "--root", root.root, "--db", db, "--format", "csv")
+    assert code == 0 and csv_rows(out)[0]["rows"] == "45", err
+    code, out, _ = run_cli(capsys, "similar", "--sha256", sha, "--approx", "-k", "5", "--db", db, "--format", "csv")
+    approx = csv_rows(out)
+    code, out, _ = run_cli(capsys, "similar", "--sha256", sha, "-k", "5", "--db", db, "--format", "csv")
+    exact = csv_rows(out)
+    assert [r["sha256"] for r in approx] == [r["sha256"] for r in exact]  # 45 rows: the graph finds them all
+    assert all(r["approximate"] == "True" for r in approx) and "approximate" not in exact[0]
+    for argv, message in [(("--sha256", "zz"), "malformed sha256"), (("--sha256", sha, "-k", "0"), "k must be")]:
+        code, _, err = run_cli(capsys, "similar", "--approx", *argv, "--db", db)
+        assert code == 1 and message in err
+    code, _, err = run_cli(capsys, "index", "--root", root.root)
+    assert code == 1 and "needs --db FILE" in err

@@ -7,6 +7,7 @@
   embedlib similar --sha256 <sha256> -k 10 --root R      (or --file PATH: embedded with the run's model)
   embedlib families | formats | sizes | errors [--run ID] | runs | near-dupes [--max-distance D]
   embedlib neighbors [--sha256 X | --run ID] | attribution [--run ID] | drift --runs A B | drift --versions A B
+  embedlib index --root R --db FILE;  embedlib similar --sha256 X --approx --db FILE    (HNSW, opt-in)
 
 Views: embeddings (current model version, embedding FLOAT[D]), embeddings_all, errors, runs, neighbors,
 neighbors_all, labels (--labels MANIFEST), labelled_files, attribution, family_counts, format_counts,
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-version", help="take the --sha256 vector from this model version")
     p.add_argument("--cross-version", action="store_true",
                    help="allow comparing a vector of another model version with the current one")
+    p.add_argument("--approx", action="store_true",
+                   help="through the HNSW index of a --db built with `embedlib index` (faster on large tables; "
+                        "the rows carry approximate=true)")
+    p = cmd("index", "build an HNSW index into a --db file for `similar --approx` (minutes per 100k rows)")
+    p.add_argument("--m", type=int, default=16, help="HNSW graph degree")
+    p.add_argument("--ef-construction", type=int, default=128)
     p = cmd("families", "files per family, format and bytes")
     p.add_argument("-k", type=int, default=30, help="largest families shown")
     cmd("formats", "files per format")
@@ -145,6 +152,14 @@ def answer(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> analytic
     c = args.command
     if c == "sql":
         return analytics.run_sql(con, args.statement)
+    if c == "similar" and args.approx:
+        if args.sha256 is None:
+            raise QueryError("--approx works with --sha256")
+        from embedlib.query import hnsw
+
+        return hnsw.similar_approx(con, args.sha256, args.k)
+    if c == "index":
+        return _build_index(con, args)
     if c == "similar" and args.sha256 is not None:
         return analytics.similar(con, args.sha256, args.k, args.metric, args.from_version, args.cross_version)
     if c == "similar":
@@ -166,6 +181,19 @@ def answer(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> analytic
         return analytics.ask(con, "drift_runs", a=args.runs[0], b=args.runs[1])
     a, b = args.versions
     return analytics.ask(con, "family_changes" if args.files else "drift_versions", a=a, b=b)
+
+
+def _build_index(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> analytics.Result:
+    import time
+
+    from embedlib.query import hnsw
+
+    if args.db is None:
+        raise QueryError("embedlib index needs --db FILE (the index lives in that database)")
+    t0 = time.perf_counter()
+    hnsw.build(con, m=args.m, ef_construction=args.ef_construction)
+    rows = analytics.ask(con, "index_summary")[1]
+    return ["table", "rows", "seconds"], [(r[0], r[1], round(time.perf_counter() - t0, 1)) for r in rows]
 
 
 def print_result(columns: list[str], rows: list[tuple], fmt: str) -> None:

@@ -287,6 +287,13 @@ def open_database(path: str, read_only: bool = False) -> duckdb.DuckDBPyConnecti
         raise QueryError(f"cannot open database {path!r}: {translate(exc)}") from exc
     con.execute(statement("no_python_replacements"))
     found = con.execute(statement("is_embedlib_database")).fetchone()[0]
+    if found:
+        from embedlib.query import hnsw
+
+        try:
+            hnsw.load_vss(con)  # an HNSW index built into the file is only used with the extension loaded
+        except QueryError:
+            pass
     if not found:
         con.close()
         raise QueryError(f"{path!r} is not an embedlib database (no embedlib_settings table): "

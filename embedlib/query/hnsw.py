@@ -1,10 +1,15 @@
-"""An HNSW index (DuckDB's vss extension, from the pinned duckdb-extension-vss wheel: loads offline) on a
+"""An opt-in HNSW index (DuckDB's vss extension, from the pinned duckdb-extension-vss wheel: loads offline) on a
 private copy of the current embeddings, `embeddings_hnsw`.
 
 Why a copy: DuckDB uses an HNSW index for any `ORDER BY array_*_distance(col, constant) LIMIT k` over the
 indexed table, and applies WHERE filters AFTER the index's top-k, so a filtered query silently returns fewer
 (or other) rows. Nobody filters `embeddings_hnsw`: `embeddings` and every macro stay exact brute force, and
-approximate answers are only ever asked for by name (top_k here).
+approximate answers are only ever asked for by name (similar_approx here, `embedlib similar --approx`), and
+say so in an `approximate` column.
+
+Where it helps (bench/query_latency.py): one query against a materialised table (a --db file) of 100k+ rows,
+asked many times. Building costs minutes per 100k rows on 2 cores, so the Parquet views, one-shot commands and
+the batch neighbour job (numpy BLAS) never use it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Sequence
 
 import duckdb
 
+from embedlib.query import analytics
 from embedlib.query.connect import sql_text, statement
 from embedlib.query.errors import QueryError
 
@@ -51,3 +57,24 @@ def top_k(con: duckdb.DuckDBPyConnection, vector: Sequence[float], k: int) -> li
     """sha256 of the (approximately) k nearest rows by cosine distance, through the index."""
     return [r[0] for r in con.execute(sql_text("hnsw_probe", dim=_dim(con)),
                                       {"v": [float(x) for x in vector], "k": k}).fetchall()]
+
+
+def has_index(con: duckdb.DuckDBPyConnection) -> bool:
+    try:
+        return bool(con.execute(statement("hnsw_indexes")).fetchone()[0])
+    except duckdb.Error:
+        return False
+
+
+def similar_approx(con: duckdb.DuckDBPyConnection, sha256: str, k: int = 10) -> analytics.Result:
+    """similar(sha256, k) through the HNSW index (cosine): the candidates' distances are exact, the set may
+    miss closer rows. Bad input gets the exact macro's one-line errors."""
+    if not has_index(con):
+        raise QueryError("no HNSW index in this database: build one with `embedlib index --root ROOT --db FILE`")
+    _, rows = analytics.ask(con, "vector_of", sha256=sha256)
+    if not rows or not isinstance(k, int) or not 1 <= k <= 10_000:
+        analytics.similar(con, sha256, k)  # raises the exact macro's error for this input
+    vector = list(rows[0][0])
+    candidates = top_k(con, vector, k + 1)  # the file itself comes back first
+    return analytics.run_sql(con, sql_text("ask_approx_rows", dim=_dim(con)),
+                             {"v": vector, "candidates": candidates, "exclude": sha256, "k": k})

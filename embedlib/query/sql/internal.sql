@@ -35,3 +35,6 @@ SELECT embedding_dim FROM embedlib_settings;
 -- name: hnsw_persistence
 -- An HNSW index in a database file is experimental in vss (a crash can lose it): asked for explicitly.
 SET hnsw_enable_experimental_persistence = true;
+
+-- name: hnsw_indexes
+SELECT count(*) FROM duckdb_indexes() WHERE table_name = 'embeddings_hnsw';
