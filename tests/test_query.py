@@ -466,3 +466,41 @@ def test_roots_that_are_missing_empty_or_partial(tmp_path):
     shutil.rmtree(os.path.join(fx2.root, "errors"))
     c = query.connect(fx2.root)
     assert query.ask(c, "errors", run=None)[1] == []  # no error in any run is an empty table, not an error
+
+
+# -- the blocked kNN itself ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["numpy", "torch:cpu"])
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("block_rows,corpus_block", [(7, 13), (1000, 1000), (1, 5)])
+def test_knn_in_blocks_matches_a_full_sort(backend, metric, block_rows, corpus_block):
+    from embedlib.query.neighbors import knn
+
+    rng = np.random.default_rng(11)
+    corpus = rng.normal(size=(60, 5)).astype(np.float32)
+    corpus[7] = corpus[3]  # an exact tie: broken by index, as the SQL breaks it by sha256
+    own = np.array([0, 3, 7, 59, -1])
+    queries = np.concatenate([corpus[own[:4]], rng.normal(size=(1, 5)).astype(np.float32)])
+    if metric == "cosine":
+        n = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
+        full = 1 - (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ n.T
+    else:
+        full = np.linalg.norm(queries[:, None] - corpus[None], axis=2)
+    for i, j in enumerate(own):
+        if j >= 0:
+            full[i, j] = np.inf
+    want = np.stack([sorted(range(60), key=lambda c: (round(float(full[i, c]), 5), c))[:6] for i in range(5)])
+    idx, dist = knn(queries, corpus, 6, metric, own, block_rows=block_rows, corpus_block=corpus_block, backend=backend)
+    assert (idx == want).all()
+    assert np.allclose(dist, np.take_along_axis(full, want, 1), atol=1e-5)
+    assert 7 not in idx[2] and 3 in idx[2]  # itself excluded, its identical twin kept at distance 0
+
+
+def test_knn_with_fewer_rows_than_k():
+    from embedlib.query.neighbors import knn
+
+    x = np.eye(3, dtype=np.float32)
+    idx, dist = knn(x, x, 10, "cosine", np.arange(3))
+    assert idx.shape == (3, 2) and not np.isinf(dist).any()
+    idx, _ = knn(x[:0], x, 10, "cosine")
+    assert idx.shape == (0, 0)
