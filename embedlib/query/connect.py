@@ -8,6 +8,8 @@ Objects: embeddings (current model version, FLOAT[D]), embeddings_all, errors, r
 neighbors, labels (when a manifest is given), labelled_files, attribution, counts, and the macros of sql/.
 An object whose data the root lacks (e.g. no neighbors yet) is not created; embedlib_missing says why, and
 queries that name it fail with that reason.
+The views' file lists are session variables of this connection: a con.cursor() does not carry them (use the
+connection itself, or a materialised one, from other threads).
 """
 
 from __future__ import annotations
