@@ -404,10 +404,12 @@ def test_odd_root_names_are_read_exactly(tmp_path, name):
     fx2 = qf.write_root(str(tmp_path / name))
     # make the two roots differ: the decoy loses a run
     shutil.rmtree(os.path.join(decoy.root, "embeddings", f"model_version={qf.MV_B}", f"run={qf.RUN3}"))
+    for materialize in (False, True):
+        c = query.connect(fx2.root, materialize=materialize)
+        assert c.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 45
+        assert c.execute("SELECT count(*) FROM embeddings_all").fetchone()[0] == 75
+        assert len(query.similar(c, qf.sha("delta-0"), 3)[1]) == 3
     c = query.connect(fx2.root)
-    assert c.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 45
-    assert c.execute("SELECT count(*) FROM embeddings_all").fetchone()[0] == 75
-    assert len(query.similar(c, qf.sha("delta-0"), 3)[1]) == 3
     files = c.execute("SELECT DISTINCT filename FROM read_parquet(getvariable('embedlib_src_embeddings'), filename=true)"
                       ).fetchall() if layout.duckdb_safe(fx2.root) else [(fx2.root,)]
     assert all(f[0].startswith(fx2.root) for f in files)
