@@ -79,15 +79,6 @@ def numpy_top(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     return top[np.argsort(d[top], kind="stable")]
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def bench_size(n: int, args: argparse.Namespace, rng: np.random.Generator) -> None:
     print(f"\n== {n:,} rows x {DIM} (clustered, {CLUSTERS} clusters), one run ==", flush=True)
     x, labels = clustered(n, DIM, rng)
@@ -154,12 +145,11 @@ def bench_size(n: int, args: argparse.Namespace, rng: np.random.Generator) -> No
             plan = mem.execute("EXPLAIN " + sql_text("hnsw_probe", dim=DIM), {"v": reps[0].tolist(), "k": 10}).fetchall()
             print(f"                    index used by ORDER BY distance LIMIT k: {'HNSW_INDEX_SCAN' in str(plan)}")
             for ef in args.ef_search:
-                mem.execute(f"SET hnsw_ef_search = {int(ef)}")
                 rq = queries[: args.recall_queries]
                 lat, hits = [], 0
                 for i, q in enumerate(rq):
                     t0 = time.perf_counter()
-                    got = hnsw.top_k(mem, q, 10)
+                    got = hnsw.top_k(mem, q, 10, ef_search=ef)
                     lat.append(time.perf_counter() - t0)
                     hits += len(set(got) & {shas[j] for j in exact[i]})
                 recall = hits / (10 * len(rq))

@@ -29,7 +29,7 @@ from embedlib.query import layout
 from embedlib.query.errors import DUCKDB_ERRORS, QueryError, translate
 
 SQL_PACKAGE = "embedlib.query.sql"
-_PLACEHOLDER = re.compile(r"@(NAME|VARIABLE|DIM|METRIC|M|EF_CONSTRUCTION)@")
+_PLACEHOLDER = re.compile(r"@(NAME|VARIABLE|DIM|METRIC|M|EF_CONSTRUCTION|EF)@")
 _CREATES = re.compile(r"CREATE OR REPLACE (?:VIEW|MACRO|TABLE) \"?(\w+)", re.I)
 
 # Objects built from the sources, in order: (name, SQL file of its SELECT, sources it reads).

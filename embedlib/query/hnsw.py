@@ -53,8 +53,11 @@ def build(con: duckdb.DuckDBPyConnection, metric: str = "cosine", m: int = 16, e
     con.execute(sql_text("hnsw_index", metric=METRICS[metric], m=int(m), ef_construction=int(ef_construction)))
 
 
-def top_k(con: duckdb.DuckDBPyConnection, vector: Sequence[float], k: int) -> list[str]:
-    """sha256 of the (approximately) k nearest rows by cosine distance, through the index."""
+def top_k(con: duckdb.DuckDBPyConnection, vector: Sequence[float], k: int, ef_search: int | None = None) -> list[str]:
+    """sha256 of the (approximately) k nearest rows by cosine distance, through the index. ef_search: the
+    candidates a probe looks at (None: leave the session's setting; similar_approx uses 128)."""
+    if ef_search is not None:
+        con.execute(statement("hnsw_ef_search", ef=max(int(ef_search), int(k))))
     return [r[0] for r in con.execute(sql_text("hnsw_probe", dim=_dim(con)),
                                       {"v": [float(x) for x in vector], "k": k}).fetchall()]
 
@@ -75,6 +78,6 @@ def similar_approx(con: duckdb.DuckDBPyConnection, sha256: str, k: int = 10) -> 
     if not rows or not isinstance(k, int) or not 1 <= k <= 10_000:
         analytics.similar(con, sha256, k)  # raises the exact macro's error for this input
     vector = list(rows[0][0])
-    candidates = top_k(con, vector, k + 1)  # the file itself comes back first
+    candidates = top_k(con, vector, k + 1, ef_search=128)  # the file itself comes back first
     return analytics.run_sql(con, sql_text("ask_approx_rows", dim=_dim(con)),
                              {"v": vector, "candidates": candidates, "exclude": sha256, "k": k})

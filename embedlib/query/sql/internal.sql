@@ -38,3 +38,7 @@ SET hnsw_enable_experimental_persistence = true;
 
 -- name: hnsw_indexes
 SELECT count(*) FROM duckdb_indexes() WHERE table_name = 'embeddings_hnsw';
+
+-- name: hnsw_ef_search
+-- Candidates an index probe looks at: 128 measured recall@10 >= 0.95 at 1M rows (64: 0.88).
+SET hnsw_ef_search = @EF@;
