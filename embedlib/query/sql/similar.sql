@@ -8,8 +8,9 @@
 -- from another model version is refused unless cross_version := true (the spaces are not comparable).
 -- Every check raises one clear error instead of returning no rows. The metric picks one of two UNION ALL
 -- branches by a constant filter (the other is pruned when the plan is made): no per-row CASE. The distance
--- pass reads only sha256 and embedding; the k winners are joined back for their other columns. A query vector
--- given as a value stays a constant in the distance (no per-row copy of it through a join).
+-- pass orders by distance alone (a sha256 tie-break would read every sha256 string) and keeps sha256; the k
+-- winners are joined back for their other columns and ranked by (distance, sha256). Rows tied at the k-th
+-- distance may be chosen in any order. A query vector given as a value stays a constant in the distance.
 
 CREATE OR REPLACE MACRO "similar"(sha, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE
 WITH q0 AS (
@@ -56,7 +57,7 @@ top AS (
         SELECT array_distance(e.embedding, q.v), e.sha256
         FROM embeddings e, q WHERE q.ok AND e.sha256 <> lower(sha) AND lower(metric) = 'l2'
     )
-    ORDER BY distance, sha256
+    ORDER BY distance
     LIMIT greatest(k, 1)
 )
 SELECT (row_number() OVER (ORDER BY top.distance, top.sha256))::INTEGER AS rank, top.distance, top.sha256, e.path,
@@ -88,7 +89,7 @@ top AS (
         SELECT array_distance(e.embedding, try_cast(vec AS FLOAT[@DIM@])), e.sha256
         FROM embeddings e WHERE (SELECT ok FROM q) AND lower(metric) = 'l2'
     )
-    ORDER BY distance, sha256
+    ORDER BY distance
     LIMIT greatest(k, 1)
 )
 SELECT (row_number() OVER (ORDER BY top.distance, top.sha256))::INTEGER AS rank, top.distance, top.sha256, e.path,
