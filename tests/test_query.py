@@ -37,6 +37,19 @@ def con(fx):
     c.close()
 
 
+@pytest.fixture(scope="module")
+def table_con(fx):
+    """The same root materialised: the similarity macros join their winners back by rowid there."""
+    c = query.connect(fx.root, materialize=True)
+    yield c
+    c.close()
+
+
+@pytest.fixture(params=["views", "tables"])
+def either(request, con, table_con):
+    return con if request.param == "views" else table_con
+
+
 def brute(fx, version, vector, metric="cosine", exclude=None):
     """(sha256 list, distances) of every row of `version` ordered as the macros order them."""
     shas, x = fx.matrix(version)
@@ -87,7 +100,8 @@ def test_an_older_model_version_on_request(fx):
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 @pytest.mark.parametrize("name,k", [("alpha-03", 5), ("beta-new-1", 12), ("delta-2", 44), ("gamma-07", 1)])
-def test_similar_matches_numpy(con, fx, metric, name, k):
+def test_similar_matches_numpy(either, fx, metric, name, k):
+    con = either
     sha = qf.sha(name)
     want, dist = brute(fx, qf.MV_B, fx.vectors[qf.MV_B][sha], metric, exclude=sha)
     got = rows_of(query.similar(con, sha.upper() if k == 12 else sha, k, metric))
@@ -99,7 +113,8 @@ def test_similar_matches_numpy(con, fx, metric, name, k):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
-def test_similar_to_vector_matches_numpy(con, fx, metric):
+def test_similar_to_vector_matches_numpy(either, fx, metric):
+    con = either
     rng = np.random.default_rng(3)
     for _ in range(3):
         v = rng.normal(size=8)
@@ -129,7 +144,8 @@ BAD_SIMILAR = [
 
 
 @pytest.mark.parametrize("args,message", BAD_SIMILAR)
-def test_similar_refuses_bad_input_with_one_line(con, args, message):
+def test_similar_refuses_bad_input_with_one_line(either, args, message):
+    con = either
     with pytest.raises(query.QueryError, match=message) as exc:
         query.similar(con, *args)
     assert "\n" not in str(exc.value)

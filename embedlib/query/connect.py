@@ -29,7 +29,7 @@ from embedlib.query import layout
 from embedlib.query.errors import DUCKDB_ERRORS, QueryError, translate
 
 SQL_PACKAGE = "embedlib.query.sql"
-_PLACEHOLDER = re.compile(r"@(NAME|VARIABLE|DIM|METRIC|M|EF_CONSTRUCTION|EF)@")
+_PLACEHOLDER = re.compile(r"@(NAME|VARIABLE|DIM|METRIC|M|EF_CONSTRUCTION|EF|KEY)@")
 _CREATES = re.compile(r"CREATE OR REPLACE (?:VIEW|MACRO|TABLE) \"?(\w+)", re.I)
 
 # Objects built from the sources, in order: (name, SQL file of its SELECT, sources it reads).
@@ -240,7 +240,8 @@ def _build(con: duckdb.DuckDBPyConnection, r: layout.Root, listing: layout.Listi
     for name in DERIVED:
         if name == "labelled_files" and "labels" in built:
             name = "labelled_files_manifest"
-        text = sql_text(name, dim=dim)
+        # a table's rowid fetches the k winners' other columns directly; a view has only the sha256 to join on
+        text = sql_text(name, dim=dim, key="rowid" if materialize else "sha256")
         need = [n for n in requires(name) if n not in built]
         created = _CREATES.findall(text)
         if need:

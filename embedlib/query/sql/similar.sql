@@ -11,6 +11,7 @@
 -- pass orders by distance alone (a sha256 tie-break would read every sha256 string) and keeps sha256; the k
 -- winners are joined back for their other columns and ranked by (distance, sha256). Rows tied at the k-th
 -- distance may be chosen in any order. A query vector given as a value stays a constant in the distance.
+-- The join back is on rowid for a materialised table (a direct fetch), on sha256 for the Parquet views.
 
 CREATE OR REPLACE MACRO "similar"(sha, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE
 WITH q0 AS (
@@ -51,18 +52,20 @@ q AS (
 ),
 top AS (
     SELECT * FROM (
-        SELECT array_cosine_distance(e.embedding, q.v) AS distance, e.sha256
-        FROM embeddings e, q WHERE q.ok AND e.sha256 <> lower(sha) AND lower(metric) <> 'l2'
+        SELECT array_cosine_distance(e.embedding, q.v) AS distance, e.@KEY@ AS key
+        FROM embeddings e, q WHERE q.ok AND lower(metric) <> 'l2'
         UNION ALL
-        SELECT array_distance(e.embedding, q.v), e.sha256
-        FROM embeddings e, q WHERE q.ok AND e.sha256 <> lower(sha) AND lower(metric) = 'l2'
+        SELECT array_distance(e.embedding, q.v), e.@KEY@
+        FROM embeddings e, q WHERE q.ok AND lower(metric) = 'l2'
     )
     ORDER BY distance
-    LIMIT greatest(k, 1)
+    LIMIT greatest(k, 1) + 1  -- the file itself is (nearly always) among them: dropped below
 )
-SELECT (row_number() OVER (ORDER BY top.distance, top.sha256))::INTEGER AS rank, top.distance, top.sha256, e.path,
+SELECT (row_number() OVER (ORDER BY top.distance, e.sha256))::INTEGER AS rank, top.distance, e.sha256, e.path,
        e.family, e.format, e.size_bytes, e.run_id
-FROM top JOIN embeddings e USING (sha256)
+FROM top JOIN embeddings e ON e.@KEY@ = top.key
+WHERE e.sha256 <> lower(sha)
+QUALIFY rank <= greatest(k, 1)
 ORDER BY rank;
 
 CREATE OR REPLACE MACRO similar_to_vector(vec, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE
@@ -83,16 +86,16 @@ WITH q AS (
 ),
 top AS (
     SELECT * FROM (
-        SELECT array_cosine_distance(e.embedding, try_cast(vec AS FLOAT[@DIM@])) AS distance, e.sha256
+        SELECT array_cosine_distance(e.embedding, try_cast(vec AS FLOAT[@DIM@])) AS distance, e.@KEY@ AS key
         FROM embeddings e WHERE (SELECT ok FROM q) AND lower(metric) <> 'l2'
         UNION ALL
-        SELECT array_distance(e.embedding, try_cast(vec AS FLOAT[@DIM@])), e.sha256
+        SELECT array_distance(e.embedding, try_cast(vec AS FLOAT[@DIM@])), e.@KEY@
         FROM embeddings e WHERE (SELECT ok FROM q) AND lower(metric) = 'l2'
     )
     ORDER BY distance
     LIMIT greatest(k, 1)
 )
-SELECT (row_number() OVER (ORDER BY top.distance, top.sha256))::INTEGER AS rank, top.distance, top.sha256, e.path,
+SELECT (row_number() OVER (ORDER BY top.distance, e.sha256))::INTEGER AS rank, top.distance, e.sha256, e.path,
        e.family, e.format, e.size_bytes, e.run_id
-FROM top JOIN embeddings e USING (sha256)
+FROM top JOIN embeddings e ON e.@KEY@ = top.key
 ORDER BY rank;
