@@ -27,7 +27,8 @@ import time
 from collections import Counter
 
 from embedlib.corpus import write_manifest
-from embedlib.sources import InputFile, sniff_format
+from embedlib.inputs import InputFile
+from embedlib.sources import sniff_format
 
 BOOKWORM_ARCHS = ("amd64", "arm64", "armel", "armhf", "i386", "mips64el", "mipsel", "ppc64el", "s390x")
 DEFAULT_PACKAGES = ("libc6", "libc6-dbg", "postgresql-15")

@@ -26,7 +26,7 @@ def sql_text(name: str, **fill: Any) -> str:
 def embedding_dim(root: str) -> int:
     """The embedding size of a run, from its Parquet schema metadata."""
     fs, path = fsspec.core.url_to_fs(root.rstrip("/") + "/embeddings")
-    files = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
     if not files:
         raise FileNotFoundError(f"no embeddings under {root}/embeddings")
     with fs.open(files[0], "rb") as fh:

@@ -15,14 +15,18 @@ import argparse
 import json
 import sys
 
-import fsspec
-
 from embedlib import query
 
 
 def _run_info(run: str) -> dict:
-    with fsspec.open(run.rstrip("/") + "/_run.json", "r") as fh:
-        return json.load(fh)
+    """The settings of the latest finished run in the output root (its model, its input settings)."""
+    from embedlib.pipeline import catalog
+    from embedlib.pipeline.store import Store
+
+    runs = catalog.read_runs(Store(run)).sort_by("run_id").to_pylist()
+    if not runs:
+        raise SystemExit(f"{run} has no finished run")
+    return json.loads(runs[-1]["config"])
 
 
 def embed_file(path: str, run: str, model_uri: str | None = None) -> list[float]:
@@ -33,7 +37,7 @@ def embed_file(path: str, run: str, model_uri: str | None = None) -> list[float]
     info = _run_info(run)
     try:
         embedder = Embedder(model_uri or info["model"], device="cpu")
-        return embedder.embed_path(path, InputConfig(**info["input_config"])).tolist()
+        return embedder.embed_path(path, InputConfig(**info["input"])).tolist()
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
 

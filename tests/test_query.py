@@ -17,14 +17,15 @@ def _write_run(root, dim=8):
         v = base[fam] + 0.05 * (i + 1) * rng.normal(size=dim)
         vecs.append(v / np.linalg.norm(v))
         rows.append({"sha256": f"{i:064x}", "path": f"/x/f{i}", "size_bytes": 100 + i, "format": "elf",
-                     "family": f"fam{fam}", "truncated": False, "model_version": "m-test"})
+                     "family": f"fam{fam}", "truncated": False, "model_version": "m-test", "run_id": "r1"})
     vecs = np.asarray(vecs, dtype=np.float32)
     table = pa.Table.from_pylist(rows)
     table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), dim))
     (root / "embeddings").mkdir(parents=True)
     (root / "errors").mkdir()
     pq.write_table(schema.conform(table, schema.embeddings_schema(dim)), root / "embeddings" / "part-000000.parquet")
-    errs = pa.Table.from_pylist([{"path": "/x/empty", "status": "empty", "reason": "0 bytes"}])
+    errs = pa.Table.from_pylist([{"path": "/x/empty", "status": "empty", "reason": "0 bytes", "model_version": "m-test",
+                                  "run_id": "r1"}])
     pq.write_table(schema.conform(errs, schema.ERRORS), root / "errors" / "part-000000.parquet")
     return vecs
 
