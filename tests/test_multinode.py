@@ -273,6 +273,21 @@ def per_node(tasks: list) -> collections.Counter:
     return collections.Counter(t.node_id for t in tasks if t.node_id)
 
 
+def working_on(cluster: LocalCluster, job: Job, node_id: str) -> list[str]:
+    """What of the job is at work on a node: its live actors there (the actor table is current at once),
+    or tasks there of which some finished and one runs (task events arrive about a second late)."""
+    from ray.util.state import list_actors
+
+    if not job.ray_job_id:
+        return []
+    actors = list_actors(address=cluster.dashboard, raise_on_missing_output=False,
+                         filters=[("job_id", "=", job.ray_job_id), ("node_id", "=", node_id), ("state", "=", "ALIVE")])
+    if actors:
+        return [f"actor {a.class_name}" for a in actors]
+    states = collections.Counter(t.state for t in job_tasks(cluster, job, node_id))
+    return [f"tasks {dict(states)}"] if states["FINISHED"] >= 3 and states["RUNNING"] >= 1 else []
+
+
 def check_succeeded(job: Job) -> None:
     assert job.status == "SUCCEEDED", f"job {job.submission_id} {job.status}:\n{job.logs[-6000:]}"
 
@@ -384,21 +399,20 @@ def test_embed_job_survives_the_loss_of_the_worker_node(cluster, trained, work, 
 
     first = submit(cluster, "embed", args)
     deadline = time.monotonic() + 300
-    while True:  # kill once the worker node has finished some of this job's tasks and is running more
+    while True:  # kill as soon as the worker node is doing part of this job
         assert time.monotonic() < deadline, "the embedding job never ran on the worker node"
         refresh(cluster, first)
         assert first.status not in TERMINAL, (
-            f"the embedding job ended ({first.status}) before the worker node had done part of it:\n"
+            f"the embedding job ended ({first.status}) before the worker node took part in it:\n"
             f"{cluster.client.get_job_logs(first.submission_id)[-4000:]}")
-        on_worker = job_tasks(cluster, first, node_id=cluster.worker.node_id) if first.ray_job_id else []
-        states = collections.Counter(t.state for t in on_worker)
-        if states["FINISHED"] >= 3 and states["RUNNING"] >= 1:
+        on_worker = working_on(cluster, first, cluster.worker.node_id)
+        if on_worker:
             break
-        time.sleep(0.3)
+        time.sleep(0.25)
     status_at_kill = refresh(cluster, first).status
     killed = cluster.kill_node(cluster.worker)
     print(f"\nkilled {killed} processes of the worker node while the embedding job was {status_at_kill}; "
-          f"its tasks there: {dict(collections.Counter((t.name, t.state) for t in on_worker))}")
+          f"working there: {on_worker}")
     assert status_at_kill == "RUNNING"
     cluster.add_node("replacement", num_cpus=3, resources={"worker_node": 3})
 
