@@ -433,3 +433,7 @@ def test_embed_job_survives_the_loss_of_the_worker_node(cluster, trained, work, 
     sha = collections.Counter(table_column(root, "embeddings", "sha256"))
     assert all(n == 1 for n in sha.values()), f"duplicate sha256: {[s for s, n in sha.items() if n > 1][:5]}"
     assert len(embedded) == len(files), f"{len(errors)} inputs of distinct contents were not embedded"
+    runs = sorted(glob.glob(str(root / "runs" / "*.parquet")))
+    if runs:  # the output root's run summaries (one row per finished run): the rerun saw every input
+        last = pq.read_table(runs[-1]).to_pylist()[-1]
+        assert last["files_seen"] == len(files), last
