@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from embedlib import views
 from embedlib.config import Config
@@ -100,7 +101,7 @@ def read_block(corpus: Corpus, block: Block, select: str) -> tuple[dict[str, np.
     rule = corpus.rule
     shas, fams = table.column("sha256").to_pylist(), table.column("family").to_pylist()
     keep = [i for i, (s, f) in enumerate(zip(shas, fams)) if selected(rule, select, s, f)]
-    table = table.take(keep)
+    table = table.take(pa.array(keep, pa.int64()))
     batch = {name: views.decode_column(table.column(f"view_{name}").to_pylist(), name, corpus.config)
              for name in views.view_specs(corpus.config)}
     labels = np.asarray([rule.label(fams[i]) for i in keep], dtype=np.int64)

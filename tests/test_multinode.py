@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedlib import corpus
-from embedlib.sources import InputFile
+from embedlib.inputs import InputFile
 from conftest import pick_families
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
