@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import glob as globlib
-import io
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -28,7 +27,7 @@ import pyarrow.parquet as pq
 
 from embedlib import schema
 from embedlib.errors import UserError
-from embedlib.sources import filesystem, split_uri, uri_protocol
+from embedlib.sources import split_uri, uri_protocol
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 BATCH_ROWS = 4096

@@ -29,10 +29,6 @@ def to_device(batch: Batch, device: torch.device | str) -> Batch:
     return batch.to(device, non_blocking=True)
 
 
-def batch_len(batch: Batch) -> int:
-    return len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
-
-
 def make_norm(kind: str, channels: int, cfg: ModelConfig) -> nn.Module:
     """The norm layer for one conv block. 'batch-cumulative' is PyTorch's momentum=None: an equal-weight
     average of every batch seen, which converges where a 0.01 moving average has barely moved."""

@@ -34,7 +34,6 @@ from typing import Sequence
 
 import numpy as np
 
-from embedlib import config as config_mod
 from embedlib.config import NORM_KINDS, Config, InputConfig
 from embedlib.errors import UserError
 from embedlib.inputs import InputFile

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedlib.config import Config, config_from_json
-from embedlib.model import Batch, batch_len, build_model, to_device, unwrap
+from embedlib.model import Batch, build_model, to_device, unwrap
 
 
 def set_seed(seed: int) -> None:

@@ -184,10 +184,9 @@ def embed_batch(batch: dict[str, np.ndarray], embed: Callable[[dict[str, np.ndar
 
 def written_table(rows: list[dict], tag: RunTag, columns: dict[str, pa.Array], target_schema: pa.Schema) -> pa.Table:
     """Rows of the written table (embeddings or samples): the planned rows' metadata plus `columns`."""
-    meta = [{**r, "model_version": tag.version, "run_id": tag.run_id} for r in rows]
-    base = pa.Table.from_pylist(meta) if meta else pa.table({})
-    for name, array in columns.items():
-        base = base.append_column(name, array) if meta else base
-    if not meta:
+    if not rows:
         return target_schema.empty_table()
+    base = pa.Table.from_pylist([{**r, "model_version": tag.version, "run_id": tag.run_id} for r in rows])
+    for name, array in columns.items():
+        base = base.append_column(name, array)
     return schema.conform(base, target_schema)
