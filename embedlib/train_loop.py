@@ -113,21 +113,17 @@ def _all_reduce(values: list[float], device: torch.device, op: str = "sum") -> l
     return t.cpu().tolist()
 
 
-def _probe_batches(corpus, rank: int, world: int, batch_size: int, device: torch.device) -> list:
-    """This rank's share of the probe (training rows in the probe), cut to the same number of batches on
-    every rank, so that train-mode passes through SyncBatchNorm meet on every rank."""
-    from embedlib.dataset import read_block
-
-    parts = [read_block(corpus, b, "probe")[:2] for b in corpus.blocks[rank::world]]
-    parts = [p for p in parts if len(p[1])]
-    if parts:
-        views = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
-        labels = np.concatenate([p[1] for p in parts])
-    else:
-        views, labels = {}, np.zeros(0, np.int64)
-    n_batches = int(_all_reduce([len(labels) // batch_size], device, op="min")[0])
-    batches = list(batches_of(views, labels, batch_size, shuffle=True, seed=rank)) if n_batches else []
-    return [(to_device(v, device), y.to(device)) for v, y in batches[:n_batches]]
+def _probe_share(probe: tuple[dict, np.ndarray], rank: int, world: int, batch_size: int,
+                 device: torch.device) -> list:
+    """This rank's share of the probe, the same number of batches on every rank, so that train-mode passes
+    through SyncBatchNorm meet on every rank (or on none, when the probe is smaller than a batch per rank)."""
+    views, labels = probe
+    per_rank = (len(labels) // world) // batch_size * batch_size
+    if not per_rank:
+        return []
+    take = slice(rank * per_rank, (rank + 1) * per_rank)
+    share = ({k: v[take] for k, v in views.items()}, labels[take])
+    return [(to_device(v, device), y.to(device)) for v, y in batches_of(*share, batch_size)]
 
 
 def _quiet_ray_train() -> None:
@@ -173,7 +169,7 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
         start_epoch, history = state["epoch"] + 1, state.get("history", [])
 
     bs = cfg.train.batch_size
-    probe = _probe_batches(corpus, rank, world, bs, device)
+    probe = _probe_share(loop_config["probe"], rank, world, bs, device)
     for epoch in range(start_epoch, cfg.train.epochs):
         started = time.perf_counter()
         steps = steps_per_epoch(corpus, world, epoch, cfg.train.seed, bs)

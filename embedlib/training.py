@@ -98,24 +98,29 @@ def block_measure(corpus: Corpus, block_map: BlockMap, select: str = "precise") 
     return measure
 
 
-def probe_batches(corpus: Corpus, block_map: BlockMap, cfg: Config, select: str = "probe") -> list:
-    """The BN health probe (training files in the probe), in shuffled training-size batches."""
+def collect_probe(corpus: Corpus, block_map: BlockMap, select: str = "probe") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The BN health probe's rows (training files in the probe, ~train.probe_samples): small, held in memory."""
     parts = [p for p in block_map(rows_of, corpus, select) if len(p[1])]
     if not parts:
-        return []
-    views = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
-    labels = np.concatenate([p[1] for p in parts])
+        return {}, np.zeros(0, np.int64)
+    return {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}, np.concatenate([p[1] for p in parts])
+
+
+def probe_batches(probe: tuple[dict[str, np.ndarray], np.ndarray], cfg: Config) -> list:
+    """The probe in shuffled training-size batches (a batch of 1 never reaches BatchNorm)."""
+    views, labels = probe
     return list(batches_of(views, labels, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed, drop_last=True))
 
 
 def calibrate_and_check(model: torch.nn.Module, corpus: Corpus, block_map: BlockMap, cfg: Config,
-                        say: Callable[[str], None] = print, whole_corpus: bool = False) -> dict:
+                        say: Callable[[str], None] = print, whole_corpus: bool = False, probe=None) -> dict:
     """Health before, precise BN over the training files' uniform sample, health after, held-out accuracy:
     the checkpoint's metrics. The report that gates embedding is the one *after* recalibration; the one
     before stays in meta.json, so the gap that precise BN closed stays visible. whole_corpus: the probe and
-    the precise-BN sample come from every file, labelled or not (recalibrating over a new corpus)."""
+    the precise-BN sample come from every file, labelled or not (recalibrating over a new corpus). `probe`:
+    rows already collected (collect_probe)."""
     t = time.perf_counter()
-    probe = probe_batches(corpus, block_map, cfg, "any_probe" if whole_corpus else "probe")
+    probe = probe_batches(probe or collect_probe(corpus, block_map, "any_probe" if whole_corpus else "probe"), cfg)
     out: dict[str, Any] = {"bn_health_before_precise_bn": health.bn_health(model, probe, cfg.health)}
     say(f"BN health before precise BN: {'OK' if out['bn_health_before_precise_bn']['healthy'] else 'FAILED'} "
         f"({time.perf_counter() - t:.0f} s)")
@@ -142,10 +147,11 @@ def calibrate_and_check(model: torch.nn.Module, corpus: Corpus, block_map: Block
     return out
 
 
-def train(samples_root: str, output: str, cfg: Config, fit: Callable[[Config, Corpus], tuple[dict, list]],
+def train(samples_root: str, output: str, cfg: Config, fit: Callable[[Config, Corpus, tuple], tuple[dict, list]],
           block_map: BlockMap, say: Callable[[str], None] = print) -> dict:
     """Train on the corpus at `samples_root` (jobs.rasterize output) and write the checkpoint to `output`.
-    `fit` runs the training (ray_io.train_with_ray, or in-process in tests) and returns (state dict, history)."""
+    `fit(cfg, corpus, probe)` runs the training (ray_io.train_with_ray) and returns (state dict, history); the
+    probe rows are collected once, for the per-epoch lines and the health reports."""
     corpus = scan_corpus(samples_root, cfg)
     rule = corpus.rule
     if len(rule.families) < 2:
@@ -158,10 +164,11 @@ def train(samples_root: str, output: str, cfg: Config, fit: Callable[[Config, Co
     say(f"training on {rule.train_files} files of {len(rule.families)} families ({rule.holdout_files} held out) "
         f"in {len(corpus.blocks)} blocks; {cfg.train.num_workers} workers, norm={cfg.model.norm}, "
         f"{cfg.train.epochs} epochs")
-    state, history = fit(cfg, corpus)
+    probe = collect_probe(corpus, block_map)
+    state, history = fit(cfg, corpus, probe)
     model = build_model(cfg.model, len(rule.families))
     model.load_state_dict(state)
-    extra = calibrate_and_check(model, corpus, block_map, cfg, say)
+    extra = calibrate_and_check(model, corpus, block_map, cfg, say, probe=probe)
     extra.update(history=history, train_files=rule.train_files, samples_root=samples_root)
     say("before precise BN -> " + health.describe(extra["bn_health_before_precise_bn"]))
     say("saved checkpoint  -> " + health.describe(extra["bn_health"]))

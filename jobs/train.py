@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
             print("rasterize: " + summary.describe("rasterized"))
     ray_io.init_ray(args.ray_address)
     storage = f"{workdir}/ray" if "://" in workdir else os.path.abspath(f"{workdir}/ray")
-    training.train(samples, args.output, cfg, fit=lambda c, corpus: ray_io.train_with_ray(c, corpus, storage, args.name),
-                   block_map=ray_io.ray_block_map)
+    training.train(samples, args.output, cfg, block_map=ray_io.ray_block_map,
+                   fit=lambda c, corpus, probe: ray_io.train_with_ray(c, corpus, probe, storage, args.name))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def trained(ray_local, small_corpus, tmp_path_factory):
     executor = ray_io.RayExecutor(cfg)
     (summary,) = pipeline.rasterize_files(manifest, str(work / "corpus"), cfg, executor=executor, progress=False)
     meta = training.train(str(work / "corpus"), str(work / "model"), cfg,
-                          fit=lambda c, corp: ray_io.train_with_ray(c, corp, str(work / "ray"), "e2e"),
+                          fit=lambda c, corp, probe: ray_io.train_with_ray(c, corp, probe, str(work / "ray"), "e2e"),
                           block_map=ray_io.ray_block_map)
     return work, cfg, meta, summary
 
