@@ -1,24 +1,7 @@
-"""The BatchNorm study's I/O: corpus views, rasterization (the library's own read + views, cached), the runs,
-results tables and plots. The measurements themselves are pure functions in embedlib/study.py.
-
-Does eval mode predict what train mode measured, on the very files it trained on?
-
-Reproduces the seed experiment (a briefly trained BN network: accurate in train mode, near chance in eval
-mode on its own training files) on real executables, for every norm choice, with and without precise BN,
-and held-out accuracy with BN vs without on a larger multi-family corpus.
-
-  python -m jobs.bn_study                                   # this machine's ELF files, CPU, minutes
-  python -m jobs.bn_study --corpus runs/debian/manifest.csv --views top --epochs 5   # bench/debian_corpus.py
-  python -m jobs.bn_study --epochs 20 --seeds 0 1 2 --size 64 --files-per-family 300
-
-Corpus views (--views): `top` = the --families largest families (the seed's "3 families"); `multi` = every
-family with >= --min-family-files files. --files-per-family caps each family (stable hash of the path).
-Images are rasterized in-process with the library (sources.read_file + raster.to_image) over a process
-pool and cached under OUTPUT/cache, so reruns start training at once.
-
-Writes OUTPUT/results.csv, results.md (one row per corpus x norm x seed x epoch x precise_bn), summary.md
-(the headline table, printed at the end) and PNG plots gap_<corpus>.png, heldout_<corpus>.png.
-"""
+"""The BatchNorm study's I/O (jobs/bn_study.py is its command line): corpus views, rasterization with the
+library's own read + raster over a process pool, cached under OUTPUT/cache so reruns start training at once,
+the runs, and the results tables and plots. The measurements themselves are pure functions in
+embedlib/study.py."""
 
 from __future__ import annotations
 
