@@ -1,8 +1,9 @@
 """Checkpoints: `model.pt` (state dict) + `meta.json` (config, families, metrics, BN health, version).
 
-Written through fsspec, so a checkpoint can live on local disk, s3:// or gs://. The model version id is a
-hash of the weights and the settings that change images, so two embedding tables agree on it only if
-their vectors are comparable.
+Written through the pipeline's Store (local disk, s3://, gs://), each file atomically, weights first: meta.json
+names the sha256 of the weights it belongs to, and `load` refuses a pair that does not match (a save killed
+half-way, or files copied from two checkpoints). The model version is a hash of the weights and of the settings
+that shape the model's input, so two embedding tables agree on it only if their vectors are comparable.
 """
 
 from __future__ import annotations
@@ -14,20 +15,28 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
-import torch
+from typing import TYPE_CHECKING
 
 from embedlib import __version__, schema
 from embedlib.config import Config, config_from_json
-from embedlib.model import ByteplotNet, build_model, unwrap
+from embedlib.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where weights are touched: checking a --model stays fast
+    import torch
+
+    from embedlib.model import ByteplotNet
 
 WEIGHTS = "model.pt"
 META = "meta.json"
 
 
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint folder that cannot be used: missing, incomplete, or its files do not belong together."""
+
+
 @dataclass
 class Checkpoint:
-    model: ByteplotNet
+    model: "ByteplotNet"
     config: Config
     meta: dict[str, Any]
 
@@ -40,7 +49,17 @@ class Checkpoint:
         return self.meta["families"]
 
 
-def _weights_bytes(model: torch.nn.Module) -> bytes:
+def _store(uri: str):
+    from embedlib.pipeline.store import Store
+
+    return Store(uri, temp=".tmp")
+
+
+def weights_bytes(model: "torch.nn.Module") -> bytes:
+    import torch
+
+    from embedlib.model import unwrap
+
     buf = io.BytesIO()
     torch.save(unwrap(model).state_dict(), buf)
     return buf.getvalue()
@@ -53,11 +72,13 @@ def model_version(weights: bytes, cfg: Config) -> str:
     return "m-" + h.hexdigest()[:16]
 
 
-def save(uri: str, model: torch.nn.Module, cfg: Config, families: list[str], extra: dict[str, Any]) -> dict:
-    """Write weights + meta.json under directory `uri`; returns the meta written."""
-    weights = _weights_bytes(model)
+def save(uri: str, model: "torch.nn.Module", cfg: Config, families: list[str], extra: dict[str, Any]) -> dict:
+    """Write weights, then meta.json, under folder `uri`; returns the meta written."""
+    weights = weights_bytes(model)
     meta = {
+        **extra,
         "model_version": model_version(weights, cfg),
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "created_unix": int(time.time()),
         "embedlib_version": __version__,
         "schema_version": schema.SCHEMA_VERSION,
@@ -66,36 +87,46 @@ def save(uri: str, model: torch.nn.Module, cfg: Config, families: list[str], ext
         "embedding_dim": cfg.model.embedding_dim,
         "norm": cfg.model.norm,
         "families": families,
-        **extra,
     }
-    fs, root = fsspec.core.url_to_fs(uri)
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root}/{WEIGHTS}", "wb") as fh:
-        fh.write(weights)
-    with fs.open(f"{root}/{META}", "w") as fh:
-        json.dump(meta, fh, indent=2, sort_keys=True)
+    store = _store(uri)
+    store.write_bytes(WEIGHTS, weights)
+    store.write_bytes(META, json.dumps(meta, indent=2, sort_keys=True, default=str).encode())
     return meta
+
+
+def load_meta(uri: str) -> dict:
+    """meta.json alone (cheap: for validating a --model before anything starts)."""
+    try:
+        meta = _store(uri).read_json(META)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {uri}: cannot read {META}: {exc}") from None
+    if meta is None:
+        raise CheckpointError(f"{uri} is not a checkpoint: it has no {META} (train one with python -m jobs.train)")
+    if "model_version" not in meta or "config" not in meta:
+        raise CheckpointError(f"checkpoint {uri}: {META} lacks model_version or config")
+    return meta
+
+
+def config_of(meta: dict) -> Config:
+    return config_from_json(meta["config"])
 
 
 def load(uri: str, map_location: str = "cpu") -> Checkpoint:
-    fs, root = fsspec.core.url_to_fs(uri)
-    with fs.open(f"{root}/{META}", "r") as fh:
-        meta = json.load(fh)
-    cfg = config_from_json(meta["config"])
+    meta = load_meta(uri)
+    try:
+        weights = _store(uri).read_bytes(WEIGHTS)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {uri} has {META} but no {WEIGHTS}") from None
+    expected = meta.get("weights_sha256")
+    if expected and hashlib.sha256(weights).hexdigest() != expected:
+        raise CheckpointError(f"checkpoint {uri}: {WEIGHTS} does not belong to {META} (a save was interrupted, "
+                              "or the files come from two checkpoints)")
+    import torch
+
+    from embedlib.model import build_model
+
+    cfg = config_of(meta)
     model = build_model(cfg.model, len(meta["families"]))
-    with fs.open(f"{root}/{WEIGHTS}", "rb") as fh:
-        state = torch.load(io.BytesIO(fh.read()), map_location=map_location, weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(torch.load(io.BytesIO(weights), map_location=map_location, weights_only=True))
     model.eval()
     return Checkpoint(model, cfg, meta)
-
-
-def update_meta(uri: str, updates: dict[str, Any]) -> dict:
-    """Rewrite meta.json with `updates` merged in (e.g. after recalibration)."""
-    fs, root = fsspec.core.url_to_fs(uri)
-    with fs.open(f"{root}/{META}", "r") as fh:
-        meta = json.load(fh)
-    meta.update(updates)
-    with fs.open(f"{root}/{META}", "w") as fh:
-        json.dump(meta, fh, indent=2, sort_keys=True)
-    return meta

@@ -11,6 +11,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from embedlib.errors import UserError
+
 NormKind = Literal["batch", "batch-cumulative", "group", "none"]
 NORM_KINDS: tuple[str, ...] = ("batch", "batch-cumulative", "group", "none")
 
@@ -54,19 +56,23 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     seed: int = 0
     min_family_size: int = 5  # families with fewer training files are not classes (still embedded)
-    holdout_fraction: float = 0.2  # per family, by sha256 hash: deterministic held-out split
+    holdout_fraction: float = 0.2  # by sha256 hash: deterministic held-out split (embedlib.split)
     max_failures: int = 3  # Ray Train restarts from the last checkpoint this many times
     precise_bn: bool = True  # recompute BN statistics over the corpus before saving
-    precise_bn_max_samples: int = 50_000
-    probe_samples: int = 1024  # training files used for the BN health report
+    precise_bn_max_samples: int = 50_000  # a uniform sample (by sha256 hash) of the training files
+    probe_samples: int = 1024  # training files used for the BN health report (by hash, ~this many)
+    shuffle_buffer: int = 50_000  # rows each worker shuffles at once (full shuffle when its share fits)
 
 
 @dataclass(frozen=True)
 class HealthConfig:
-    """Thresholds under which a checkpoint's eval mode is said to disagree with training."""
+    """When a checkpoint's eval mode is said to betray training (embedlib.health.verdict): running statistics
+    far from the training data's, or eval mode materially worse than train mode on training files."""
 
-    min_top1_agreement: float = 0.9
-    min_mean_cosine: float = 0.9
+    max_mean_shift_std: float = 0.5  # running mean vs the training data's, in the data's standard deviations
+    max_abs_log_var_ratio: float = 0.7  # |log(running var / data var)|: 0.7 is a factor of 2
+    max_accuracy_drop: float = 0.05  # eval-mode accuracy may be this much below train-mode accuracy ...
+    accuracy_drop_z: float = 3.0  # ... or this many standard errors of the probe, whichever is larger
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override names an unknown key or a value of the wrong type."""
 
 
@@ -178,6 +184,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.holdout_fraction must be in [0, 1)")
 
 
+# Settings that older releases wrote into checkpoints and that no longer exist: ignored when loading one.
+RETIRED_KEYS = {"health": {"min_top1_agreement", "min_mean_cosine"}}
+
+
 def config_from_json(data: dict[str, Any]) -> Config:
     """Rebuild a Config saved with to_dict() (e.g. from a checkpoint's meta.json)."""
-    return from_dict({k: v for k, v in data.items()})
+    cleaned = {section: {k: v for k, v in values.items() if k not in RETIRED_KEYS.get(section, ())}
+               for section, values in data.items()}
+    return from_dict(cleaned)

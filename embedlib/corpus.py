@@ -14,7 +14,8 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from embedlib.sources import InputFile, sniff_format
+from embedlib.inputs import InputFile
+from embedlib.sources import sniff_format
 
 DEFAULT_ROOTS = ("/usr/bin", "/usr/sbin", "/usr/lib", "/usr/libexec")
 

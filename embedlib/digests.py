@@ -219,9 +219,9 @@ def digest_file(path: str, max_bytes: int, expected_sha256: str | None = None) -
     When `expected_sha256` is given and the file's content changed, the digests are None and `reason` says so.
     """
     from embedlib.config import InputConfig
-    from embedlib.sources import read_file
+    from embedlib.sources import read_path
 
-    read = read_file(path, InputConfig(max_bytes=max_bytes, max_hash_bytes=max(max_bytes, 2 * 1024**3)))
+    read = read_path(path, InputConfig(max_bytes=max_bytes, max_hash_bytes=max(max_bytes, 2 * 1024**3)))
     if not read.ok:
         return {"path": path, "tlsh": None, "ssdeep": None, "bytes": 0, "reason": f"{read.status}: {read.reason}"}
     if expected_sha256 and read.sha256 != expected_sha256:

@@ -1,78 +1,58 @@
-"""Embedder: loads a checkpoint once per worker and turns batches of images into embeddings.
+"""Embedder: loads a checkpoint once per process and turns batches of views into embeddings.
 
-Used by the Ray embedding actors (ray_io.EmbedStage) and directly by the query CLI, so both embed identically.
+Used by the pipeline's write stage (Ray tasks and actors) and by the query CLI, so both embed identically.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
 import torch
 
-from embedlib import checkpoint, health
+from embedlib import checkpoint, sources, views
 from embedlib.config import InputConfig
 
 log = logging.getLogger(__name__)
 
 
-class UnhealthyModelError(RuntimeError):
-    """The checkpoint's BN health report says eval mode disagrees with training."""
-
-
-def check_health(meta: dict, allow_unhealthy: bool) -> str | None:
-    """Refuse (or, when allowed, warn about) a checkpoint whose eval mode disagrees with training.
-    Returns the warning text when there is one."""
-    report = meta.get("bn_health")
-    if report is None:
-        text = "checkpoint has no BN health report: its eval-mode agreement with training was never measured"
-    elif report.get("healthy"):
-        return None
-    else:
-        text = health.describe(report)
-    if not allow_unhealthy:
-        raise UnhealthyModelError(
-            f"{text}\nRefusing to embed with model {meta.get('model_version')}. Recalibrate it "
-            "(python -m jobs.recalibrate) or pass --allow-unhealthy-model to embed anyway."
-        )
-    banner = "!" * 78
-    log.warning("\n%s\nWARNING: embedding with an unhealthy model\n%s\n%s", banner, text, banner)
-    return text
-
-
 class Embedder:
-    """A checkpoint's model in eval mode on one device, with the raster size and version it embeds with."""
+    """A checkpoint's model in eval mode on one device, with the views settings and version it embeds with."""
 
-    def __init__(self, model_uri: str, device: str | None = None) -> None:
+    def __init__(self, model_uri: str, device: str | None = None, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         ckpt = checkpoint.load(model_uri, map_location=self.device)
         self.model = ckpt.model.to(self.device).eval()
         self.config = ckpt.config
-        self.size = ckpt.config.raster.size
         self.version = ckpt.version
         self.dim = ckpt.config.model.embedding_dim
 
-    def embed_path(self, path: str, input_cfg: InputConfig | None = None) -> np.ndarray:
-        """One file, read and rasterized as an embedding run did (pass that run's input settings: its read
-        bound decides truncation). Raises ValueError if unreadable."""
-        from embedlib import raster, sources
-
-        read = sources.read_file(path, input_cfg or self.config.input)
-        if not read.ok:
-            raise ValueError(f"cannot embed {path}: {read.status} ({read.reason})")
-        return self.embed_images(raster.to_image(read.data, self.size)[None])[0]
-
-    def embed_images(self, images: np.ndarray) -> np.ndarray:
-        """uint8 [B, size, size] -> float32 [B, D] unit vectors."""
-        if len(images) == 0:
+    def embed_views(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Batched views (views.stack) -> float32 [B, D] unit vectors."""
+        n = len(next(iter(batch.values())))
+        if n == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-            return self.model.embed(x).float().cpu().numpy()
+            tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in batch.items()}
+            return self.model.embed(tensors).float().cpu().numpy()
+
+    def embed_bytes(self, data: bytes) -> np.ndarray:
+        """One file's bounded bytes -> its embedding."""
+        return self.embed_views(views.stack([views.compute_views(data, self.config)], self.config))[0]
+
+    def embed_path(self, path: str, input_cfg: InputConfig | None = None) -> np.ndarray:
+        """One file, read as an embedding run reads it (pass that run's input settings: its read bound decides
+        truncation). Raises ValueError when the file cannot be embedded."""
+        read = sources.read_path(path, input_cfg or self.config.input, hash_all=False)
+        if not read.ok:
+            raise ValueError(f"cannot embed {path}: {read.status} ({read.reason})")
+        return self.embed_bytes(read.data)
 
 
-def decode_images(column: np.ndarray | list, size: int) -> np.ndarray:
-    """A column of raw image bytes -> uint8 [B, size, size]."""
-    if len(column) == 0:
-        return np.zeros((0, size, size), dtype=np.uint8)
-    return np.stack([np.frombuffer(b, dtype=np.uint8).reshape(size, size) for b in column])
+@functools.lru_cache(maxsize=2)
+def cached_embedder(model_uri: str, threads: int | None = None) -> Embedder:
+    """One Embedder per model and process: Ray reuses worker processes, so tasks load a checkpoint once."""
+    return Embedder(model_uri, threads=threads)

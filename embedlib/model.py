@@ -6,11 +6,27 @@ training shapes exactly the geometry that similarity search later uses.
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from embedlib.config import ModelConfig
+
+# What the network eats: a dict of named views (tensors with a leading batch dimension), e.g.
+# {"image": uint8 [B, H, W]}; a bare tensor is taken as the "image" view.
+Batch = Union[torch.Tensor, dict[str, torch.Tensor]]
+
+
+def as_views(batch: Batch) -> dict[str, torch.Tensor]:
+    return batch if isinstance(batch, dict) else {"image": batch}
+
+
+def to_device(batch: Batch, device: torch.device | str) -> Batch:
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
 
 
 def make_norm(kind: str, channels: int, cfg: ModelConfig) -> nn.Module:
@@ -45,9 +61,9 @@ class ByteplotNet(nn.Module):
         self.class_directions = nn.Parameter(torch.randn(num_classes, cfg.embedding_dim) * 0.01)
         self.logit_scale = cfg.logit_scale
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or float images [B, H, W] or [B, 1, H, W] (0..255) -> unit-norm embeddings [B, D]."""
-        x = images.float()
+    def embed(self, views: Batch) -> torch.Tensor:
+        """Views ({"image": uint8 or float [B, H, W] or [B, 1, H, W], 0..255}) -> unit-norm embeddings [B, D]."""
+        x = as_views(views)["image"].float()
         if x.dim() == 3:
             x = x.unsqueeze(1)
         x = x / 127.5 - 1.0
@@ -58,8 +74,8 @@ class ByteplotNet(nn.Module):
     def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * embeddings @ F.normalize(self.class_directions, dim=1).T
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.embed(images)
+    def forward(self, views: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed(views)
         return emb, self.classify(emb)
 
 

@@ -7,8 +7,10 @@ result does not depend on how the data is split into batches (unlike one train-m
 k's input depends on the batch statistics of earlier layers). A forward pass stops at the layer being
 measured, so the L passes cost about one full forward per layer's prefix.
 
-Statistics are merged with Chan et al.'s parallel update in float64, so partial results from many
-workers (or uneven batches) combine exactly: `Moments.merge`.
+Each batch is reduced on its own device in float32 (per-channel mean and M2, no copy of the activations);
+batches and workers are merged with Chan et al.'s parallel update in float64, so partial results from many
+Ray tasks (or uneven batches) combine exactly: `Moments.merge`. `recalibrate` takes the measuring function
+as an argument: `local_measure` streams batches in this process, ray_io measures data blocks in Ray tasks.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from embedlib.model import batch_norms, unwrap
+from embedlib.model import Batch, batch_norms, to_device, unwrap
 
 
 @dataclass
@@ -37,14 +39,14 @@ class Moments:
             self.m2 = torch.zeros(self.channels, dtype=torch.float64)
 
     def add(self, x: torch.Tensor) -> None:
-        """Add a BN input [N, C, *spatial]: every element of channel c is one observation of c."""
-        flat = x.detach().transpose(0, 1).reshape(x.shape[1], -1).to(torch.float64).cpu()
-        n = flat.shape[1]
+        """Add a BN input [N, C, *spatial]: every element of channel c is one observation of c. Reduced where
+        x lives, in float32; only the per-channel results are moved and widened."""
+        dims = [0, *range(2, x.dim())]
+        n = x.numel() // max(x.shape[1], 1)
         if n == 0:
             return
-        mean = flat.mean(dim=1)
-        m2 = ((flat - mean[:, None]) ** 2).sum(dim=1)
-        self.merge(Moments(self.channels, n, mean, m2))
+        var, mean = torch.var_mean(x.detach().float(), dim=dims, correction=0)
+        self.merge(Moments(self.channels, n, mean.double().cpu(), (var.double() * n).cpu()))
 
     def merge(self, other: "Moments") -> None:
         if other.count == 0:
@@ -60,34 +62,48 @@ class Moments:
         denom = self.count - 1 if unbiased else self.count
         return self.m2 / max(denom, 1)
 
+    def to_state(self) -> dict:
+        """Plain tensors, for shipping between processes."""
+        return {"channels": self.channels, "count": self.count, "mean": self.mean, "m2": self.m2}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Moments":
+        return cls(state["channels"], state["count"], state["mean"], state["m2"])
+
 
 class _StopForward(Exception):
     """Raised by the measuring hook: nothing after the measured layer needs computing."""
 
 
-def layer_moments(
-    model: nn.Module, layer: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu"
-) -> tuple[Moments, int]:
-    """Moments of `layer`'s input over `batches`, running `model` in eval mode. Returns (moments, batches)."""
+def layer_by_name(model: nn.Module, name: str) -> nn.modules.batchnorm._BatchNorm:
+    return dict(batch_norms(model))[name]
+
+
+def layer_moments(model: nn.Module, layer_name: str, batches: Iterable[Batch],
+                  device: torch.device | str = "cpu") -> Moments:
+    """Moments of the input of BN layer `layer_name` over `batches`, running `model` in eval mode."""
+    net = unwrap(model)
+    layer = layer_by_name(net, layer_name)
     moments = Moments(layer.num_features)
 
     def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         moments.add(inputs[0])
         raise _StopForward
 
+    was_training = net.training
+    net.eval()
     handle = layer.register_forward_pre_hook(hook)
-    n_batches = 0
     try:
         with torch.inference_mode():
             for batch in batches:
-                n_batches += 1
                 try:
-                    model(batch.to(device))
+                    net(to_device(batch, device))
                 except _StopForward:
                     pass
     finally:
         handle.remove()
-    return moments, n_batches
+        net.train(was_training)
+    return moments
 
 
 def stat_distance(old_mean: torch.Tensor, old_var: torch.Tensor, new_mean: torch.Tensor,
@@ -100,43 +116,50 @@ def stat_distance(old_mean: torch.Tensor, old_var: torch.Tensor, new_mean: torch
     return {"mean_shift_in_std": round(mean_shift, 6), "abs_log_var_ratio": round(log_var_ratio, 6)}
 
 
-def precise_statistics(
-    model: nn.Module, make_batches: Callable[[], Iterable[torch.Tensor]], device: torch.device | str = "cpu",
-    apply: bool = True,
-) -> dict[str, dict[str, float]]:
-    """Recompute every BN layer's running mean/var over `make_batches()` (called once per BN layer; must
-    yield the same images each time, in any batch split). With apply=False the model is left unchanged and
-    only the report (per layer: distance of running stats from precise ones, samples seen) is returned.
+# measure(model, layer_name) -> Moments of that layer's input over the whole data, model in eval mode
+Measure = Callable[[nn.Module, str], Moments]
 
-    Labels are never needed: this can run over the whole unlabelled corpus.
-    """
+
+def local_measure(make_batches: Callable[[], Iterable[Batch]], device: torch.device | str = "cpu") -> Measure:
+    """Measure by streaming `make_batches()` through the model in this process (called once per layer)."""
+    return lambda model, name: layer_moments(model, name, make_batches(), device)
+
+
+def recalibrate(model: nn.Module, measure: Measure, apply: bool = True,
+                on_layer: Callable[[str, dict], None] | None = None) -> dict[str, dict[str, float]]:
+    """Recompute every BN layer's running mean/var, layer by layer, with `measure`. With apply=False the
+    model is left unchanged and only the report (per layer: distance of running stats from precise ones,
+    values seen per channel) is returned. Labels are never needed: any unlabelled corpus will do."""
     net = unwrap(model)
-    was_training = net.training
-    net.eval()
     report: dict[str, dict[str, float]] = {}
     saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     try:
         for name, bn in batch_norms(net):
-            moments, n_batches = layer_moments(net, bn, make_batches(), device)
+            moments = measure(net, name)
             if moments.count == 0:
                 raise ValueError("precise BN saw no data: the batch iterator was empty")
-            new_mean = moments.mean.to(bn.running_mean.dtype)
-            new_var = moments.variance().to(bn.running_var.dtype)
             report[name] = {
                 **stat_distance(bn.running_mean.cpu().double(), bn.running_var.cpu().double(),
                                 moments.mean, moments.variance()),
                 "values_per_channel": moments.count,
-                "batches": n_batches,
             }
+            if on_layer:
+                on_layer(name, report[name])
             saved[name] = (bn.running_mean.clone(), bn.running_var.clone())
             # Later layers must be measured with this one already precise (eval mode uses running stats).
-            bn.running_mean.copy_(new_mean.to(bn.running_mean.device))
-            bn.running_var.copy_(new_var.to(bn.running_var.device))
+            bn.running_mean.copy_(moments.mean.to(bn.running_mean.device, bn.running_mean.dtype))
+            bn.running_var.copy_(moments.variance().to(bn.running_var.device, bn.running_var.dtype))
     finally:
         if not apply:
             for name, bn in batch_norms(net):
                 if name in saved:
                     bn.running_mean.copy_(saved[name][0])
                     bn.running_var.copy_(saved[name][1])
-        net.train(was_training)
     return report
+
+
+def precise_statistics(model: nn.Module, make_batches: Callable[[], Iterable[Batch]],
+                       device: torch.device | str = "cpu", apply: bool = True) -> dict[str, dict[str, float]]:
+    """`recalibrate` over batches streamed in this process. `make_batches()` is called once per BN layer and
+    must yield the same samples each time, in any batch split."""
+    return recalibrate(model, local_measure(make_batches, device), apply=apply)

@@ -1,83 +1,183 @@
 """The only place that defines table columns. Every Parquet file we write is cast to one of these.
 
-Tables (each a folder of Parquet shards):
-  samples/     one row per unique sha256: the rasterized corpus that training streams from
-  embeddings/  one row per unique sha256: the embedding and what analysts filter on
-  errors/      one row per input path that produced no embedding, with a status and a reason
+An output root accumulates runs (see embedlib/pipeline/catalog.py for the folders):
+  embeddings/  one row per (model_version, sha256): the embedding and what analysts filter on
+  samples/     one row per (views_version, sha256): the model's input views, what training streams from
+  errors/      one row per input path of a run that was not embedded (or sampled), with a status and a reason
+  runs/        one summary row per finished run
+  neighbors/   k nearest rows per embedded row (jobs.neighbors)
+Staging rows between pipeline stages (listing, hashed, plan) are defined here too.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# Per-file statuses recorded in errors/. Every input path ends up in exactly one of embeddings/ or errors/.
+# Per-path statuses recorded in errors/. Every input path of a run ends up in exactly one of the written
+# table (as its `path`) or errors/.
 STATUS_EMPTY = "empty"
 STATUS_UNREADABLE = "unreadable"
 STATUS_NOT_A_FILE = "not_a_file"
 STATUS_SYMLINK = "symlink"
 STATUS_TOO_LARGE = "too_large"
-STATUS_DUPLICATE = "duplicate"  # same sha256 as a file already embedded: nothing lost, the row says which
+STATUS_DUPLICATE = "duplicate"  # same sha256 as a file embedded in this or an earlier run: the row says which
 STATUS_RASTER_ERROR = "raster_error"
 STATUS_EMBED_ERROR = "embed_error"
+STATUS_BAD_INPUT = "bad_input"  # the input itself is wrong (a manifest row without a path, ...)
 ERROR_STATUSES = (
     STATUS_EMPTY, STATUS_UNREADABLE, STATUS_NOT_A_FILE, STATUS_SYMLINK, STATUS_TOO_LARGE,
-    STATUS_DUPLICATE, STATUS_RASTER_ERROR, STATUS_EMBED_ERROR,
+    STATUS_DUPLICATE, STATUS_RASTER_ERROR, STATUS_EMBED_ERROR, STATUS_BAD_INPUT,
 )
+# Outcomes that the same bytes would repeat: an unchanged path that ended so is not tried again.
+FINAL_ERRORS = (STATUS_EMPTY, STATUS_NOT_A_FILE, STATUS_SYMLINK, STATUS_TOO_LARGE, STATUS_RASTER_ERROR)
 FORMATS = ("elf", "pe", "macho", "other")
 
-_FILE_FIELDS = [
-    pa.field("sha256", pa.string(), nullable=False),
+# How one input path is identified and was found: text for people and SQL, exact bytes when the name is not
+# valid UTF-8, and what tells an unchanged file without reading it (size + mtime locally, ETag remotely).
+_PATH_FIELDS = [
     pa.field("path", pa.string(), nullable=False),
-    pa.field("size_bytes", pa.int64(), nullable=False),
-    pa.field("format", pa.string(), nullable=False),
+    pa.field("path_raw", pa.binary()),  # the exact name when `path` (UTF-8 with \xNN escapes) cannot hold it
+    pa.field("size_bytes", pa.int64()),
+    pa.field("mtime_ns", pa.int64()),
+    pa.field("etag", pa.string()),
     pa.field("family", pa.string()),
-    pa.field("truncated", pa.bool_(), nullable=False),  # only the first input.max_bytes went into the image
+]
+
+_CONTENT_FIELDS = [
+    pa.field("sha256", pa.string(), nullable=False),
+    pa.field("format", pa.string(), nullable=False),
+    pa.field("truncated", pa.bool_(), nullable=False),  # only the first input.max_bytes went into the views
     pa.field("tlsh", pa.string()),  # similarity digests, so SQL can combine them with the embedding
     pa.field("ssdeep", pa.string()),
 ]
 
-SAMPLES = pa.schema(
-    _FILE_FIELDS
-    + [
-        pa.field("image", pa.binary(), nullable=False),  # raster.size**2 bytes, row-major uint8
-        pa.field("image_size", pa.int32(), nullable=False),
-    ],
-    metadata={"embedlib.table": "samples", "embedlib.schema_version": str(SCHEMA_VERSION)},
-)
-
-ERRORS = pa.schema(
-    [
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("reason", pa.string(), nullable=False),
-        pa.field("sha256", pa.string()),
-        pa.field("size_bytes", pa.int64()),
-        pa.field("family", pa.string()),
-    ],
-    metadata={"embedlib.table": "errors", "embedlib.schema_version": str(SCHEMA_VERSION)},
-)
+_RUN_FIELDS = [
+    pa.field("model_version", pa.string(), nullable=False),  # samples: the views version
+    pa.field("run_id", pa.string(), nullable=False),
+]
 
 
-def embeddings_schema(dim: int) -> pa.Schema:
-    """EMBEDDINGS for a model of embedding size `dim` (a fixed-size list, so DuckDB can cast to FLOAT[dim])."""
+def _meta(table: str, **extra: str) -> dict[str, str]:
+    return {"embedlib.table": table, "embedlib.schema_version": str(SCHEMA_VERSION), **extra}
+
+
+def embeddings_schema(dim: int, model_version: str = "") -> pa.Schema:
+    """One embedding per content, as a fixed-size list, so DuckDB can cast it to FLOAT[dim]."""
     return pa.schema(
-        _FILE_FIELDS
-        + [
-            pa.field("model_version", pa.string(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
-        ],
-        metadata={
-            "embedlib.table": "embeddings",
-            "embedlib.schema_version": str(SCHEMA_VERSION),
-            "embedlib.embedding_dim": str(dim),
-        },
+        _CONTENT_FIELDS + _PATH_FIELDS + _RUN_FIELDS
+        + [pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False)],
+        metadata=_meta("embeddings", **{"embedlib.embedding_dim": str(dim), "embedlib.model_version": model_version}),
     )
 
 
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
+def samples_schema(view_names: list[str], views_version: str = "") -> pa.Schema:
+    """The model's input views per content, each as raw bytes of a fixed-shape array (embedlib.views)."""
+    return pa.schema(
+        _CONTENT_FIELDS + _PATH_FIELDS + _RUN_FIELDS
+        + [pa.field(f"view_{name}", pa.binary(), nullable=False) for name in view_names],
+        metadata=_meta("samples", **{"embedlib.model_version": views_version}),
+    )
+
+
+ERRORS = pa.schema(
+    _PATH_FIELDS
+    + [
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("sha256", pa.string()),
+    ]
+    + _RUN_FIELDS,
+    metadata=_meta("errors"),
+)
+
+RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("job", pa.string(), nullable=False),  # embed | rasterize
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("raster", pa.string(), nullable=False),  # JSON: the settings that make the model's input
+        pa.field("input", pa.string(), nullable=False),
+        pa.field("started", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("finished", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("files_seen", pa.int64(), nullable=False),
+        pa.field("skipped_known", pa.int64(), nullable=False),
+        pa.field("embedded", pa.int64(), nullable=False),  # rows written (embeddings, or samples)
+        pa.field("duplicates", pa.int64(), nullable=False),
+        pa.field("failed", pa.int64(), nullable=False),
+        pa.field("bytes_read", pa.int64(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+        pa.field("embedlib_version", pa.string(), nullable=False),
+        pa.field("config", pa.string(), nullable=False),  # JSON: the job's input and embed settings
+    ],
+    metadata=_meta("runs"),
+)
+
+NEIGHBORS = pa.schema(
+    [
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),  # 1 = nearest
+        pa.field("neighbor", pa.string(), nullable=False),
+        pa.field("distance", pa.float32(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+    ]
+    + _RUN_FIELDS,
+    metadata=_meta("neighbors"),
+)
+
+# ---- staging between stages (Arrow IPC files under _work/, never Parquet) --------------------------------
+
+# What the listing found: one row per input path, in listing order. `target` is what to open: the exact
+# local path bytes, or a URI's UTF-8 bytes. A row with a status is already an error (e.g. a manifest row
+# with an empty path): it goes to errors/ as it is.
+LISTING = pa.schema(
+    _PATH_FIELDS
+    + [
+        pa.field("ordinal", pa.int64(), nullable=False),  # position in the listing: the last tie-breaker
+        pa.field("target", pa.binary(), nullable=False),
+        pa.field("remote", pa.bool_(), nullable=False),
+        pa.field("status", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+# The known state of listed paths from earlier runs (the match step): a path whose size and mtime/etag are
+# unchanged is not read again.
+KNOWN = pa.schema(
+    [
+        pa.field("known_size", pa.int64()),
+        pa.field("known_mtime_ns", pa.int64()),
+        pa.field("known_etag", pa.string()),
+        pa.field("known_sha256", pa.string()),
+        pa.field("known_status", pa.string()),  # "ok" for a path that was written, else its error status
+        pa.field("known_version", pa.string()),  # the model (or views) version of that outcome
+    ]
+)
+
+# After hashing: every listed path whose content is known (read now, or unchanged since an earlier run).
+HASHED = pa.schema(
+    _PATH_FIELDS
+    + [
+        pa.field("ordinal", pa.int64(), nullable=False),
+        pa.field("target", pa.binary(), nullable=False),
+        pa.field("remote", pa.bool_(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("format", pa.string()),
+        pa.field("unchanged", pa.bool_(), nullable=False),  # content known from an earlier run, not read now
+        pa.field("known_version", pa.string()),
+    ]
+)
+
+# One content to write (the plan): its representative path (the smallest) and how to open it.
+PLANNED = pa.schema(
+    _PATH_FIELDS
+    + [
+        pa.field("target", pa.binary(), nullable=False),
+        pa.field("remote", pa.bool_(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+    ]
+)
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -89,20 +189,11 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         elif fld.nullable:
             columns.append(pa.nulls(table.num_rows, fld.type))
         else:
-            raise ValueError(f"column {fld.name!r} is required by table {schema.metadata[b'embedlib.table'].decode()}")
+            name = (schema.metadata or {}).get(b"embedlib.table", b"staging").decode()
+            raise ValueError(f"column {fld.name!r} is required by table {name}")
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-# -- neighbors (issue 9): written by jobs.neighbors, read by embedlib.query -------------------------------------
-NEIGHBORS = pa.schema(
-    [
-        pa.field("sha256", pa.string(), nullable=False),  # a row of run `run_id`
-        pa.field("rank", pa.int32(), nullable=False),  # 1 = nearest
-        pa.field("neighbor", pa.string(), nullable=False),  # its sha256
-        pa.field("distance", pa.float32(), nullable=False),
-        pa.field("metric", pa.string(), nullable=False),  # 'cosine' (1 - cosine similarity) or 'l2'
-        pa.field("model_version", pa.string(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-    ],
-    metadata={"embedlib.table": "neighbors", "embedlib.schema_version": str(SCHEMA_VERSION)},
-)
+def rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """A table of `schema` from row dicts (missing keys are nulls)."""
+    return pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()

@@ -26,13 +26,13 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from embedlib.config import Config
+from embedlib.config import Config, TrainConfig
 from embedlib.health import bn_health
 from embedlib.model import batch_norms, build_model
 from embedlib.precise_bn import precise_statistics
-from embedlib.sources import InputFile
+from embedlib.inputs import InputFile
 from embedlib.train_loop import accuracy, batches_of, make_optimizer, set_seed, train_epoch
-from embedlib.training import bucket
+from embedlib.split import bucket, make_split
 
 NO_BN_NOTE = "no BN layers: precise BN does not apply; same values as precise_bn=no (not recomputed)"
 
@@ -105,8 +105,9 @@ class StudyData:
 def make_study_data(name: str, sha256s: Sequence[str], families: Sequence[str], images: np.ndarray,
                     holdout_fraction: float, min_train_files: int = 2, eval_files: int | None = None,
                     probe_files: int = 512) -> StudyData:
-    """Deduplicate by sha256, split by training.bucket(sha256), keep families with >= min_train_files
-    training files as classes. A sha256 seen under two families is ambiguous and dropped entirely."""
+    """Deduplicate by sha256, then the product's own split (embedlib.split.make_split: held out by hash,
+    classes = families with >= min_train_files training files, the probe by hash). A sha256 seen under two
+    families is ambiguous and dropped entirely."""
     fams_of: dict[str, set[str]] = defaultdict(set)
     for s, f in zip(sha256s, families):
         fams_of[s].add(f)
@@ -120,29 +121,27 @@ def make_study_data(name: str, sha256s: Sequence[str], families: Sequence[str], 
         else:
             first[s] = i
     keep = sorted(first.values())
-    is_held = {sha256s[i]: bucket(sha256s[i]) < holdout_fraction for i in keep}
-    train_counts = Counter(families[i] for i in keep if not is_held[sha256s[i]])
-    classes = sorted(f for f, n in train_counts.items() if n >= min_train_files)
-    class_set = set(classes)
-    small = sum(1 for i in keep if families[i] not in class_set)
+    cfg = Config(train=TrainConfig(holdout_fraction=holdout_fraction, min_family_size=min_train_files,
+                                   probe_samples=probe_files))
+    split = make_split([sha256s[i] for i in keep], [families[i] for i in keep], cfg)
+    small = sum(1 for i in keep if sha256s[i] not in split.train and sha256s[i] not in split.holdout)
     if small:
         dropped["family_too_small"] = small
-    index = {f: k for k, f in enumerate(classes)}
-    tr = [i for i in keep if families[i] in index and not is_held[sha256s[i]]]
-    ho = [i for i in keep if families[i] in index and is_held[sha256s[i]]]
+    tr = [i for i in keep if sha256s[i] in split.train]
+    ho = [i for i in keep if sha256s[i] in split.holdout]
     size = images.shape[1:] if images.ndim == 3 else (0, 0)
 
-    def take(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def take(idx: list[int], labels: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
         if not idx:
             return np.zeros((0, *size), np.uint8), np.zeros(0, np.int64)
-        return images[idx], np.asarray([index[families[i]] for i in idx], dtype=np.int64)
+        return images[idx], np.asarray([labels[sha256s[i]] for i in idx], dtype=np.int64)
 
-    train_images, train_labels = take(tr)
-    heldout_images, heldout_labels = take(ho)
+    train_images, train_labels = take(tr, split.train)
+    heldout_images, heldout_labels = take(ho, split.holdout)
     order = np.asarray(sorted(range(len(tr)), key=lambda k: bucket(sha256s[tr[k]], "probe")), dtype=np.int64)
     eval_index = np.sort(order[:eval_files]) if eval_files else np.arange(len(tr))
-    probe_index = np.sort(order[:probe_files])
-    return StudyData(name, classes, train_images, train_labels, heldout_images, heldout_labels, eval_index,
+    probe_index = np.asarray([k for k in range(len(tr)) if sha256s[tr[k]] in split.probe], dtype=np.int64)
+    return StudyData(name, split.families, train_images, train_labels, heldout_images, heldout_labels, eval_index,
                      probe_index, dict(dropped))
 
 

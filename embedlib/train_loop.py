@@ -1,15 +1,20 @@
-"""Training, pure torch: one epoch, evaluation, batch helpers. Plus the thin Ray Train worker function.
+"""Training, pure torch: a step, an epoch, accuracy, in-memory batches. Plus the Ray Train worker function.
 
-The pure functions are what the BN study and the tests call directly; `ray_worker` wraps them for
-Ray Train (DDP over N workers, checkpoint every epoch, resume from the latest).
+The pure functions are what the BN study and the tests call directly; `ray_worker` wraps them for Ray Train
+(DDP over N workers, a checkpoint every epoch, resume from the latest). The worker is written so that GPU
+training cannot hang: every collective runs on the worker's device (NCCL rejects CPU tensors), every rank
+runs the same number of steps (no DDP join, which does not support SyncBatchNorm's collectives), and the
+per-epoch probe runs the same batches on every rank or on none.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
+import logging
 import os
+import sys
 import tempfile
+import time
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -18,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedlib.config import Config, config_from_json
-from embedlib.model import build_model, unwrap
+from embedlib.model import Batch, build_model, to_device, unwrap
 
 
 def set_seed(seed: int) -> None:
@@ -30,11 +35,11 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
-def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+def train_step(model: nn.Module, views: Batch, labels: torch.Tensor,
                optimizer: torch.optim.Optimizer) -> tuple[float, int]:
-    """One SGD step in train mode. Returns (summed loss, correct count) for the batch."""
+    """One optimizer step in train mode. Returns (summed loss, correct count) for the batch."""
     model.train()
-    _, logits = model(images)
+    _, logits = model(views)
     loss = F.cross_entropy(logits, labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -42,113 +47,151 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return loss.item() * len(labels), int((logits.argmax(1) == labels).sum())
 
 
-def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+def train_epoch(model: nn.Module, batches: Iterable[tuple[Batch, torch.Tensor]],
                 optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """Train over `batches`; returns mean loss and train-mode accuracy (batch statistics, as training sees it)."""
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
-    for images, labels in batches:
-        loss, ok = train_step(model, images, labels, optimizer)
+    for views, labels in batches:
+        loss, ok = train_step(model, views, labels, optimizer)
         total_loss += loss
         correct += ok
         seen += len(labels)
         steps += 1
     return {"loss": total_loss / max(seen, 1), "train_mode_accuracy": correct / max(seen, 1), "steps": steps,
-            "samples": seen}
+            "samples": seen, "loss_sum": total_loss, "correct": correct}
 
 
-def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], train_mode: bool) -> float:
-    """Accuracy with BN in train mode (batch statistics, buffers left untouched) or eval mode (running stats)."""
+def correct_count(model: nn.Module, batches: Iterable[tuple[Batch, torch.Tensor]], train_mode: bool) -> tuple[int, int]:
+    """(correct, seen) with BN in train mode (batch statistics; buffers restored after) or eval mode."""
     net = unwrap(model)
     was = net.training
     saved = {k: v.clone() for k, v in net.state_dict().items()} if train_mode else None
     net.train(train_mode)
     correct = seen = 0
     with torch.no_grad():
-        for images, labels in batches:
-            _, logits = net(images)
+        for views, labels in batches:
+            _, logits = net(views)
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
     if saved is not None:
         net.load_state_dict(saved)
     net.train(was)
+    return correct, seen
+
+
+def accuracy(model: nn.Module, batches: Iterable[tuple[Batch, torch.Tensor]], train_mode: bool) -> float:
+    correct, seen = correct_count(model, batches, train_mode)
     return correct / max(seen, 1)
 
 
-def batches_of(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
-               seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """In-memory batches (uint8 images [N, H, W], int labels [N]); shuffled so BN sees mixed families."""
-    order = np.random.default_rng(seed).permutation(len(images)) if shuffle else np.arange(len(images))
-    for start in range(0, len(order), batch_size):
+def batches_of(views: np.ndarray | dict[str, np.ndarray], labels: np.ndarray, batch_size: int, shuffle: bool = False,
+               seed: int = 0, drop_last: bool = False) -> Iterator[tuple[Batch, torch.Tensor]]:
+    """In-memory batches of views (a dict of arrays [N, ...], or one image array [N, H, W]) and int labels;
+    shuffled so BN sees mixed families. drop_last keeps a batch of 1 away from BatchNorm."""
+    n = len(labels)
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
-        yield torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]).long()
+        batch = ({k: torch.from_numpy(v[idx]) for k, v in views.items()} if isinstance(views, dict)
+                 else torch.from_numpy(views[idx]))
+        yield batch, torch.from_numpy(labels[idx]).long()
 
 
 # ---------------------------------------------------------------------------------------------------
-# Ray Train worker. Imported lazily by ray_io; touches ray.train only inside.
+# Ray Train worker. Imported by ray_io inside the worker; touches ray.train only here.
 # ---------------------------------------------------------------------------------------------------
 
-def _decode(batch: dict[str, Any], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images = np.stack([np.frombuffer(b, dtype=np.uint8).reshape(size, size) for b in batch["image"]])
-    return torch.from_numpy(images), torch.as_tensor(batch["label"]).long()
-
-
-def _sum_over_ranks(value: int) -> int:
-    """Total over all workers: proves no row was dropped to even out the shards."""
+def _all_reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+    """Reduce numbers over all ranks, on the rank's own device (NCCL rejects CPU tensors)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.int64)
-    dist.all_reduce(t)
-    return int(t.item())
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MIN)
+    return t.cpu().tolist()
+
+
+def _probe_share(probe: tuple[dict, np.ndarray], rank: int, world: int, batch_size: int,
+                 device: torch.device) -> list:
+    """This rank's share of the probe, the same number of batches on every rank, so that train-mode passes
+    through SyncBatchNorm meet on every rank (or on none, when the probe is smaller than a batch per rank)."""
+    views, labels = probe
+    per_rank = (len(labels) // world) // batch_size * batch_size
+    if not per_rank:
+        return []
+    take = slice(rank * per_rank, (rank + 1) * per_rank)
+    share = ({k: v[take] for k, v in views.items()}, labels[take])
+    return [(to_device(v, device), y.to(device)) for v, y in batches_of(*share, batch_size)]
+
+
+def _quiet_ray_train() -> None:
+    """Ray Train logs every report at INFO, from a logger named after its source file: keep it to warnings."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # another Ray release: its logs stay, nothing else changes
+        pass
 
 
 def ray_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train loop: DDP (SyncBatchNorm only on GPUs), uneven shards via DDP join, checkpoint per epoch."""
+    """Ray Train loop: DDP (SyncBatchNorm only on GPUs), equal steps on every rank, a checkpoint per epoch."""
     import ray.train
     import ray.train.torch
 
+    from embedlib.dataset import epoch_shares, shuffled_batches, steps_per_epoch
+
+    _quiet_ray_train()
     cfg = config_from_json(loop_config["config"])
-    size = cfg.raster.size
+    corpus = loop_config["corpus"]
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    if not cfg.train.use_gpu:
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     set_seed(cfg.train.seed + rank)
-    model = build_model(cfg.model, len(loop_config["families"]))
+    model = build_model(cfg.model, len(corpus.rule.families))
     if cfg.train.use_gpu and world > 1 and cfg.model.norm.startswith("batch"):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # raises on CPU: GPU only
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     optimizer = make_optimizer(model, cfg)
 
-    start_epoch = 0
-    history: list[dict[str, Any]] = []  # rank 0's per-epoch metrics, kept in the checkpoint across resumes
+    start_epoch, history = 0, []  # rank 0's per-epoch metrics, kept in the checkpoint across resumes
     resume = ray.train.get_checkpoint()
     if resume:
         with resume.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=True)
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
-        history = state.get("history", [])
+        start_epoch, history = state["epoch"] + 1, state.get("history", [])
 
-    shard = ray.train.get_dataset_shard("train")
-    probe = ray.train.get_dataset_shard("probe") if rank == 0 else None
+    bs = cfg.train.batch_size
+    probe = _probe_share(loop_config["probe"], rank, world, bs, device)
     for epoch in range(start_epoch, cfg.train.epochs):
-        batches = (
-            tuple(t.to(device) for t in _decode(b, size))
-            for b in shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy")
-        )
-        join = model.join() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
-        with join:  # shards may differ by a few rows: ranks that finish early shadow the others' all-reduces
-            stats = train_epoch(model, batches, optimizer)
-        metrics = {"epoch": epoch, "rank": rank, **stats, "samples_all_ranks": _sum_over_ranks(stats["samples"])}
-        if rank == 0 and probe is not None:
-            probe_batches = [tuple(t.to(device) for t in _decode(b, size))
-                             for b in probe.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy")]
-            metrics["probe_train_mode_accuracy"] = accuracy(model, probe_batches, train_mode=True)
-            metrics["probe_eval_mode_accuracy"] = accuracy(model, probe_batches, train_mode=False)
+        started = time.perf_counter()
+        steps = steps_per_epoch(corpus, world, epoch, cfg.train.seed, bs)
+        share = epoch_shares(corpus, world, epoch, cfg.train.seed)[rank]
+        batches = ((to_device({k: torch.from_numpy(v) for k, v in views.items()}, device),
+                    torch.from_numpy(labels).to(device))
+                   for views, labels in shuffled_batches(corpus, share, bs, steps, cfg.train.shuffle_buffer,
+                                                         seed=cfg.train.seed * 1_000_003 + epoch * 1009 + rank))
+        stats = train_epoch(model, batches, optimizer)
+        loss_sum, correct, samples = _all_reduce([stats["loss_sum"], stats["correct"], stats["samples"]], device)
+        metrics = {"epoch": epoch, "steps": steps, "samples_all_ranks": int(samples),
+                   "loss": loss_sum / max(samples, 1), "train_mode_accuracy": correct / max(samples, 1)}
+        if probe:
+            tm = correct_count(model, probe, train_mode=True)
+            em = correct_count(model, probe, train_mode=False)
+            tc, ec, n = _all_reduce([tm[0], em[0], tm[1]], device)
+            metrics.update(probe_files=int(n), probe_train_mode_accuracy=tc / n, probe_eval_mode_accuracy=ec / n)
+        metrics["seconds"] = time.perf_counter() - started
         if rank == 0:
             history.append(metrics)
+            sys.stdout.write(describe_epoch(metrics, cfg.train.epochs) + "\n")  # not print: Ray Train tees print
+            sys.stdout.flush()
             with tempfile.TemporaryDirectory() as d:
                 buf = io.BytesIO()
                 torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
@@ -158,3 +201,12 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+
+
+def describe_epoch(m: dict[str, Any], epochs: int) -> str:
+    line = (f"epoch {int(m['epoch']) + 1:>3}/{epochs}  loss {m['loss']:.4f}  train-mode acc "
+            f"{m['train_mode_accuracy']:.3f}")
+    if "probe_eval_mode_accuracy" in m:
+        line += (f"  probe ({m['probe_files']} files): train-mode {m['probe_train_mode_accuracy']:.3f} "
+                 f"eval-mode {m['probe_eval_mode_accuracy']:.3f}")
+    return line + f"  ({m.get('seconds', 0):.0f} s, {m['samples_all_ranks']} samples)"

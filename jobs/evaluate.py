@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 from embedlib import digests, metrics
 from embedlib.config import InputConfig
 from embedlib.query import format_rows
-from embedlib.sources import read_file, read_manifest
+from embedlib.inputs import read_labels
+from embedlib.sources import read_path
 
 from jobs._common import setup_logging
 
@@ -91,9 +92,13 @@ class MethodResult:
 # ---------------------------------------------------------------------------------------------------
 
 def read_embeddings(root: str) -> pa.Table:
-    fs, path = fsspec.core.url_to_fs(root.rstrip("/") + "/embeddings")
+    from embedlib.pipeline import catalog
+    from embedlib.pipeline.store import Store
+
+    store = Store(root)
     columns = ["sha256", "path", "size_bytes", "family", "tlsh", "ssdeep", "model_version", "embedding"]
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
+    files = [store.path(f) for f in catalog.table_files(store, "embeddings")]
+    return pads.dataset(files, filesystem=store.arrow_filesystem(), format="parquet").to_table(columns=columns)
 
 
 def read_json(uri: str) -> dict | None:
@@ -106,7 +111,8 @@ def read_json(uri: str) -> dict | None:
 
 def labelled_files(table: pa.Table, manifest: str) -> tuple[Files, dict[str, int]]:
     """Files with a family: the manifest's (joined on path), else the table's own family column."""
-    by_path = {f.path: f.family for f in read_manifest(manifest) if f.family}
+    labels = read_labels(manifest)
+    by_path = {p: f for p, f in zip(labels.column("path").to_pylist(), labels.column("family").to_pylist()) if f}
     paths = table.column("path").to_pylist()
     own = table.column("family").to_pylist()
     families, from_manifest, from_table = [], 0, 0
@@ -134,7 +140,7 @@ def cap_files(files: Files, max_files: int) -> Files:
     """At most `max_files`, chosen by a hash of sha256 (uniform, the same on every run), in path order."""
     if len(files) <= max_files:
         return files
-    from embedlib.training import bucket  # imports torch: only when needed
+    from embedlib.split import bucket
 
     chosen = sorted(range(len(files)), key=lambda i: bucket(files.sha256[i], "evaluate"))[:max_files]
     return files.take(sorted(chosen, key=lambda i: files.path[i]))
@@ -150,7 +156,7 @@ def choose_queries(files: Files, meta: dict | None, family_disjoint: bool) -> tu
         return mask, f"files of families that were no training class ({len(trained)} classes were trained)"
     if meta is None:
         return np.ones(len(files), dtype=bool), "all files (no --model given: some may have been trained on)"
-    from embedlib.training import bucket  # the training split's own function (imports torch)
+    from embedlib.split import bucket  # the training split's own function
 
     fraction = float(meta["config"]["train"]["holdout_fraction"])
     mask = np.array([bucket(s) < fraction for s in files.sha256], dtype=bool)
@@ -165,25 +171,34 @@ def drop_lonely_queries(files: Files, candidates: np.ndarray) -> tuple[np.ndarra
     return np.flatnonzero(keep), lonely
 
 
+def _latest_run(root: str) -> dict:
+    """The config JSON of the latest finished run in an output root ({} when none)."""
+    from embedlib.pipeline import catalog
+    from embedlib.pipeline.store import Store
+
+    runs = catalog.read_runs(Store(root)).sort_by("run_id").to_pylist()
+    return json.loads(runs[-1]["config"]) if runs else {}
+
+
 def max_bytes_for(root: str, meta: dict | None, override: int | None) -> int:
     """The bytes per file the embedding saw: --max-bytes, else the embed run's input.max_bytes."""
     if override:
         return override
-    run = read_json(root.rstrip("/") + "/_run.json") or {}
-    for source in (run.get("input_config"), (meta or {}).get("config", {}).get("input")):
+    run = _latest_run(root)
+    for source in (run.get("input"), (meta or {}).get("config", {}).get("input")):
         if source and source.get("max_bytes"):
             return int(source["max_bytes"])
     return InputConfig().max_bytes
 
 
 def embed_run_model(root: str) -> str | None:
-    """The checkpoint the embed job recorded in its _run.json, if any."""
-    return (read_json(root.rstrip("/") + "/_run.json") or {}).get("model")
+    """The checkpoint the latest embed run recorded, if any."""
+    return _latest_run(root).get("model")
 
 
 def raster_size_for(root: str, meta: dict | None) -> int:
     """The image size the network saw: --model's, else that of the model the embed run recorded."""
-    run = read_json(root.rstrip("/") + "/_run.json") or {}
+    run = _latest_run(root)
     if meta is None and run.get("model"):
         meta = read_json(run["model"].rstrip("/") + "/meta.json")
     if meta:
@@ -238,7 +253,7 @@ def time_embedding(files: Files, model: str | None, max_bytes: int, raster_size:
     datas, kept = [], []
     cfg = InputConfig(max_bytes=max_bytes, max_hash_bytes=max(max_bytes, 2 * 1024**3))
     for i in idx:
-        read = read_file(files.path[i], cfg)
+        read = read_path(files.path[i], cfg)
         if read.ok:
             datas.append(read.data)
             kept.append(i)
@@ -256,9 +271,9 @@ def time_embedding(files: Files, model: str | None, max_bytes: int, raster_size:
         from embedlib.embedder import Embedder
 
         embedder = Embedder(model, device="cpu")
-        embedder.embed_images(images[:1])  # warm-up: first call allocates
+        embedder.embed_views({"image": images[:1]})  # warm-up: first call allocates
         cpu, wall = time.process_time(), time.perf_counter()
-        vectors = embedder.embed_images(images)
+        vectors = embedder.embed_views({"image": images})
         out["model_cpu_ms_per_file"] = 1000 * (time.process_time() - cpu) / len(kept)
         out["model_wall_ms_per_file"] = 1000 * (time.perf_counter() - wall) / len(kept)
         out["cpu_ms_per_file"] = out["raster_cpu_ms_per_file"] + out["model_cpu_ms_per_file"]
@@ -428,7 +443,7 @@ def make_plots(files: Files, results: list[MethodResult], summary: list[dict[str
         for i in members:
             if len(gallery.get(family, [])) >= plot_files:
                 break
-            read = read_file(files.path[i], cfg)
+            read = read_path(files.path[i], cfg)
             if read.ok:
                 gallery.setdefault(family, []).append((os.path.basename(files.path[i]),
                                                        raster.to_image(read.data, raster_size)))

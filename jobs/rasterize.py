@@ -1,37 +1,37 @@
-"""Rasterize a corpus once into a Parquet samples table (what training streams from).
+"""Compute the model's input views (byteplot image, ...) of a corpus once: the table training streams from.
 
-  python -m jobs.rasterize --input /usr/bin --output runs/corpus
-  python -m jobs.rasterize --input manifest.csv --output s3://bucket/corpus   # path[,family]
+  python -m jobs.rasterize --input labels.csv --output runs/corpus       # manifest: path[,family]
+  python -m jobs.rasterize --input /usr/bin --output s3://bucket/corpus
+
+Incremental like jobs.embed: OUTPUT/samples/views_version=W/run=R/, OUTPUT/errors/run=R/, OUTPUT/runs/.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from embedlib import ray_io, sources
-from embedlib.config import Config
+from embedlib import pipeline
 
-from jobs._common import add_config_args, load_config, setup_logging
-
-
-def rasterize(input_uri: str, output: str, cfg: Config) -> ray_io.JobSummary:
-    files = sources.list_inputs(input_uri)
-    run_info = {"job": "rasterize", "input": input_uri, "input_config": cfg.to_dict()["input"],
-                "raster": cfg.to_dict()["raster"]}
-    return ray_io.run_files_job(files, output, cfg, "samples", run_info)
+from jobs._common import add_config_args, executor_for, load_config, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="directory, glob, fsspec URI, or manifest .csv/.parquet")
-    parser.add_argument("--output", required=True, help="folder for samples/ and errors/ (resumable)")
+    parser.add_argument("--input", required=True, help="folder, file, manifest .csv/.parquet, or s3://... URI")
+    parser.add_argument("--glob", action="store_true", help="take --input as a glob pattern")
+    parser.add_argument("--output", required=True, help="output root (local or s3://...)")
+    parser.add_argument("--abandon-unfinished", action="store_true",
+                        help="delete the partial output of an interrupted run of ANOTHER job in --output")
+    parser.add_argument("--no-progress", action="store_true")
     add_config_args(parser)
     args = parser.parse_args(argv)
-    setup_logging()
     cfg = load_config(args)
-    ray_io.init_ray(args.ray_address)
-    print(rasterize(args.input, args.output, cfg).describe("samples"))
+    summaries = pipeline.rasterize_files(args.input, args.output, cfg, glob=args.glob,
+                                         executor=executor_for(args, cfg),
+                                         progress=not args.no_progress, abandon_unfinished=args.abandon_unfinished)
+    for summary in summaries:
+        print(summary.describe("rasterized"))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 
 from embedlib import corpus
-from embedlib.sources import InputFile
+from embedlib.inputs import InputFile
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,7 @@ def ray_local():
 
     from embedlib import ray_io
 
-    ray_io.init_ray(num_cpus=4)
+    ray_io.init_ray()
     yield ray
     ray.shutdown()
 

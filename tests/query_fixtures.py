@@ -1,9 +1,8 @@
-"""A small but realistic output root, written with pyarrow in exactly the DESIGN.md layout (issue 8's writer).
-
-Until the new embedding pipeline lands, the query tests cannot run jobs.embed to produce this layout, so this
-module writes it by hand: three finished runs under two model versions, errors, runs rows, a staging folder
-of an unfinished run and a lock file (both must be ignored). The Arrow schemas below mirror DESIGN.md's
-column list; at merge they should be replaced by schema.py's definitions (the single source of columns).
+"""A small but realistic output root in the pipeline's layout, with schema.py's columns, written through the
+pipeline's own atomic Store (tests/test_end_to_end.py queries a root that jobs.embed really wrote; this one
+adds what a single real run cannot: several runs, two model versions of different sizes, chosen vectors):
+three finished runs under two model versions, errors, runs rows, a staging folder of an unfinished run and a
+lock file (both must be ignored).
 
   R1  model mv-a (D=6)   30 files of 3 families, errors: empty, duplicate
   R2  model mv-b (D=8)   the same 30 contents re-embedded under mv-b (beta-07 now among gamma), 6 new (two part
@@ -18,74 +17,19 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from embedlib.query.layout import rename_exact
+from embedlib import schema
+from embedlib.pipeline.store import Store
 
 RUN1, RUN2, RUN3 = "20261101T010000Z-aaaaaa", "20261102T010000Z-bbbbbb", "20261103T010000Z-cccccc"
 RUN_UNFINISHED = "20261104T010000Z-dddddd"
 MV_A, MV_B = "mv-a", "mv-b"
 DIMS = {MV_A: 6, MV_B: 8}
 FAMILIES = ("alpha", "beta", "gamma")
-
-
-def embeddings_schema(dim: int) -> pa.Schema:
-    return pa.schema([
-        pa.field("sha256", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("path_raw", pa.binary()),
-        pa.field("size_bytes", pa.int64(), nullable=False),
-        pa.field("mtime_ns", pa.int64()),
-        pa.field("etag", pa.string()),
-        pa.field("format", pa.string(), nullable=False),
-        pa.field("family", pa.string()),
-        pa.field("truncated", pa.bool_(), nullable=False),
-        pa.field("tlsh", pa.string()),
-        pa.field("ssdeep", pa.string()),
-        pa.field("model_version", pa.string(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
-    ])
-
-
-ERRORS = pa.schema([
-    pa.field("path", pa.string(), nullable=False),
-    pa.field("path_raw", pa.binary()),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("reason", pa.string(), nullable=False),
-    pa.field("sha256", pa.string()),
-    pa.field("size_bytes", pa.int64()),
-    pa.field("mtime_ns", pa.int64()),
-    pa.field("etag", pa.string()),
-    pa.field("family", pa.string()),
-    pa.field("model_version", pa.string(), nullable=False),
-    pa.field("run_id", pa.string(), nullable=False),
-])
-
-RUNS = pa.schema([
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("job", pa.string(), nullable=False),
-    pa.field("model_version", pa.string(), nullable=False),
-    pa.field("raster", pa.string()),
-    pa.field("input", pa.string()),
-    pa.field("started", pa.timestamp("us", tz="UTC")),
-    pa.field("finished", pa.timestamp("us", tz="UTC")),
-    pa.field("files_seen", pa.int64()),
-    pa.field("skipped_known", pa.int64()),
-    pa.field("embedded", pa.int64()),
-    pa.field("duplicates", pa.int64()),
-    pa.field("failed", pa.int64()),
-    pa.field("bytes_read", pa.int64()),
-    pa.field("seconds", pa.float64()),
-    pa.field("embedlib_version", pa.string()),
-    pa.field("config", pa.string()),
-])
 
 
 @dataclass
@@ -111,21 +55,14 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
-def _write(fs, path: str, table: pa.Table, metadata: dict[str, str]) -> None:
-    """Atomic like the real writer: a temporary name no *.parquet glob matches, then a rename."""
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    tmp = path + ".tmp"
-    fs.makedirs(os.path.dirname(path), exist_ok=True)
-    with fs.open(tmp, "wb") as fh:
-        pq.write_table(table, fh)
-    rename_exact(fs, tmp, path)  # fsspec's own mv would take [1] in a name as a glob
+def embeddings_schema(dim: int, version: str = "") -> pa.Schema:
+    return schema.embeddings_schema(dim, version)
 
 
-def write_root(root: str, storage_options: dict | None = None, dims: dict[str, int] | None = None) -> FixtureRoot:
+def write_root(root: str, dims: dict[str, int] | None = None) -> FixtureRoot:
     """Write the fixture output root at `root` (a local path or any fsspec URI); `dims` overrides DIMS."""
     dim_of = {**DIMS, **(dims or {})}
-    fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
-    base = base.rstrip("/")
+    store = Store(root)
     rng = np.random.default_rng(7)
     out = FixtureRoot(root=root)
     centers = {v: {f: rng.normal(size=d) for f in FAMILIES + ("delta",)} for v, d in dim_of.items()}
@@ -147,19 +84,17 @@ def write_root(root: str, storage_options: dict | None = None, dims: dict[str, i
         flat = np.concatenate([out.vectors[version][r["sha256"]] for r in rows]).astype(np.float32)
         cols = {k: [r[k] for r in rows] for k in rows[0]}
         cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
-        return pa.Table.from_pydict(cols, schema=embeddings_schema(dim))
+        return pa.Table.from_pydict(cols, schema=embeddings_schema(dim, version))
 
     def write_embeddings(rows: list[dict], version: str, run: str, part: int) -> None:
-        meta = {"embedlib.table": "embeddings", "embedlib.schema_version": "2", "embedlib.model_version": version,
-                "embedlib.embedding_dim": str(dim_of[version])}
-        _write(fs, f"{base}/embeddings/model_version={version}/run={run}/part-{part:06d}.parquet",
-               emb_table(rows, version), meta)
+        store.write_parquet(f"embeddings/model_version={version}/run={run}/part-{part:06d}.parquet",
+                            emb_table(rows, version))
 
     def write_errors(rows: list[dict], run: str, stage: str = "read") -> None:
-        full = [{k: r.get(k) for k in ERRORS.names} for r in rows]
+        full = [{k: r.get(k) for k in schema.ERRORS.names} for r in rows]
         out.errors += full
-        _write(fs, f"{base}/errors/run={run}/part-{stage}-000000.parquet",
-               pa.Table.from_pylist(full, schema=ERRORS), {"embedlib.table": "errors"})
+        store.write_parquet(f"errors/run={run}/part-{stage}-000000.parquet",
+                            pa.Table.from_pylist(full, schema=schema.ERRORS))
 
     def write_run(run: str, version: str, day: int, embedded: int, failed: int, duplicates: int) -> None:
         started = dt.datetime(2026, 11, day, 1, 0, tzinfo=dt.timezone.utc)
@@ -168,7 +103,7 @@ def write_root(root: str, storage_options: dict | None = None, dims: dict[str, i
              "files_seen": embedded + failed + duplicates, "skipped_known": 0, "embedded": embedded,
              "duplicates": duplicates, "failed": failed, "bytes_read": 1000 * embedded, "seconds": 300.0,
              "embedlib_version": "0.2.0", "config": json.dumps({"model": f"/models/{version}"})}
-        _write(fs, f"{base}/runs/{run}.parquet", pa.Table.from_pylist([r], schema=RUNS), {"embedlib.table": "runs"})
+        store.write_parquet(f"runs/{run}.parquet", pa.Table.from_pylist([r], schema=schema.RUNS))
 
     # R1: mv-a, 3 families x 10 files
     names = [(f"{fam}-{i:02d}" + (".exe" if i % 4 == 0 else ""), fam) for fam in FAMILIES for i in range(10)]
@@ -213,11 +148,9 @@ def write_root(root: str, storage_options: dict | None = None, dims: dict[str, i
     write_run(RUN3, MV_B, 3, len(r3), 2, 1)
 
     # An unfinished run: staging files (never *.parquet) and a lock; both must be invisible to the views.
-    fs.makedirs(f"{base}/_work/{RUN_UNFINISHED}", exist_ok=True)
-    with fs.open(f"{base}/_work/{RUN_UNFINISHED}/part-000000.parquet.tmp", "wb") as fh:
-        fh.write(b"not parquet")
-    with fs.open(f"{base}/_lock.json", "wb") as fh:
-        fh.write(json.dumps({"run_id": RUN_UNFINISHED}).encode())
+    store.write_bytes(f"_work/{RUN_UNFINISHED}/run.json", json.dumps({"run_id": RUN_UNFINISHED}).encode())
+    store.write_bytes(f"_work/{RUN_UNFINISHED}/plan/000000.arrow", b"staging, never *.parquet")
+    store.write_bytes("_lock.json", json.dumps({"run_id": RUN_UNFINISHED}).encode())
 
     # A labels manifest: every embedded path of mv-b with its family, one family corrected, text cells only.
     manifest_rows = ["path,family"]
@@ -227,8 +160,7 @@ def write_root(root: str, storage_options: dict | None = None, dims: dict[str, i
             family = "delta"  # the manifest knows a family the embedding run did not
         manifest_rows.append(f"{r['path']},{family or ''}")
     manifest_rows.append("/corpus/copy-of-alpha-01,alpha")
-    with fs.open(f"{base}/labels.csv", "wb") as fh:
-        fh.write(("\n".join(manifest_rows) + "\n").encode())
+    store.write_bytes("labels.csv", ("\n".join(manifest_rows) + "\n").encode())
     out.manifest = root.rstrip("/") + "/labels.csv"
     return out
 
@@ -239,7 +171,7 @@ def write_embedded_root(root: str, model_uri: str, paths: list[str]) -> dict[str
     from embedlib.embedder import Embedder
 
     embedder = Embedder(model_uri, device="cpu")
-    fs, base = fsspec.core.url_to_fs(root)
+    store = Store(root)
     rows, vectors = [], {}
     for p in paths:
         data = open(p, "rb").read()
@@ -252,13 +184,13 @@ def write_embedded_root(root: str, model_uri: str, paths: list[str]) -> dict[str
     cols = {k: [r[k] for r in rows] for k in rows[0]}
     cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(list(vectors.values()))),
                                                           embedder.dim)
-    table = pa.Table.from_pydict(cols).cast(
-        pa.schema([f for f in embeddings_schema(embedder.dim) if f.name in cols]))
-    _write(fs, f"{base}/embeddings/model_version={embedder.version}/run={RUN1}/part-000000.parquet", table, {})
+    table = schema.conform(pa.Table.from_pydict(cols), embeddings_schema(embedder.dim, embedder.version))
+    store.write_parquet(f"embeddings/model_version={embedder.version}/run={RUN1}/part-000000.parquet", table)
     run = {"run_id": RUN1, "job": "embed", "model_version": embedder.version, "started": dt.datetime.now(dt.timezone.utc),
            "finished": dt.datetime.now(dt.timezone.utc), "embedded": len(rows), "config": json.dumps({"model": model_uri})}
-    _write(fs, f"{base}/runs/{RUN1}.parquet",
-           pa.Table.from_pylist([{k: run.get(k) for k in RUNS.names}], schema=RUNS), {})
+    run = {**{k: 0 for k in ("files_seen", "skipped_known", "duplicates", "failed", "bytes_read")}, "raster": "{}",
+           "input": "test", "seconds": 0.0, "embedlib_version": "test", **run}
+    store.write_parquet(f"runs/{RUN1}.parquet", pa.Table.from_pylist([run], schema=schema.RUNS))
     return vectors
 
 

@@ -16,7 +16,7 @@ from embedlib import study
 from embedlib.config import Config, ModelConfig
 from embedlib.corpus import system_executables, top_families, write_manifest
 from embedlib.model import batch_norms, build_model
-from embedlib.sources import InputFile
+from embedlib.inputs import InputFile
 from embedlib.train_loop import make_optimizer, train_step
 
 # Small roots that still hold three large dpkg families on a Debian machine (libc6-dbg, libc6's gconv

@@ -9,8 +9,12 @@ against the real code:
   * the cluster a RayJob brings up can run what its config asks for (GPUs for Ray Train workers and for
     embedding actors, CPUs left for Ray Data), and GPU worker groups start non-empty (jobs.embed picks
     GPU or CPU from the GPUs present when it starts);
-  * scheduled runs write a new output per run, RayJobs delete their clusters, entrypoints write to object
-    storage, KubeRay field names are ones the v1 CRDs define;
+  * every RayCluster, RayJob and RayCronJob (and the RayJob templates of the CronJob fallback) is valid
+    against KubeRay's own CRD schemas (cluster/kuberay/crds/, see SOURCE.md there), made strict where the
+    API server would silently prune an unknown field; names pass KubeRay's length and DNS rules;
+  * the nightly embedding writes into one output root every night (incremental), the weekly retrain into a
+    new folder per week; no scheduled run can outlive the interval to the next one; RayJobs delete their
+    clusters; entrypoints write to object storage;
   * every Ray image, the Dockerfile and the launcher use pyproject's Ray (and torch) pins.
 """
 
@@ -18,9 +22,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib
+import json
 import re
+import os
 import shlex
+import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,28 +49,11 @@ URI_FLAGS = ("--input", "--output", "--model", "--workdir", "--samples")
 RUN_VARYING = ("$(date", "__RUN_DATE__", "__RUN_WEEK__")  # what makes a scheduled run's paths its own
 RAY_KINDS = {"RayCluster", "RayJob", "RayCronJob"}
 
-# Field names of the KubeRay ray.io/v1 types (ray-operator/apis/ray/v1/*_types.go and the RayCronJob CRD,
-# KubeRay 1.3 - 1.6): a misspelt field is silently dropped by `kubectl apply`, so it is caught here.
-RAYJOB_FIELDS = {
-    "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata",
-    "clusterSelector", "submitterConfig", "managedBy", "deletionPolicy", "deletionStrategy", "entrypoint",
-    "runtimeEnvYAML", "jobId", "submissionMode", "entrypointResources", "entrypointNumCpus",
-    "entrypointNumGpus", "ttlSecondsAfterFinished", "shutdownAfterJobFinishes", "suspend",
-}
-RAYCLUSTER_FIELDS = {
-    "suspend", "managedBy", "autoscalerOptions", "headServiceAnnotations", "enableInTreeAutoscaling",
-    "gcsFaultToleranceOptions", "headGroupSpec", "rayVersion", "workerGroupSpecs", "authOptions",
-}
-HEAD_GROUP_FIELDS = {"template", "headService", "enableIngress", "rayStartParams", "serviceType"}
-WORKER_GROUP_FIELDS = {
-    "suspend", "groupName", "replicas", "minReplicas", "maxReplicas", "idleTimeoutSeconds", "rayStartParams",
-    "template", "scaleStrategy", "numOfHosts",
-}
-AUTOSCALER_FIELDS = {
-    "resources", "image", "imagePullPolicy", "securityContext", "idleTimeoutSeconds", "upscalingMode", "env",
-    "envFrom", "volumeMounts", "version",
-}
-RAYCRONJOB_FIELDS = {"jobTemplate", "schedule", "suspend"}
+CRDS = CLUSTER / "kuberay" / "crds"  # KubeRay's CRD schemas for the release the manifests target (SOURCE.md)
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.v1.json", "RayJob": "ray.io_rayjobs.v1.json",
+             "RayCronJob": "ray.io_raycronjobs.v1.json"}
+# What the CronJob fallback's script substitutes into its RayJob templates (date -u +%Y-%m-%d, +%G-w%V).
+TEMPLATE_VALUES = {"__RUN_DATE__": "2026-11-24", "__RUN_WEEK__": "2026-w48"}
 
 
 # -- pyproject pins ---------------------------------------------------------------------------------------
@@ -122,16 +113,34 @@ class JobSpec:
     where: str
     spec: dict[str, Any]  # a RayJob spec
     scheduled: bool  # created again and again by a schedule (RayCronJob, or a CronJob's template)
+    schedule: str | None = None  # the cron line that creates it
+
+
+def cronjob_script(cron: dict[str, Any]) -> str:
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    return " ".join(container.get("command", []) + container.get("args", []))
+
+
+def template_schedules() -> dict[str, str]:
+    """ConfigMap template key -> schedule of the CronJob whose script creates RayJobs from it."""
+    out = {}
+    for _, doc in k8s_documents():
+        if doc.get("kind") == "CronJob":
+            for key in re.findall(r"/([\w.-]+\.ya?ml)\b", cronjob_script(doc)):
+                out[key] = doc["spec"]["schedule"]
+    return out
 
 
 def rayjob_specs() -> list[JobSpec]:
     specs = []
+    schedules = template_schedules()
     for where, doc in k8s_documents():
         if doc.get("kind") == "RayJob":
-            in_configmap = "data[" in where  # a template the CronJob fallback creates RayJobs from
-            specs.append(JobSpec(where, doc["spec"], scheduled=in_configmap))
+            key = re.search(r"data\[([^\]]+)\]", where)  # a template the CronJob fallback creates RayJobs from
+            specs.append(JobSpec(where, doc["spec"], scheduled=bool(key),
+                                 schedule=schedules.get(key.group(1)) if key else None))
         elif doc.get("kind") == "RayCronJob":
-            specs.append(JobSpec(where, doc["spec"]["jobTemplate"], scheduled=True))
+            specs.append(JobSpec(where, doc["spec"]["jobTemplate"], scheduled=True, schedule=doc["spec"]["schedule"]))
     return specs
 
 
@@ -318,6 +327,127 @@ def is_gpu_image(image: str) -> bool:
     return bool(re.search(r"-(gpu|cu\d+)\b", image.rpartition(":")[2]))
 
 
+
+# -- KubeRay CRD schemas ----------------------------------------------------------------------------------
+
+SUBSCHEMA_LISTS = ("anyOf", "allOf", "oneOf")
+PRESERVE = "x-kubernetes-preserve-unknown-fields"
+# Root metadata is not in a CRD's schema: the API server handles it as ObjectMeta, whose unknown fields it drops.
+OBJECT_META = {
+    "type": "object", "additionalProperties": False, "required": ["name"],
+    "properties": {
+        "name": {"type": "string"}, "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+        "finalizers": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
+def strict(schema: Any) -> Any:
+    """A copy of a structural CRD schema in which every object the API server would prune an unknown field
+    from (no additionalProperties, no x-kubernetes-preserve-unknown-fields) rejects unknown fields."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {name: strict(sub) for name, sub in out["properties"].items()}
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(out.get(key), dict):
+            out[key] = strict(out[key])
+    for key in SUBSCHEMA_LISTS:
+        if key in out:
+            out[key] = [strict(sub) for sub in out[key]]
+    if out.get("type") == "object" and "additionalProperties" not in out and not out.get(PRESERVE):
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.cache
+def crd_validator(kind: str):
+    import jsonschema
+
+    data = json.loads((CRDS / CRD_FILES[kind]).read_text())
+    assert data["kind"] == kind and data["version"] == "v1", data["kind"]
+    schema = strict(data["openAPIV3Schema"])
+    schema["properties"]["metadata"] = OBJECT_META
+    schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
+    jsonschema.Draft4Validator.check_schema(schema)
+    return jsonschema.Draft4Validator(schema)
+
+
+def k8s_path(parts) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts) or "."
+
+
+def unchecked_rules(schema: dict, value: Any, path: tuple = ()) -> Iterator[str]:
+    """What jsonschema leaves out, walked along the manifest: fields that carry CEL rules
+    (x-kubernetes-validations, evaluated only by the API server) and duplicate keys in lists that Kubernetes
+    merges by key (x-kubernetes-list-type: map) or treats as sets."""
+    if "x-kubernetes-validations" in schema:
+        rules = "; ".join(r["rule"] for r in schema["x-kubernetes-validations"])
+        yield f"{k8s_path(path)}: carries CEL rules this test cannot evaluate ({rules})"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = schema.get("properties", {}).get(key)
+            if sub is None and isinstance(schema.get("additionalProperties"), dict):
+                sub = schema["additionalProperties"]
+            if sub is not None:
+                yield from unchecked_rules(sub, item, path + (key,))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        list_type = schema.get("x-kubernetes-list-type")
+        if list_type == "map":
+            keys = [tuple(json.dumps(v.get(k)) for k in schema["x-kubernetes-list-map-keys"]) for v in value]
+            if len(keys) != len(set(keys)):
+                yield f"{k8s_path(path)}: duplicate {schema['x-kubernetes-list-map-keys']} in a list Kubernetes merges by key"
+        elif list_type == "set" and len({json.dumps(v, sort_keys=True) for v in value}) != len(value):
+            yield f"{k8s_path(path)}: duplicate items in a set"
+        for i, item in enumerate(value):
+            yield from unchecked_rules(schema["items"], item, path + (i,))
+
+
+def schema_errors(doc: dict[str, Any]) -> list[str]:
+    """Everything KubeRay's CRD schema says about a RayCluster/RayJob/RayCronJob, as readable lines."""
+    kind = doc.get("kind")
+    validator = crd_validator(kind)
+    errors = [f"{k8s_path(e.absolute_path)}: {e.message}"
+              for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
+    raw = json.loads((CRDS / CRD_FILES[kind]).read_text())["openAPIV3Schema"]
+    errors += list(unchecked_rules(raw["properties"]["spec"], doc.get("spec", {}), ("spec",)))
+    return errors
+
+
+def rendered_ray_objects() -> list[tuple[str, dict[str, Any]]]:
+    """Every RayCluster/RayJob/RayCronJob as the API server receives it: ConfigMap templates rendered with
+    the values the CronJob fallback's script substitutes."""
+    out = []
+    for where, doc in k8s_documents():
+        if doc.get("kind") not in RAY_KINDS:
+            continue
+        if "data[" in where:
+            text = yaml.safe_dump(doc)
+            for placeholder, value in TEMPLATE_VALUES.items():
+                text = text.replace(placeholder, value)
+            doc = yaml.safe_load(text)
+        out.append((where, doc))
+    return out
+
+
+def is_dns1035_label(name: str) -> bool:
+    return bool(re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name)) and len(name) <= 63
+
+
+def cron_interval_seconds(schedule: str) -> int:
+    """The shortest time between two runs of a 5-field cron line of the forms this folder uses
+    ("M H * * *" daily, "M H * * D" weekly)."""
+    minute, hour, dom, month, dow = schedule.split()
+    assert minute.isdigit() and hour.isdigit() and dom == "*" and month == "*", f"unsupported schedule {schedule!r}"
+    if dow == "*":
+        return 86_400
+    assert re.fullmatch(r"[0-7]", dow), f"unsupported schedule {schedule!r}"
+    return 7 * 86_400
+
+
 # =========================================================================================================
 # Tests
 # =========================================================================================================
@@ -341,23 +471,65 @@ def test_manifests_cover_the_jobs() -> None:
     assert {"train", "embed"} <= scheduled, f"scheduled runs: {scheduled} (want a nightly embed and a weekly train)"
 
 
-def test_kuberay_objects_use_known_fields() -> None:
+def test_kuberay_objects_are_ray_io_v1() -> None:
     for where, doc in k8s_documents():
-        kind = doc.get("kind")
-        if kind in RAY_KINDS:
+        if doc.get("kind") in RAY_KINDS:
             assert doc["apiVersion"] == "ray.io/v1", f"{where}: apiVersion {doc['apiVersion']}"
-        if kind == "RayCronJob":
-            assert set(doc["spec"]) <= RAYCRONJOB_FIELDS, f"{where}: {set(doc['spec']) - RAYCRONJOB_FIELDS}"
-            assert len(doc["spec"]["schedule"].split()) == 5, f"{where}: schedule is not a 5-field cron line"
-    for job in rayjob_specs():
-        assert set(job.spec) <= RAYJOB_FIELDS, f"{job.where}: unknown RayJob fields {set(job.spec) - RAYJOB_FIELDS}"
     for where, spec in ray_cluster_specs():
-        assert set(spec) <= RAYCLUSTER_FIELDS, f"{where}: unknown RayCluster fields {set(spec) - RAYCLUSTER_FIELDS}"
-        assert set(spec.get("autoscalerOptions", {})) <= AUTOSCALER_FIELDS, f"{where}: autoscalerOptions"
-        assert set(spec["headGroupSpec"]) <= HEAD_GROUP_FIELDS, f"{where}: headGroupSpec"
         for group in spec.get("workerGroupSpecs", []):
-            assert set(group) <= WORKER_GROUP_FIELDS, f"{where}: {group.get('groupName')}: {set(group) - WORKER_GROUP_FIELDS}"
             assert group["minReplicas"] <= group["maxReplicas"], f"{where}: {group['groupName']}: min > max"
+
+
+@pytest.mark.parametrize("where,doc", rendered_ray_objects(), ids=lambda x: x if isinstance(x, str) else "")
+def test_kuberay_objects_match_the_crd_schemas(where: str, doc: dict[str, Any]) -> None:
+    """KubeRay 1.6's own schemas, strict where the API server would silently prune unknown fields: a
+    misspelt or misplaced field anywhere, pod templates included, fails here instead of vanishing."""
+    errors = schema_errors(doc)
+    assert not errors, f"{where}:\n  " + "\n  ".join(errors)
+
+
+def test_schema_check_catches_what_kubernetes_would_prune_or_reject() -> None:
+    """The check above is only worth something if it fails on the mistakes it is there for."""
+    base = load_documents(CLUSTER / "kuberay" / "rayjob-embed.yaml")[0]
+    assert schema_errors(base) == []
+    mutations = {
+        "spec.entryPoint": lambda d: d["spec"].__setitem__("entryPoint", d["spec"]["entrypoint"]),
+        "metadata.label": lambda d: d["metadata"].__setitem__("label", {"a": "b"}),
+        "workerGroupSpecs[0].template.spec.containers[0].resource":
+            lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+            .__setitem__("resource", {"limits": {"cpu": "1"}}),
+        "headGroupSpec.rayStartParams num-cpus as a number":
+            lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].__setitem__("num-cpus", 0),
+        "workerGroupSpecs[0] without groupName":
+            lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].pop("groupName"),
+        "backoffLimit as a string": lambda d: d["spec"].__setitem__("backoffLimit", "2"),
+        "autoscalerOptions.upscalingMode not in the enum":
+            lambda d: d["spec"]["rayClusterSpec"].__setitem__("autoscalerOptions", {"upscalingMode": "Fast"}),
+        "a memory limit that is no quantity":
+            lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+            ["resources"]["limits"].__setitem__("memory", "16 GB"),
+        "two container ports 6379/TCP":
+            lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+            ["ports"].append({"containerPort": 6379, "name": "gcs-again"}),
+        "managedBy (a CEL-checked field)": lambda d: d["spec"].__setitem__("managedBy", "ray.io/kuberay-operator"),
+    }
+    for name, mutate in mutations.items():
+        doc = copy.deepcopy(base)
+        mutate(doc)
+        assert schema_errors(doc), f"a RayJob with {name} passed the schema check"
+    # where a schema preserves unknown fields, Kubernetes keeps them, and so does strict()
+    loose = strict({"type": "object", "properties": {"a": {"type": "object", PRESERVE: True}}})
+    assert "additionalProperties" not in loose["properties"]["a"] and loose["additionalProperties"] is False
+
+
+def test_kuberay_names() -> None:
+    """KubeRay's own metadata rules (ray-operator/controllers/ray/utils/validation.go, constant.go): a RayJob
+    name of at most 47 characters, a RayCluster name of at most 53, both DNS-1035 labels. A RayCronJob's
+    RayJobs are named <name>-<5 random characters>."""
+    for where, doc in rendered_ray_objects():
+        name, kind = doc["metadata"]["name"], doc["kind"]
+        limit = {"RayCluster": 53, "RayJob": 47, "RayCronJob": 47 - 6}[kind]
+        assert is_dns1035_label(name) and len(name) <= limit, f"{where}: {kind} name {name!r} (at most {limit}, DNS-1035)"
 
 
 def test_entrypoint_modules_exist() -> None:
@@ -409,15 +581,87 @@ def test_entrypoints_use_object_storage() -> None:
                 assert value.startswith(OBJECT_STORE), f"{job.where}: {flag} {value} is not object storage"
 
 
-def test_scheduled_runs_write_a_new_output_per_run() -> None:
-    # A rerun into the same --output resumes it: with a fixed path a schedule would redo run 1 forever.
+def test_nightly_embedding_writes_one_incremental_root() -> None:
+    """Every scheduled embedding run (RayCronJob or CronJob fallback) reads the whole corpus and writes into
+    the same output root: the root is incremental (only new contents are embedded) and holds every night's
+    runs. A date in --output would start from nothing every night and re-embed the corpus."""
+    runs = set()
     for job, command in entrypoint_commands():
-        if not job.scheduled:
-            continue
-        flags = ["--output", "--workdir", "--name"] if command.module == "train" else ["--output"]
-        for flag in flags:
-            for value in command.values(flag) or pytest.fail(f"{job.where}: no {flag}"):
-                assert any(v in value for v in RUN_VARYING), f"{job.where}: {flag} {value} is the same every run"
+        if job.scheduled and command.module == "embed":
+            for flag in ("--output", "--input", "--model"):
+                values = command.values(flag)
+                assert len(values) == 1, f"{job.where}: {flag} given {len(values)} times"
+                assert not any(v in values[0] for v in RUN_VARYING), f"{job.where}: {flag} {values[0]} changes per run"
+            runs.add((command.values("--output")[0], command.values("--input")[0], command.values("--model")[0]))
+    assert len(runs) == 1, f"scheduled embedding runs disagree on output/input/model: {sorted(runs)}"
+
+
+def test_weekly_retrain_writes_a_new_run_per_week() -> None:
+    # Ray Train resumes a run with the same --name and --workdir: a fixed name would resume week 1 forever.
+    for job, command in entrypoint_commands():
+        if job.scheduled and command.module == "train":
+            for flag in ("--output", "--workdir", "--name"):
+                for value in command.values(flag) or pytest.fail(f"{job.where}: no {flag}"):
+                    assert any(v in value for v in RUN_VARYING), f"{job.where}: {flag} {value} is the same every week"
+
+
+def test_scheduled_runs_cannot_overlap_the_next_one() -> None:
+    """RayCronJob (KubeRay 1.6) has no concurrencyPolicy, and a CronJob's policy only covers its creator pods.
+    So a scheduled RayJob's whole life must fit in its interval: KubeRay restarts the activeDeadlineSeconds
+    clock for every retry (initRayJobStatusIfNeed sets StartTime), never retries an attempt that hit the
+    deadline, and keeps a finished cluster for ttlSecondsAfterFinished."""
+    scheduled = [job for job in rayjob_specs() if job.scheduled]
+    assert scheduled
+    for job in scheduled:
+        assert job.schedule, f"{job.where}: no schedule found for this template"
+        deadline = job.spec.get("activeDeadlineSeconds")
+        assert deadline, f"{job.where}: no activeDeadlineSeconds: a stuck run would overlap every later one"
+        worst = (deadline + job.spec.get("ttlSecondsAfterFinished", 0)) * (job.spec.get("backoffLimit", 0) + 1)
+        interval = cron_interval_seconds(job.schedule)
+        assert worst < interval, f"{job.where}: up to {worst} s of RayJob for a schedule every {interval} s"
+
+
+def test_cronjob_fallback_script_forbids_overlap(tmp_path: Path) -> None:
+    """Run the nightly CronJob's script for real (sh, date, sed) against a stand-in kubectl."""
+    docs = [d for _, d in k8s_documents()]
+    cron = next(d for d in docs if d.get("kind") == "CronJob" and d["metadata"]["name"] == "embed-nightly")
+    configmap = next(d for d in docs if d.get("kind") == "ConfigMap")
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    for key, text in configmap["data"].items():
+        (templates / key).write_text(text)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(
+        '#!/bin/sh\n'
+        'echo "$*" >> "$STUB_DIR/calls"\n'
+        'if [ "$1 $2" = "get rayjob" ] && [ "$3" = "-l" ]; then printf "%s" "$STUB_LIST"; exit 0; fi\n'
+        'if [ "$1 $2" = "get rayjob" ]; then case " $STUB_EXISTING " in *" $3 "*) exit 0;; esac; exit 1; fi\n'
+        'if [ "$1 $2" = "create -f" ]; then cat > "$STUB_DIR/created.yaml"; exit 0; fi\n'
+        'exit 2\n')
+    (bin_dir / "kubectl").chmod(0o755)
+    script = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    script = script.replace("/templates/", f"{templates}/")
+    today = subprocess.run(["date", "-u", "+%Y-%m-%d"], capture_output=True, text=True, check=True).stdout.strip()
+
+    def run(existing: str = "", listing: str = "") -> tuple[str, Path]:
+        state = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+        state.mkdir()
+        env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_DIR": str(state), "STUB_EXISTING": existing,
+               "STUB_LIST": listing}
+        proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout, state / "created.yaml"
+
+    out, created = run(listing="embed-nightly-2026-11-22=Complete embed-nightly-2026-11-23=Failed ")
+    rayjob = yaml.safe_load(created.read_text())
+    assert rayjob["metadata"]["name"] == f"embed-nightly-{today}" and not schema_errors(rayjob)
+    out, created = run(listing="embed-nightly-2026-11-23=Complete embed-nightly-2026-11-24=Running ")
+    assert not created.exists() and "embed-nightly-2026-11-24 still active" in out
+    out, created = run(listing="embed-nightly-2026-11-24= ")  # just created: no status yet
+    assert not created.exists(), out
+    out, created = run(existing=f"embed-nightly-{today}")
+    assert not created.exists() and "exists already" in out
 
 
 def test_rayjobs_delete_their_clusters() -> None:
@@ -523,6 +767,11 @@ def test_cronjob_fallback_can_create_rayjobs() -> None:
                       for r in docs if r.get("kind") == "Role" and r["metadata"]["name"] in roles
                       and r["metadata"].get("namespace") == ns for rule in r["rules"])
         assert allowed, f"CronJob {name}: ServiceAccount {account} may not create rayjobs"
+        script_text = cronjob_script(cron)
+        if re.search(r"kubectl get rayjob\s+-l", script_text):  # listing RayJobs needs the list verb
+            assert any("list" in rule.get("verbs", []) and "rayjobs" in rule.get("resources", [])
+                       for r in docs if r.get("kind") == "Role" and r["metadata"]["name"] in roles
+                       for rule in r["rules"]), f"CronJob {name}: lists rayjobs without the list verb"
         # The template the script reads is a key of the ConfigMap mounted there.
         script = " ".join(pod["containers"][0].get("command", []) + pod["containers"][0].get("args", []))
         mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0].get("volumeMounts", [])}
@@ -577,7 +826,8 @@ def test_image_requirements_are_pinned_like_pyproject() -> None:
     lines = [line.split("#")[0].strip() for line in (CLUSTER / "requirements-image.txt").read_text().splitlines()]
     reqs = [line for line in lines if line]
     for req in reqs:
-        assert re.fullmatch(r"[\w.-]+(\[[\w,]+\])?==[\w.+-]+", req), f"requirements-image.txt: {req!r} is not an exact pin"
+        # plain name==version: the file is also a constraints file, where pip refuses extras
+        assert re.fullmatch(r"[\w.-]+==[\w.+-]+", req), f"requirements-image.txt: {req!r} is not a plain exact pin"
     pins = {_requirement_name(r): r.split("==")[1] for r in reqs}
     for dep in PROJECT_DEPS:
         name = _requirement_name(dep)

@@ -52,7 +52,7 @@ def build_run(tmp_path, with_digests: bool = False):
             family, center = "", np.eye(DIM)[4]  # unlabelled: not evaluated
         vector = unit(center + 0.01 * rng.standard_normal(DIM))
         row = {"sha256": hashlib.sha256(data).hexdigest(), "path": path, "size_bytes": len(data), "format": "elf",
-               "family": None, "truncated": False, "tlsh": None, "ssdeep": None, "model_version": "m-test",
+               "family": None, "truncated": False, "tlsh": None, "ssdeep": None, "model_version": "m-test", "run_id": "r1",
                "embedding": vector.tolist()}
         if with_digests:
             row.update(digests.compute(data))
@@ -122,7 +122,7 @@ def test_digests_from_the_table_and_max_files(tmp_path):
 
 
 def test_model_holdout_and_family_disjoint_queries(tmp_path):
-    from embedlib.training import bucket
+    from embedlib.split import bucket
 
     out, labels, rows, manifest = build_run(tmp_path)
     model = tmp_path / "model"

@@ -40,14 +40,6 @@ def test_area_average_exact_when_divisible():
     assert np.array_equal(out, np.rint(expected).astype(np.uint8))
 
 
-def test_area_weights_rows_sum_to_one_and_keep_mass():
-    for n_in, n_out in [(100, 64), (7, 64), (64, 64), (1000, 3)]:
-        w = raster.area_weights(n_in, n_out)
-        assert np.allclose(w.sum(axis=1), 1.0)
-        # every input cell contributes in total n_out/n_in of an output cell's weight: nothing dropped
-        assert np.allclose(w.sum(axis=0), n_out / n_in)
-
-
 def test_upsampling_constant_stays_constant():
     img = np.full((3, 32), 77, dtype=np.uint8)
     assert np.all(raster.fit(img, 64) == 77)
@@ -59,3 +51,39 @@ def test_to_image_deterministic_shape_dtype():
     assert a.dtype == np.uint8 and a.shape == (64, 64)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, raster.to_image(data[::-1], 64))
+
+
+def _dense_area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """The first release's implementation (dense overlap matrices), kept as the reference."""
+    edges_out = np.arange(n_out + 1, dtype=np.float64) * (n_in / n_out)
+    lo, hi = edges_out[:-1, None], edges_out[1:, None]
+    cells = np.arange(n_in, dtype=np.float64)[None, :]
+    overlap = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0.0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def _dense_fit_float(image: np.ndarray, size: int) -> np.ndarray:
+    rows = _dense_area_weights(image.shape[0], size)
+    cols = _dense_area_weights(image.shape[1], size)
+    return rows @ image.astype(np.float64) @ cols.T
+
+
+@pytest.mark.parametrize("n_bytes", [1, 31, 70, 4096, 10 * 1024, 33_333, 100_000, 777_777, 2_500_000])
+@pytest.mark.parametrize("size", [16, 64, 100])
+def test_linear_time_fit_equals_dense_reference(n_bytes, size):
+    data = np.random.default_rng(n_bytes).integers(0, 256, n_bytes, dtype=np.uint8).tobytes()
+    image = raster.byteplot(data)
+    ref = _dense_fit_float(image, size)
+    fast = raster._area_average(raster._area_average(image, size, 0), size, 1)
+    assert np.allclose(fast, ref, rtol=0, atol=1e-6)
+    # rounding agrees except on exact .5 ties (e.g. (a + 7b) / 8 when enlarging), where float error decides
+    diff = raster.fit(image, size).astype(int) - np.clip(np.rint(ref), 0, 255).astype(int)
+    assert np.abs(diff).max() <= 1
+    assert np.all(np.abs(np.abs(ref[diff != 0] - np.floor(ref[diff != 0])) - 0.5) < 1e-6)
+
+
+def test_fit_keeps_mass_of_real_file():
+    data = open("/usr/bin/ls", "rb").read()
+    image = raster.byteplot(data)
+    out = raster._area_average(raster._area_average(image, 64, 0), 64, 1)
+    assert out.mean() == pytest.approx(image.astype(np.float64).mean(), rel=1e-9)

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import struct
 
 import pytest
@@ -33,16 +34,28 @@ def test_sniff_macho_and_java_class():
     assert sources.sniff_format(b"") == "other"
 
 
+def _read(path, cfg=SMALL, **kw):
+    return sources.read_file(path.encode() if isinstance(path, str) else path, False, cfg, **kw)
+
+
 def test_read_good_file_identity():
-    read = sources.read_file("/usr/bin/ls", InputConfig())
+    read = _read("/usr/bin/ls", InputConfig())
     data = open("/usr/bin/ls", "rb").read()
     assert read.ok and read.format == "elf" and not read.truncated
     assert read.sha256 == hashlib.sha256(data).hexdigest() and read.size_bytes == len(data) and read.data == data
+    assert read.mtime_ns == os.stat("/usr/bin/ls").st_mtime_ns
+
+
+def test_head_only_read_is_bounded_and_has_no_hash(bad_inputs):
+    _, p = bad_inputs
+    head = _read(p["big"], hash_all=False)
+    assert head.ok and head.sha256 is None and len(head.data) == SMALL.max_bytes and head.truncated
+    assert head.data == open(p["big"], "rb").read()[: SMALL.max_bytes]
 
 
 def test_bad_inputs_get_statuses(bad_inputs):
     _, p = bad_inputs
-    status = {name: sources.read_file(path, SMALL) for name, path in p.items()}
+    status = {name: _read(path) for name, path in p.items()}
     assert status["empty"].status == schema.STATUS_EMPTY
     assert status["one_byte"].ok and status["one_byte"].data == b"\x7f" and status["one_byte"].format == "other"
     assert status["directory"].status == schema.STATUS_NOT_A_FILE
@@ -58,26 +71,19 @@ def test_bad_inputs_get_statuses(bad_inputs):
 def test_follow_symlinks_option(bad_inputs):
     _, p = bad_inputs
     cfg = InputConfig(follow_symlinks=True)
-    assert sources.read_file(p["symlink"], cfg).ok
-    assert sources.read_file(p["dangling"], cfg).status == schema.STATUS_UNREADABLE
+    assert _read(p["symlink"], cfg).ok
+    assert _read(p["dangling"], cfg).status == schema.STATUS_UNREADABLE
 
 
 def test_unreadable_files():
-    assert sources.read_file("/nonexistent/file", SMALL).status == schema.STATUS_UNREADABLE
+    assert _read("/nonexistent/file").status == schema.STATUS_UNREADABLE
     # /proc/self/mem is a regular file whose read fails (EIO) even for root
-    assert sources.read_file("/proc/self/mem", SMALL).status == schema.STATUS_UNREADABLE
+    assert _read("/proc/self/mem").status == schema.STATUS_UNREADABLE
 
 
-def test_list_inputs_directory_glob_manifest(bad_inputs, tmp_path):
-    d, p = bad_inputs
-    listed = [f.path for f in sources.list_inputs(str(d))]
-    assert p["good"] in listed and p["symlink"] in listed and p["fifo"] in listed
-    assert p["directory"] not in listed and listed == sorted(listed)
-    assert [f.path for f in sources.list_inputs(str(d / "*.bin"))] == sorted(
-        [p["empty"], p["one_byte"], p["huge"], p["big"]])
-    csv = tmp_path / "m.csv"
-    csv.write_text(f"path,family\n{p['good']},coreutils\n{p['empty']},\n")
-    items = sources.list_inputs(str(csv))
-    assert [(f.path, f.family) for f in items] == [(p["good"], "coreutils"), (p["empty"], None)]
-    with pytest.raises(FileNotFoundError):
-        sources.list_inputs(str(tmp_path / "missing"))
+@pytest.mark.parametrize("text,protocol", [("s3://b/k", "s3"), ("gs://b/k", "gs"), ("memory://x", "memory"),
+                                           ("alias::file", None), ("colon::bar", None), ("simplecache::s3://b/k", None),
+                                           ("a:b", None), ("batch[1]/x", None), ("-rf", None), ("C:\\x", None),
+                                           ("file:///tmp/x", "file")])
+def test_only_storage_schemes_are_uris(text, protocol):
+    assert sources.uri_protocol(text) == protocol

@@ -102,15 +102,6 @@ def _register_source(con: duckdb.DuckDBPyConnection, root: layout.Root, name: st
     con.register(name, ds.dataset(files, schema=unified, filesystem=fs, format="parquet"))
 
 
-def _empty_errors() -> pa.Table:
-    """schema.ERRORS with no rows (plus the partition columns, until schema.py carries them: issue 8)."""
-    table = schema.ERRORS.empty_table()
-    for column in ("model_version", "run_id"):
-        if column not in table.column_names:
-            table = table.append_column(column, pa.array([], pa.string()))
-    return table
-
-
 def _register_labels(con: duckdb.DuckDBPyConnection, labels: str, storage_options: dict | None) -> None:
     lroot = layout.open_root(labels, storage_options, must_exist=False)
     if not lroot.fs.isfile(lroot.path):
@@ -214,7 +205,7 @@ def _build(con: duckdb.DuckDBPyConnection, r: layout.Root, listing: layout.Listi
             _register_source(con, r, name, files, embedding_as_list=name == "embedlib_src_embeddings_all")
             present.add(name)
         elif name == "embedlib_src_errors":  # no error in any run: an empty table, not a missing one
-            con.register(name, _empty_errors())
+            con.register(name, schema.ERRORS.empty_table())
             present.add(name)
     if labels is not None:
         _register_labels(con, labels, storage_options)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import duckdb
 
+from embedlib.errors import UserError
 
-class QueryError(Exception):
+
+class QueryError(UserError):
     """Bad input or a failed query: str() is one clear line (the CLI prints it and exits non-zero)."""
+
+    exit_code = 1
 
 
 _PREFIXES = ("Invalid Input Error: ",)  # our own error() calls in the macros: the text is already the message

@@ -16,11 +16,9 @@ through a pyarrow dataset instead.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote
 
 import fsspec
 import pyarrow as pa
@@ -42,13 +40,9 @@ def duckdb_safe(uri: str) -> bool:
     return "\\" not in uri or not _GLOB.search(uri)
 
 
-def partition_dir(key: str, value: str) -> str:
-    """`key=value`, the value percent-encoded where it could break a path (hive style, as pyarrow decodes it)."""
-    return f"{key}={quote(value, safe='-_.+@:~')}"
-
-
 def _partition_value(part: str, key: str) -> str | None:
-    return unquote(part[len(key) + 1:]) if part.startswith(key + "=") else None
+    """`key=value` folder names hold the value as it is (embedlib.pipeline.catalog writes them so)."""
+    return part[len(key) + 1:] if part.startswith(key + "=") else None
 
 
 def is_data_file(name: str) -> bool:
@@ -76,17 +70,6 @@ class Root:
     def uri(self, fs_path: str) -> str:
         """The full name of a file for DuckDB (a local absolute path, or protocol://...)."""
         return fs_path if self.local else self.fs.unstrip_protocol(fs_path)
-
-
-def rename_exact(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
-    """Rename one file, names taken literally (fsspec's mv/copy/rm expand [ ] * ? as globs). Atomic on a local
-    disk; on an object store a copy then a delete (readers see the old or the new object, never half)."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        os.replace(src, dst)
-    else:
-        fs.cp_file(src, dst)
-        fs.rm_file(src)
 
 
 def open_root(root: str, storage_options: dict | None = None, must_exist: bool = True) -> Root:

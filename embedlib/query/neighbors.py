@@ -10,9 +10,7 @@ tasks lives in ray_fanout.py and calls the same `knn` on slices of the queries.
 from __future__ import annotations
 
 import logging
-import posixpath
 import time
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,14 +196,6 @@ def load_version(root: layout.Root, files: list[str]) -> Corpus:
     return Corpus(sha256=sha[keep], run_id=np.concatenate(runs)[order], vectors=matrix)
 
 
-def _write_atomic(fs, table: pa.Table, path: str) -> None:
-    """A temporary name no *.parquet glob matches, then a rename: readers see the whole file or nothing."""
-    tmp = posixpath.join(posixpath.dirname(path), f"_tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}.partial")
-    with fs.open(tmp, "wb") as fh:
-        pq.write_table(table, fh)
-    layout.rename_exact(fs, tmp, path)
-
-
 def neighbors_table(query_sha: np.ndarray, idx: np.ndarray, dist: np.ndarray, corpus_sha: np.ndarray,
                     metric: str, version: str, run: str) -> pa.Table:
     q, k = idx.shape
@@ -234,16 +224,17 @@ def _latest_run(listing: layout.Listing) -> tuple[str, str]:
 def compute_neighbors(root: str, run: str | None = None, model_version: str | None = None, k: int = 10,
                       metric: str = "cosine", backend: str | None = None, block_rows: int = 2048,
                       corpus_block: int = 16384, rows_per_part: int = 100_000, ray_tasks: int = 0,
-                      ray_address: str | None = None, storage_options: dict | None = None) -> NeighborsResult:
+                      ray_address: str | None = None) -> NeighborsResult:
     """The k nearest rows of model version V (default: the run's) for every row of run R (default: the latest
     finished run), written to ROOT/neighbors/model_version=V/run=R/. A rerun replaces that folder's parts.
-    ray_tasks > 0 fans the queries out over that many Ray tasks (ray_fanout.py)."""
+    ray_tasks > 0 fans the queries out over that many Ray tasks (ray_fanout.py). Remote roots use fsspec's
+    configuration (credentials, endpoint), as the pipeline does."""
     t0 = time.perf_counter()
     if not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise QueryError(f"k must be a whole number between 1 and {MAX_K} (got {k!r})")
     if metric not in METRICS:
         raise QueryError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
-    r = layout.open_root(root, storage_options)
+    r = layout.open_root(root)
     listing = layout.list_root(r)
     if listing.empty:
         raise QueryError(f"output root {root!r} is empty: nothing to compute neighbours for")
@@ -271,26 +262,29 @@ def compute_neighbors(root: str, run: str | None = None, model_version: str | No
     else:
         idx, dist = knn(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
                         corpus_block=corpus_block, backend=backend)
-    folder = r.join("neighbors", layout.partition_dir("model_version", model_version), layout.partition_dir("run", run))
-    parts = write_parts(r, folder, corpus.sha256[mine], idx, dist, corpus.sha256, metric, model_version, run,
+    parts = write_parts(root, corpus.sha256[mine], idx, dist, corpus.sha256, metric, model_version, run,
                         rows_per_part)
     return NeighborsResult(run_id=run, model_version=model_version, queries=len(mine), corpus=len(corpus.sha256),
                            k=idx.shape[1], metric=metric, backend=f"{backend}{'+ray' if ray_tasks else ''}",
                            parts=parts, seconds=time.perf_counter() - t0)
 
 
-def write_parts(r: layout.Root, folder: str, query_sha, idx, dist, corpus_sha, metric, version, run,
+def write_parts(root: str, query_sha, idx, dist, corpus_sha, metric: str, version: str, run: str,
                 rows_per_part: int) -> list[str]:
-    """Deterministic part names (a rerun overwrites them), then any older part or temporary file removed."""
-    r.fs.makedirs(folder, exist_ok=True)
+    """ROOT/neighbors/model_version=V/run=R/part-NNNNNN.parquet through the pipeline's atomic Store writes;
+    deterministic names (a rerun overwrites them), then any older part of that folder removed."""
+    from embedlib.pipeline.store import Store
+
+    store = Store(root)
+    folder = f"neighbors/model_version={version}/run={run}"
     per = max(1, rows_per_part // max(1, idx.shape[1]))  # queries per part
     written = []
     for n, s in enumerate(range(0, len(query_sha), per)):
-        path = posixpath.join(folder, f"part-{n:06d}.parquet")
-        table = neighbors_table(query_sha[s:s + per], idx[s:s + per], dist[s:s + per], corpus_sha, metric, version, run)
-        _write_atomic(r.fs, table, path)
-        written.append(path)
-    for old in r.fs.ls(folder, detail=False):
-        if old.rstrip("/") not in written and posixpath.basename(old).startswith(("part-", "_tmp-")):
-            r.fs.rm_file(old)
-    return written
+        rel = f"{folder}/part-{n:06d}.parquet"
+        store.write_parquet(rel, neighbors_table(query_sha[s:s + per], idx[s:s + per], dist[s:s + per], corpus_sha,
+                                                 metric, version, run))
+        written.append(rel)
+    for name in store.listdir(folder):
+        if f"{folder}/{name}" not in written:
+            store.remove(f"{folder}/{name}")
+    return [store.uri(rel) for rel in written]

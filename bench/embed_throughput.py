@@ -1,0 +1,256 @@
+"""Throughput of the embedding job against a plain single-process loop, on the same files, in one run.
+
+  python bench/embed_throughput.py --input /work/corpora/debian-multi/manifest.csv --files 10000
+  python bench/embed_throughput.py --input /usr --files 10000 --rss-scale 100000     # + driver RSS at 100k
+
+Prints, for the same files (page cache warmed by the first pass):
+  raw reads         read every byte (files/s, MB/s)
+  plain loop        sources.read_file -> views.compute_views -> Embedder.embed_views (batches of 256, torch
+                    on every core): the product's own functions, no Ray
+  Ray job           python -m jobs.embed into a fresh output root, end to end (a subprocess, like a user runs
+                    it), and the same without Ray's start-up; its driver's peak RSS (VmHWM)
+  TLSH              py-tlsh over the same bytes (files/s, and per core over a process pool)
+  rasterize         views.compute_views alone, GB/s per core
+  model             forward pass images/s and GFLOP/s against this machine's measured float32 matmul peak
+and the ratios. --rss-scale N also runs the Ray job over N small synthetic files and compares driver peak RSS.
+Never run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from embedlib import corpus, inputs, views  # noqa: E402
+from embedlib.config import Config  # noqa: E402
+from embedlib.inputs import InputFile  # noqa: E402
+from embedlib.sources import read_path  # noqa: E402
+
+
+def pick_files(source: str, n: int) -> list[str]:
+    """The first n readable regular files of a folder walk or a manifest, in listing order."""
+    out = []
+    for row in inputs.iter_listing(inputs.check_input(source)):
+        path = os.fsdecode(row["target"])
+        if not row.get("status") and not row.get("remote") and os.path.isfile(path) and not os.path.islink(path) \
+                and os.path.getsize(path) > 0:
+            out.append(path)
+            if len(out) == n:
+                break
+    return out
+
+
+def timed(label: str, fn, files: list[str], nbytes: int) -> float:
+    started = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - started
+    print(f"{label:<34} {len(files) / seconds:9.1f} files/s  {nbytes / seconds / 1e6:8.1f} MB/s  ({seconds:.1f} s)",
+          flush=True)
+    return len(files) / seconds
+
+
+def raw_reads(files: list[str]) -> None:
+    for p in files:
+        with open(p, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+
+
+def plain_loop(files: list[str], model: str, cfg: Config) -> None:
+    import torch
+
+    from embedlib.embedder import Embedder
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    embedder = Embedder(model, device="cpu")
+    batch = []
+    for p in files:
+        read = read_path(p, cfg.input)
+        if read.ok:
+            batch.append(views.compute_views(read.data, embedder.config))
+        if len(batch) == 256:
+            embedder.embed_views(views.stack(batch, embedder.config))
+            batch = []
+    if batch:
+        embedder.embed_views(views.stack(batch, embedder.config))
+
+
+def ray_job(manifest: str, model: str, out: str) -> tuple[float, float, int]:
+    """(wall seconds, seconds after Ray started, driver peak RSS in bytes) of `python -m jobs.embed`."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "jobs.embed", "--model", model, "--input", manifest, "--output", out,
+           "--no-progress", "--set", "input.shard_size=512"]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def watch() -> None:
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as fh:
+                    for line in fh:
+                        if line.startswith("VmHWM:"):
+                            peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    stdout, stderr = proc.communicate()
+    watcher.join()
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        raise SystemExit(f"jobs.embed failed:\n{stderr}")
+    runs = [line for line in stdout.splitlines() if line.startswith("run ")]
+    job_seconds = float(runs[-1].split(" in ")[1].split(" s ")[0]) if runs else wall
+    return wall, job_seconds, peak[0]
+
+
+def _tlsh_one(path: str) -> None:
+    import tlsh
+
+    with open(path, "rb") as fh:
+        tlsh.hash(fh.read(16 * 1024 * 1024))
+
+
+def tlsh_all(files: list[str], workers: int) -> None:
+    if workers == 1:
+        for p in files:
+            _tlsh_one(p)
+        return
+    with cf.ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_tlsh_one, files, chunksize=64))
+
+
+def model_flops_per_image(model: str) -> tuple[float, float]:
+    """(GFLOP per image, images/s) of the checkpoint's forward pass, batches of 256 on every core."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from embedlib.embedder import Embedder
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    embedder = Embedder(model, device="cpu")
+    size = embedder.config.raster.size
+    batch = {"image": np.random.default_rng(0).integers(0, 256, (256, size, size), dtype=np.uint8)}
+    with FlopCounterMode(display=False) as counter:
+        embedder.embed_views({"image": batch["image"][:1]})
+    gflop = counter.get_total_flops() / 1e9
+    embedder.embed_views(batch)
+    started, n = time.perf_counter(), 0
+    while time.perf_counter() - started < 5:
+        embedder.embed_views(batch)
+        n += 256
+    return gflop, n / (time.perf_counter() - started)
+
+
+def matmul_peak_gflops() -> float:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    started, n = time.perf_counter(), 0
+    while time.perf_counter() - started < 3:
+        a @ b
+        n += 1
+    return n * 2 * 2048**3 / (time.perf_counter() - started) / 1e9
+
+
+def raster_rate(files: list[str], cfg: Config) -> float:
+    datas = [read_path(p, cfg.input).data for p in files[:2000]]
+    started = time.perf_counter()
+    for d in datas:
+        if d:
+            views.compute_views(d, cfg)
+    return sum(map(len, datas)) / (time.perf_counter() - started) / 1e9
+
+
+def synthetic_files(folder: str, n: int) -> str:
+    rng = np.random.default_rng(0)
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        sub = os.path.join(folder, f"{i // 1000:03d}")
+        os.makedirs(sub, exist_ok=True)
+        with open(os.path.join(sub, f"{i:06d}.bin"), "wb") as fh:
+            fh.write(b"\x7fELF" + rng.integers(0, 256, int(rng.integers(2000, 6000)), dtype=np.uint8).tobytes())
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="a folder or a manifest of real executables")
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--model", default=None, help="a checkpoint (default: a random one with default settings)")
+    parser.add_argument("--rss-scale", type=int, default=0, help="also run the job over N synthetic files")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    args = parser.parse_args()
+    work = args.work or tempfile.mkdtemp(prefix="embed-bench-")
+    cfg = Config()
+    model = args.model
+    if model is None:
+        import torch
+
+        from embedlib import checkpoint
+        from embedlib.model import build_model
+
+        torch.manual_seed(0)
+        model = os.path.join(work, "model")
+        checkpoint.save(model, build_model(cfg.model, 8), cfg, [f"f{i}" for i in range(8)],
+                        {"bn_health": {"healthy": True}, "note": "random weights: a benchmark model"})
+    files = pick_files(args.input, args.files)
+    nbytes = sum(os.path.getsize(p) for p in files)
+    manifest = corpus.write_manifest([InputFile(p) for p in files], os.path.join(work, "files.csv"))
+    cores = os.cpu_count() or 1
+    print(f"{len(files)} files, {nbytes / 1e9:.2f} GB, {cores} cores; model {model}\n", flush=True)
+
+    timed("raw reads (warms the page cache)", lambda: raw_reads(files), files, nbytes)
+    raw = timed("raw reads", lambda: raw_reads(files), files, nbytes)
+    loop = timed("plain loop (read+hash, views, model)", lambda: plain_loop(files, model, cfg), files, nbytes)
+    wall, job_seconds, rss = ray_job(manifest, model, os.path.join(work, "out"))
+    ray_wall, ray_job_rate = len(files) / wall, len(files) / job_seconds
+    print(f"{'Ray job, command end to end':<34} {ray_wall:9.1f} files/s  {nbytes / wall / 1e6:8.1f} MB/s  ({wall:.1f} s)")
+    print(f"{'Ray job, after Ray started':<34} {ray_job_rate:9.1f} files/s  ({job_seconds:.1f} s); driver peak RSS "
+          f"{rss / 1e6:.0f} MB", flush=True)
+    tl1 = timed("TLSH, 1 process", lambda: tlsh_all(files, 1), files, nbytes)
+    tln = timed(f"TLSH, {cores} processes", lambda: tlsh_all(files, cores), files, nbytes)
+    raster_gbs = raster_rate(files, cfg)
+    gflop, images_s = model_flops_per_image(model)
+    peak = matmul_peak_gflops()
+    print(f"\nrasterize (views): {raster_gbs:.2f} GB/s on one core")
+    print(f"model: {images_s:.0f} images/s on {cores} threads, {gflop * 1e3:.1f} MFLOP/image -> "
+          f"{gflop * images_s:.1f} GFLOP/s vs matmul peak {peak:.1f} GFLOP/s ({100 * gflop * images_s / peak:.0f}%)")
+    print(f"\nratios: Ray job / plain loop = {ray_wall / loop:.2f} (command), {ray_job_rate / loop:.2f} "
+          f"(after start-up); plain loop / raw reads = {loop / raw:.2f}; TLSH per core = {tln / cores:.0f} files/s "
+          f"(1 process {tl1:.0f}); Ray job per core = {ray_job_rate / cores:.0f} files/s")
+    if args.rss_scale:
+        syn = synthetic_files(os.path.join(work, "synthetic"), args.rss_scale)
+        small = syn + "-10k"
+        os.makedirs(small, exist_ok=True)
+        for sub in sorted(os.listdir(syn))[: max(1, args.rss_scale // 10 // 1000)]:
+            if not os.path.exists(os.path.join(small, sub)):
+                shutil.copytree(os.path.join(syn, sub), os.path.join(small, sub))
+        _, secs_small, rss_small = ray_job(small, model, os.path.join(work, "out-small"))
+        _, secs_big, rss_big = ray_job(syn, model, os.path.join(work, "out-big"))
+        n_small = sum(len(os.listdir(os.path.join(small, d))) for d in os.listdir(small))
+        print(f"\ndriver peak RSS: {n_small} files {rss_small / 1e6:.0f} MB ({secs_small:.0f} s), {args.rss_scale} files "
+              f"{rss_big / 1e6:.0f} MB ({secs_big:.0f} s): ratio {rss_big / rss_small:.2f}")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

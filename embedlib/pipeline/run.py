@@ -1,0 +1,199 @@
+"""The driver of a files job (embed, or rasterize for training): it coordinates, workers write.
+
+One run = listing -> match (what earlier runs knew) -> hash -> plan -> write -> runs row. The driver lists
+the input into chunk files (memory O(chunk)), hands tasks to an executor (in-process, or Ray through
+embedlib/ray_io.py), and keeps only counts: its memory does not grow with the number of files.
+
+Reruns: the root's lock makes runs one at a time (a second one refuses, exit 75). An interrupted run of the
+same job is finished first (its tasks with completion markers are kept, the others redone under the same
+names), then a new run picks up whatever the input gained meanwhile.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Protocol
+
+from tqdm.auto import tqdm
+
+from embedlib import inputs
+from embedlib.errors import UserError
+from embedlib.pipeline import catalog, tasks
+from embedlib.pipeline.catalog import JobIdentity, RootLock, chunk_name, work
+from embedlib.pipeline.stages import Counts
+from embedlib.pipeline.store import WORK, Store
+from embedlib.pipeline.tasks import Target
+
+
+class Executor(Protocol):
+    """Where tasks run. Results come back in completion order."""
+
+    def run_one(self, fn: Callable, *args) -> dict: ...
+
+    def map(self, fn: Callable, argsets: list[tuple]) -> Iterator[dict]: ...
+
+    def write(self, root: str, run_id: str, todo: list[int], target: Target) -> Iterator[dict]: ...
+
+
+class LocalExecutor:
+    """Everything in this process, one task after another (tests, debugging, tiny inputs)."""
+
+    def run_one(self, fn: Callable, *args) -> dict:
+        return fn(*args)
+
+    def map(self, fn: Callable, argsets: list[tuple]) -> Iterator[dict]:
+        return (fn(*args) for args in argsets)
+
+    def write(self, root: str, run_id: str, todo: list[int], target: Target) -> Iterator[dict]:
+        return (tasks.write_task(root, run_id, t, target, threads=None) for t in todo)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    root: str
+    resumed: bool
+    counts: dict[str, int]
+    seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def describe(self, what: str = "embedded") -> str:
+        c = self.counts
+        mb = c.get("bytes_read", 0) / 1e6
+        rate = c.get("files_seen", 0) / self.seconds if self.seconds else 0.0
+        return (f"run {self.run_id}{' (resumed)' if self.resumed else ''}: {c.get('files_seen', 0)} files seen, "
+                f"{c.get('skipped_known', 0)} known from earlier runs, {c.get('written', 0)} {what}, "
+                f"{c.get('duplicates', 0)} duplicates, {c.get('failed', 0)} failed; {mb:.1f} MB read in "
+                f"{self.seconds:.1f} s ({rate:.0f} files/s) -> {self.root}")
+
+
+class OldLayout(UserError):
+    """The folder was written by embedlib 0.1 (one run per folder), which this release does not extend."""
+
+
+def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor | Callable[[], Executor], *,
+            shard_size: int = 256, progress: bool = True, abandon_unfinished: bool = False,
+            config_json: dict | None = None) -> list[RunSummary]:
+    """Finish any interrupted run of this same job in `root`, then run once more over the input.
+
+    Everything that can be refused is refused before `executor` is called (when it is a factory, e.g. one that
+    starts Ray): a missing input, catalog.RunInProgress when another run holds the root, and
+    catalog.UnfinishedRunMismatch when an interrupted run of another job waits there (unless
+    abandon_unfinished: then its partial output is deleted)."""
+    spec = inputs.check_input(identity.input, identity.glob)
+    store = Store(root)
+    if store.exists("_run.json") or store.exists("_inputs.parquet"):
+        raise OldLayout(f"{store.root} was written by embedlib 0.1 (one run per folder); write to a new output root")
+    lock = RootLock(store, catalog.new_run_id())
+    lock.acquire()
+    try:
+        store.clean_temporaries()
+        for run_id in set(catalog.finished_runs(store)) & set(store.listdir(WORK)):
+            store.remove(work(run_id))  # killed after its runs row, before its staging was removed
+        resume = []
+        for run_id, info in catalog.unfinished_runs(store):
+            if identity.same_as(info["identity"]):
+                resume.append(run_id)
+            elif abandon_unfinished:
+                abandon(store, run_id, info)
+            else:
+                other = info["identity"]
+                raise catalog.UnfinishedRunMismatch(
+                    f"run {run_id} ({other['job']} of {other['input']}, version {other['version']}) was interrupted "
+                    f"in {store.root}: run that command again to finish it, or pass --abandon-unfinished to delete "
+                    "its partial output")
+        if callable(executor) and not hasattr(executor, "write"):
+            executor = executor()
+        return [_execute(store, run_id, identity, spec, target, executor, shard_size, progress, config_json)
+                for run_id in resume + [lock.run_id]]
+    finally:
+        lock.release()
+
+
+def abandon(store: Store, run_id: str, info: dict) -> None:
+    """Delete an interrupted run's partial output: its partitions and its staging."""
+    ident = info["identity"]
+    store.remove(f"{ident['table']}/{catalog.VERSION_KEYS[ident['table']]}={ident['version']}/run={run_id}")
+    store.remove(f"errors/run={run_id}")
+    store.remove(work(run_id))
+
+
+def _bar(progress: bool, desc: str, total: int | None) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="file", disable=not progress, file=sys.stderr, mininterval=1.0,
+                dynamic_ncols=True, leave=False)
+
+
+def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.InputSpec, target: Target,
+             executor: Executor, shard_size: int, progress: bool, config_json: dict | None) -> RunSummary:
+    started = time.perf_counter()
+    info = store.read_json(work(run_id, "run.json"))
+    resumed = info is not None
+    if not resumed:
+        info = {"identity": asdict(identity), "started": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "raster": target.config.to_dict()["raster"], "config": config_json or {}}
+        store.write_json(work(run_id, "run.json"), info)
+    phases: dict[str, float] = {}
+    root = store.root
+    shard_size = max(1, shard_size)
+
+    t = time.perf_counter()
+    listing = store.read_json(work(run_id, "listing", "_done.json"))
+    if listing is None:  # (re)list from scratch: a partial listing of a killed run is discarded
+        store.remove(work(run_id, "listing"))
+        chunks = files = 0
+        with _bar(progress, "listing", None) as bar:
+            for table in inputs.listing_batches(spec, shard_size):
+                store.write_ipc(work(run_id, "listing", chunk_name(chunks, "arrow")), table)
+                chunks, files = chunks + 1, files + table.num_rows
+                bar.update(table.num_rows)
+        listing = {"chunks": chunks, "files": files, "shard_size": shard_size}
+        store.write_json(work(run_id, "listing", "_done.json"), listing)
+    shard_size = listing["shard_size"]  # a resumed run keeps the chunking it started with
+    phases["list"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    matched = bool(catalog.table_files(store, target.table, exclude_run=run_id)
+                   or catalog.table_files(store, "errors", exclude_run=run_id))
+    if matched and not store.exists(work(run_id, "known", "_done.json")) and listing["chunks"]:
+        executor.run_one(tasks.match_task, root, run_id, target.table, listing["chunks"])
+        store.write_json(work(run_id, "known", "_done.json"), {"chunks": listing["chunks"]})
+    phases["match"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    done = set(store.listdir(work(run_id, "hashed")))
+    todo = [i for i in range(listing["chunks"]) if chunk_name(i, "json") not in done]
+    with _bar(progress, "hashing", listing["files"]) as bar:
+        bar.update(listing["files"] - sum(min(shard_size, listing["files"] - i * shard_size) for i in todo))
+        for counts in executor.map(tasks.hash_task, [(root, run_id, i, target.config, matched, target.version)
+                                                    for i in todo]):
+            bar.update(counts["files_seen"])
+    phases["hash"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    plan = store.read_json(work(run_id, "plan", "_done.json"))
+    if plan is None:
+        plan = executor.run_one(tasks.plan_task, root, run_id, target.table, target.version, listing["chunks"],
+                                shard_size)
+    phases["plan"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    done = set(store.listdir(work(run_id, "written")))
+    todo = [j for j in range(plan["chunks"]) if chunk_name(j, "json") not in done]
+    with _bar(progress, "embedding" if target.table == "embeddings" else "views", None) as bar:
+        for counts in executor.write(root, run_id, todo, target):
+            bar.update(counts["written"] + counts["failed"])
+    phases["write"] = time.perf_counter() - t
+
+    totals = Counts(files_seen=listing["files"])
+    for marker in tasks.marker_counts(store, run_id, "hashed"):
+        totals.add({k: v for k, v in marker.items() if k != "files_seen"})
+    totals.add({k: plan[k] for k in ("skipped_known", "duplicates")})
+    for marker in tasks.marker_counts(store, run_id, "written"):
+        totals.add(marker)
+    finished = dt.datetime.now(dt.timezone.utc)
+    store.write_parquet(catalog.runs_part(run_id), catalog.runs_row(run_id, info, totals.as_dict(), finished))
+    store.remove(work(run_id))
+    return RunSummary(run_id, store.root, resumed, totals.as_dict(), time.perf_counter() - started, phases)

@@ -1,0 +1,157 @@
+"""An output root on local disk or an object store: atomic writes, exact listing, deletion. No Ray here.
+
+Atomic means a reader sees a whole file or none: locally a file is written under ROOT/_work/tmp/ (a name
+that no `*.parquet` glob of a table folder matches) and renamed into place; object stores (s3, gs, az)
+publish an object only once its upload completes, so it is written in place. Temporary files a killed run
+left behind are removed by the next run (`clean_temporaries`). Paths are used as given: a root named
+`o'brien run` or `run[1]` is a name, never a pattern.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from embedlib.sources import split_uri, uri_protocol
+
+WORK = "_work"
+TEMP = f"{WORK}/tmp"
+ATOMIC_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss", "memory"}
+
+
+class Store:
+    def __init__(self, root: str, temp: str = TEMP) -> None:
+        self.temp = temp  # where local writes are staged before their rename (inside the root)
+        protocol = uri_protocol(root)
+        self.protocol = protocol or "file"
+        self.local = protocol in (None, "file")
+        if self.local:
+            self.base = os.path.abspath(root[len("file://"):] if root.startswith("file://") else root)
+            self.fs = None
+            self.root = self.base
+        else:
+            self.fs, path = split_uri(root)
+            self.base = path.rstrip("/")
+            self.root = f"{self.protocol}://{self.base}"
+
+    # -- paths --------------------------------------------------------------------------------------------
+    def path(self, rel: str) -> str:
+        """The full path of `rel` inside the root (for pyarrow/DuckDB readers, with `self.filesystem()`)."""
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def uri(self, rel: str) -> str:
+        return self.path(rel) if self.local else f"{self.protocol}://{self.path(rel)}"
+
+    def arrow_filesystem(self):
+        """A pyarrow filesystem for pyarrow.dataset over this root."""
+        import pyarrow.fs as pafs
+
+        return pafs.LocalFileSystem() if self.local else pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+
+    # -- reading and listing ------------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        return os.path.exists(self.path(rel)) if self.local else self.fs.exists(self.path(rel))
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names directly inside folder `rel` (empty when it does not exist)."""
+        full = self.path(rel)
+        if self.local:
+            return sorted(os.listdir(full)) if os.path.isdir(full) else []
+        try:
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(full, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def find(self, rel: str, suffix: str = "") -> list[str]:
+        """Relative paths of every file below folder `rel` whose name ends with `suffix`, sorted."""
+        full = self.path(rel)
+        out: list[str] = []
+        if self.local:
+            for dirpath, dirnames, filenames in os.walk(full):
+                dirnames.sort()
+                out += [os.path.relpath(os.path.join(dirpath, f), self.base) for f in filenames if f.endswith(suffix)]
+        elif self.fs.exists(full):
+            out = [p[len(self.base) + 1:] for p in self.fs.find(full) if p.endswith(suffix)]
+        return sorted(out)
+
+    def read_bytes(self, rel: str) -> bytes:
+        if self.local:
+            with open(self.path(rel), "rb") as fh:
+                return fh.read()
+        with self.fs.open(self.path(rel), "rb") as fh:
+            return fh.read()
+
+    def read_json(self, rel: str) -> dict | None:
+        """The JSON object in `rel`, or None when it is missing."""
+        try:
+            return json.loads(self.read_bytes(rel))
+        except FileNotFoundError:
+            return None
+
+    def read_ipc(self, rel: str) -> pa.Table:
+        return ipc.open_file(pa.BufferReader(self.read_bytes(rel))).read_all()
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(rel)), columns=columns)
+
+    # -- atomic writes ------------------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        dest = self.path(rel)
+        if self.local:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            tmp_dir = self.path(self.temp)
+            os.makedirs(tmp_dir, exist_ok=True)
+            tmp = os.path.join(tmp_dir, uuid.uuid4().hex)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        elif self.protocol in ATOMIC_OBJECT_STORES:
+            self.fs.pipe_file(dest, data)
+        else:  # other remote file systems: a temporary name, then a move
+            tmp = self.path(f"{self.temp}/{uuid.uuid4().hex}")
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, dest)
+
+    def write_parquet(self, rel: str, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.write_bytes(rel, buf.getvalue())
+
+    def write_ipc(self, rel: str, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        with ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        self.write_bytes(rel, sink.getvalue().to_pybytes())
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+    # -- deletion -----------------------------------------------------------------------------------------
+    def remove(self, rel: str) -> None:
+        """Delete a file or a folder tree; missing is fine."""
+        full = self.path(rel)
+        if self.local:
+            import shutil
+
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full, ignore_errors=True)
+            elif os.path.lexists(full):
+                os.remove(full)
+        elif self.fs.exists(full):
+            self.fs.rm(full, recursive=True)
+
+    def clean_temporaries(self) -> int:
+        """Remove what killed writers left in _work/tmp; returns how many. Call with the root's lock held."""
+        names = self.listdir(self.temp)
+        for name in names:
+            self.remove(f"{self.temp}/{name}")
+        return len(names)

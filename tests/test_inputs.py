@@ -1,0 +1,114 @@
+"""Inputs are taken exactly as given: manifest cells are text, paths are paths, every row ends in a row."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedlib import inputs, schema
+
+
+def _listing(text: str, glob: bool = False) -> list[dict]:
+    return list(inputs.iter_listing(inputs.check_input(text, glob)))
+
+
+def test_csv_cells_are_text_never_type_inferred(tmp_path):
+    names = ["007", "1.50", "1e3", " padded ", 'quo"ted, with comma', "ünïcødé €", "-rf", "nan", "true"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x" + name.encode())
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "family"])
+        for i, name in enumerate(names):
+            w.writerow([name, ["0042", "1.0", "", "NULL", "3e5", "x", "-1", "NaN", "false"][i]])
+    rows = _listing(str(manifest))
+    assert [r["path"] for r in rows] == names  # byte for byte: no 7, 1.5, 1000, no stripping
+    assert [r["family"] for r in rows] == ["0042", "1.0", None, "NULL", "3e5", "x", "-1", "NaN", "false"]
+    for r, name in zip(rows, names):  # relative paths are relative to the manifest's folder
+        assert r["target"] == os.fsencode(str(tmp_path / name)) and not r["remote"]
+
+
+def test_parquet_manifest_keeps_text_and_binary_paths(tmp_path):
+    raw = os.fsencode(str(tmp_path)) + b"/bad\xffname"
+    open(raw, "wb").write(b"data")
+    pq.write_table(pa.table({"path": pa.array([raw, b"007"], pa.binary()),
+                             "family": pa.array(["a", "1e3"])}), tmp_path / "m.parquet")
+    rows = _listing(str(tmp_path / "m.parquet"))
+    assert rows[0]["path_raw"] == raw and rows[0]["target"] == raw and rows[0]["path"].endswith("bad\\xffname")
+    assert rows[1]["path"] == "007" and rows[1]["family"] == "1e3"
+
+
+def test_empty_manifest_paths_become_error_rows(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('path,family\n/usr/bin/ls,coreutils\n,orphan\n"",\n')
+    rows = _listing(str(manifest))
+    assert [r.get("status") for r in rows] == [None, schema.STATUS_BAD_INPUT, schema.STATUS_BAD_INPUT]
+    assert "row 2" in rows[1]["reason"] and rows[1]["family"] == "orphan"
+
+
+def test_newlines_and_quotes_in_csv_paths(tmp_path):
+    name = 'two\nlines "quoted"'
+    (tmp_path / name).write_bytes(b"1")
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as fh:
+        csv.writer(fh).writerows([["path"], [name]])
+    assert [r["path"] for r in _listing(str(manifest))] == [name]
+
+
+@pytest.mark.parametrize("content,message", [(None, "does not exist"), ("name,family\na,b\n", "no 'path' column"),
+                                             ("", "no 'path' column")])
+def test_bad_manifests_are_one_clear_error(tmp_path, content, message):
+    manifest = tmp_path / "m.csv"
+    if content is not None:
+        manifest.write_text(content)
+    with pytest.raises(inputs.InputError, match=message):
+        inputs.check_input(str(manifest))
+
+
+def test_local_paths_are_never_urls_or_patterns(tmp_path):
+    root = tmp_path / "batch[1]"
+    root.mkdir()
+    (root / "alias").write_bytes(b"alias content")
+    (root / "alias::file").write_bytes(b"other content")
+    (root / "colon::bar").write_bytes(b"colon")
+    (root / "-leading-dash").write_bytes(b"dash")
+    (root / "star*?").write_bytes(b"star")
+    raw = os.fsencode(str(root)) + b"/not-utf8-\xe9"
+    open(raw, "wb").write(b"latin1")
+    rows = _listing(str(root))  # a folder named batch[1] is walked, not globbed
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows}
+    assert set(by_name) == {"alias", "alias::file", "colon::bar", "-leading-dash", "star*?", "not-utf8-\\xe9"}
+    assert by_name["not-utf8-\\xe9"]["path_raw"] == raw and by_name["alias"]["path_raw"] is None
+    assert open(by_name["alias::file"]["target"], "rb").read() == b"other content"
+
+
+def test_directory_symlinks_are_listed_not_walked(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"1")
+    os.symlink("..", tmp_path / "a" / "up")
+    os.symlink(tmp_path / "a", tmp_path / "link-to-a")
+    paths = sorted(r["path"] for r in _listing(str(tmp_path)))
+    assert paths == sorted([str(tmp_path / "a" / "f"), str(tmp_path / "a" / "up"), str(tmp_path / "link-to-a")])
+
+
+def test_glob_only_when_asked(tmp_path):
+    for name in ("x1.exe", "x2.exe", "y.dll"):
+        (tmp_path / name).write_bytes(b"1")
+    with pytest.raises(inputs.InputError, match="does not exist"):
+        inputs.check_input(str(tmp_path / "*.exe"))
+    assert sorted(r["path"] for r in _listing(str(tmp_path / "*.exe"), glob=True)) == [
+        str(tmp_path / "x1.exe"), str(tmp_path / "x2.exe")]
+
+
+def test_read_labels_for_joins(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,family\n007,0042\n,x\n")
+    labels = inputs.read_labels(str(manifest))
+    assert labels.to_pylist() == [{"path": "007", "family": "0042"}]
+    shutil.rmtree(tmp_path)
