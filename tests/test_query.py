@@ -246,7 +246,7 @@ def test_neighbors_rerun_replaces_and_leaves_no_temporary_file(tmp_path):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"k": 0}, "k must be a whole number between 1 and 1000"), ({"k": 5000}, "between 1 and 1000"),
-    ({"metric": "dot"}, "unknown metric 'dot'"), ({"run": "nope"}, "run 'nope' has no embeddings"),
+    ({"metric": "dot"}, "unknown metric 'dot'"), ({"run": "nope"}, "run 'nope' has no embeddings .* no finished run"),
     ({"model_version": "zz", "run": qf.RUN1}, "model version 'zz' has no embeddings"),
 ])
 def test_neighbors_job_refuses_bad_input(fx, kwargs, message):
@@ -522,3 +522,23 @@ def test_knn_with_fewer_rows_than_k():
     assert idx.shape == (3, 2) and not np.isinf(dist).any()
     idx, _ = knn(x[:0], x, 10, "cosine")
     assert idx.shape == (0, 0)
+
+
+def test_neighbors_of_a_run_that_embedded_nothing(tmp_path):
+    """A nightly run that found nothing new: no queries, no parts, no error."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from embedlib import schema
+    from embedlib.pipeline.store import Store
+
+    fx2 = qf.write_root(str(tmp_path / "r"))
+    empty_run = "20261104T010000Z-eeeeee"
+    now = dt.datetime(2026, 11, 4, 1, tzinfo=dt.timezone.utc)
+    row = {name: 0 for name in schema.RUNS.names} | {
+        "run_id": empty_run, "job": "embed", "model_version": qf.MV_B, "raster": "{}", "input": "/corpus",
+        "started": now, "finished": now, "seconds": 1.0, "embedlib_version": "t", "config": "{}"}
+    Store(fx2.root).write_parquet(f"runs/{empty_run}.parquet", pa.Table.from_pylist([row], schema=schema.RUNS))
+    result = compute_neighbors(fx2.root, k=3)
+    assert (result.run_id, result.model_version, result.queries, result.parts) == (empty_run, qf.MV_B, 0, [])

@@ -221,6 +221,19 @@ def _latest_run(listing: layout.Listing) -> tuple[str, str]:
     return latest["run_id"], latest["model_version"]
 
 
+def _version_of_run(listing: layout.Listing, run: str) -> str:
+    """The model version run `run` embedded under: its runs row, else the folder its rows are in."""
+    runs = layout.read_runs(listing)
+    if runs is not None:
+        for row in runs.select(["run_id", "model_version"]).to_pylist():
+            if row["run_id"] == run:
+                return row["model_version"]
+    having = [v for v, runs_of in listing.runs_of_version.items() if run in runs_of]
+    if not having:
+        raise QueryError(f"run {run!r} has no embeddings under {listing.root.given!r} and is no finished run there")
+    return max(having)
+
+
 def compute_neighbors(root: str, run: str | None = None, model_version: str | None = None, k: int = 10,
                       metric: str = "cosine", backend: str | None = None, block_rows: int = 2048,
                       corpus_block: int = 16384, rows_per_part: int = 100_000, ray_tasks: int = 0,
@@ -242,10 +255,7 @@ def compute_neighbors(root: str, run: str | None = None, model_version: str | No
         run, run_version = _latest_run(listing)
         model_version = model_version or run_version
     if model_version is None:
-        having = [v for v, runs in listing.runs_of_version.items() if run in runs]
-        if not having:
-            raise QueryError(f"run {run!r} has no embeddings under {root!r}")
-        model_version = max(having)
+        model_version = _version_of_run(listing, run)
     if model_version not in listing.embeddings:
         known = ", ".join(sorted(listing.embeddings)) or "none"
         raise QueryError(f"model version {model_version!r} has no embeddings under {root!r} (versions: {known})")
