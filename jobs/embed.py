@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="embed even if the checkpoint failed its BatchNorm health check")
     parser.add_argument("--abandon-unfinished", action="store_true",
                         help="delete the partial output of an interrupted run of ANOTHER job in --output")
+    parser.add_argument("--neighbors", type=int, default=0, metavar="K",
+                        help="then store the K nearest rows of every file each run embedded (as jobs.neighbors)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_args(parser)
     return parser
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
                                      allow_unhealthy=args.allow_unhealthy_model)
     for summary in summaries:
         print(summary.describe("embedded"))
+        if args.neighbors:
+            from embedlib.query.neighbors import compute_neighbors
+
+            print(compute_neighbors(args.output, run=summary.run_id, k=args.neighbors).describe())
 
 
 if __name__ == "__main__":

@@ -868,7 +868,7 @@ def test_launcher_config() -> None:
 def test_readme_commands() -> None:
     commands = readme_commands()
     modules = {c.module for c in commands}
-    assert {"rasterize", "train", "embed", "recalibrate", "query"} <= modules, f"README shows {modules}"
+    assert {"rasterize", "train", "embed", "recalibrate"} <= modules, f"README shows {modules}"
     for command in commands:
         assert (REPO / "jobs" / f"{command.module}.py").is_file(), f"README: jobs/{command.module}.py does not exist"
         parse_with_job_parser(command)

@@ -274,3 +274,15 @@ def test_expected_failures_are_one_line_and_fast(model_uri, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jobs.embed", "--model", str(tmp_path), "--input", "/usr/bin/ls",
                            "--output", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "is not a checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_embed_job_can_store_the_new_rows_neighbours(model_uri, tmp_path):
+    src = tmp_path / "in"
+    _corpus(src, 5)
+    proc = subprocess.run([sys.executable, "-m", "jobs.embed", "--model", model_uri, "--input", str(src), "--output",
+                           str(tmp_path / "out"), "--executor", "local", "--no-progress", "--neighbors", "3"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = _table(tmp_path / "out", "neighbors")
+    assert len(rows) == 5 * 3 and {r["rank"] for r in rows} == {1, 2, 3}
+    assert all(r["neighbor"] != r["sha256"] for r in rows)

@@ -75,3 +75,12 @@ def test_manifest_inputs_and_output_on_s3_with_a_rerun_that_skips_everything(s3,
     assert len(catalog.finished_runs(store)) == 2
     assert not s3.exists("bucket/out/_work") or not s3.ls("bucket/out/_work")
     assert not s3.exists("bucket/out/_lock.json")  # released
+
+
+def test_remote_names_with_glob_characters_are_names(s3):
+    store = Store("s3://bucket/run[1]")
+    decoy = Store("s3://bucket/run1")
+    store.write_bytes("_work/r/a.json", b"{}")
+    decoy.write_bytes("_work/r/a.json", b"{}")
+    store.remove("_work/r")
+    assert not store.exists("_work/r/a.json") and decoy.exists("_work/r/a.json")

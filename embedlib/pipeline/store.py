@@ -146,8 +146,10 @@ class Store:
                 shutil.rmtree(full, ignore_errors=True)
             elif os.path.lexists(full):
                 os.remove(full)
-        elif self.fs.exists(full):
-            self.fs.rm(full, recursive=True)
+        elif self.fs.exists(full):  # file by file: fs.rm would take [ ] * ? in names as a glob
+            files = self.fs.find(full) if self.fs.isdir(full) else [full]
+            for path in files:
+                self.fs.rm_file(path)
 
     def clean_temporaries(self) -> int:
         """Remove what killed writers left in _work/tmp; returns how many. Call with the root's lock held."""

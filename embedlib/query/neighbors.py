@@ -4,7 +4,7 @@ version, written as ROOT/neighbors/model_version=V/run=R/part-NNNNNN.parquet (sc
 `knn` is pure (arrays in, arrays out) and works in blocks, so memory stays at block_rows x corpus_block
 distances whatever the corpus size: a BLAS matmul per block on the CPU (numpy), or torch on a GPU. Ties are
 broken by the neighbour's sha256 (the corpus is sorted by it), as the SQL macros do. The fan-out over Ray
-tasks lives in ray_fanout.py and calls the same `knn` on slices of the queries.
+tasks lives in embedlib/ray_io.py (knn_ray) and calls the same `knn` on slices of the queries.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def compute_neighbors(root: str, run: str | None = None, model_version: str | No
                       ray_address: str | None = None) -> NeighborsResult:
     """The k nearest rows of model version V (default: the run's) for every row of run R (default: the latest
     finished run), written to ROOT/neighbors/model_version=V/run=R/. A rerun replaces that folder's parts.
-    ray_tasks > 0 fans the queries out over that many Ray tasks (ray_fanout.py). Remote roots use fsspec's
+    ray_tasks > 0 fans the queries out over that many Ray tasks (ray_io.knn_ray). Remote roots use fsspec's
     configuration (credentials, endpoint), as the pipeline does."""
     t0 = time.perf_counter()
     if not isinstance(k, int) or not 1 <= k <= MAX_K:
@@ -265,7 +265,7 @@ def compute_neighbors(root: str, run: str | None = None, model_version: str | No
         log.info("run %s embedded nothing under model version %s", run, model_version)
     backend = backend or default_backend()
     if ray_tasks:
-        from embedlib.query.ray_fanout import knn_ray
+        from embedlib.ray_io import knn_ray
 
         idx, dist = knn_ray(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
                             corpus_block=corpus_block, num_tasks=ray_tasks, backend=backend, address=ray_address)
