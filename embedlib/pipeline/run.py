@@ -122,8 +122,9 @@ def abandon(store: Store, run_id: str, info: dict) -> None:
 
 
 def _bar(progress: bool, desc: str, total: int | None) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="file", disable=not progress, file=sys.stderr, mininterval=1.0,
-                dynamic_ncols=True, leave=False)
+    """A progress bar on a terminal; nothing in logs (the run's summary line says what happened)."""
+    return tqdm(total=total, desc=desc, unit="file", disable=not progress or not sys.stderr.isatty(),
+                file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=False)
 
 
 def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.InputSpec, target: Target,
