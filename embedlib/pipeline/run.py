@@ -183,7 +183,7 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
     t = time.perf_counter()
     done = set(store.listdir(work(run_id, "written")))
     todo = [j for j in range(plan["chunks"]) if chunk_name(j, "json") not in done]
-    with _bar(progress, "embedding" if target.table == "embeddings" else "views", None) as bar:
+    with _bar(progress, "embedding" if target.table == "embeddings" else "views", plan.get("planned")) as bar:
         for counts in executor.write(root, run_id, todo, target):
             bar.update(counts["written"] + counts["failed"])
     phases["write"] = time.perf_counter() - t

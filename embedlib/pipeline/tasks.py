@@ -154,7 +154,7 @@ def plan_task(root: str, run_id: str, target_table: str, version: str, hashed_ch
     hashed = [work(run_id, "hashed", chunk_name(i, "arrow")) for i in range(hashed_chunks)]
     counts = Counts()
     tag = RunTag(version, run_id)
-    planned, dups, n_plan, n_dup = [], [], 0, 0
+    planned, dups, n_plan, n_dup, n_planned = [], [], 0, 0, 0
     with tempfile.TemporaryDirectory() as tmp:
         con = _duckdb(tmp)
         _register(con, store, "hashed", hashed, "ipc", schema.HASHED)
@@ -167,6 +167,7 @@ def plan_task(root: str, run_id: str, target_table: str, version: str, hashed_ch
                     counts.skipped_known += 1
                 elif action == "write":
                     planned.append(row)
+                    n_planned += 1
                     if len(planned) == shard_size:
                         store.write_ipc(work(run_id, "plan", chunk_name(n_plan, "arrow")),
                                         schema.rows_table(planned, schema.PLANNED))
@@ -184,7 +185,7 @@ def plan_task(root: str, run_id: str, target_table: str, version: str, hashed_ch
         n_plan += 1
     if dups:
         _write_errors(store, run_id, "dup", n_dup, dups)
-    result = {**counts.as_dict(), "chunks": n_plan}
+    result = {**counts.as_dict(), "chunks": n_plan, "planned": n_planned}
     store.write_json(work(run_id, "plan", "_done.json"), result)
     return result
 
