@@ -20,6 +20,7 @@ import torch
 from embedlib import __version__, schema
 from embedlib.config import Config, config_from_json
 from embedlib.model import ByteplotNet, build_model, unwrap
+from embedlib.views import view_specs
 
 WEIGHTS = "model.pt"
 META = "meta.json"
@@ -49,7 +50,8 @@ def _weights_bytes(model: torch.nn.Module) -> bytes:
 def model_version(weights: bytes, cfg: Config) -> str:
     settings = cfg.to_dict()
     h = hashlib.sha256(weights)
-    h.update(json.dumps({"raster": settings["raster"], "model": settings["model"]}, sort_keys=True).encode())
+    h.update(json.dumps({"raster": settings["raster"], "views": settings["views"], "model": settings["model"]},
+                        sort_keys=True).encode())
     return "m-" + h.hexdigest()[:16]
 
 
@@ -81,8 +83,11 @@ def load(uri: str, map_location: str = "cpu") -> Checkpoint:
     fs, root = fsspec.core.url_to_fs(uri)
     with fs.open(f"{root}/{META}", "r") as fh:
         meta = json.load(fh)
-    cfg = config_from_json(meta["config"])
-    model = build_model(cfg.model, len(meta["families"]))
+    saved = dict(meta["config"])
+    if "views" not in saved:  # checkpoints from before views existed saw the byteplot only
+        saved["views"] = {"names": ["image"]}
+    cfg = config_from_json(saved)
+    model = build_model(cfg.model, len(meta["families"]), view_specs(cfg))
     with fs.open(f"{root}/{WEIGHTS}", "rb") as fh:
         state = torch.load(io.BytesIO(fh.read()), map_location=map_location, weights_only=True)
     model.load_state_dict(state)

@@ -34,6 +34,17 @@ class RasterConfig:
 
 
 @dataclass(frozen=True)
+class ViewsConfig:
+    """Which fixed-shape views of a file the model sees (embedlib.views) and their settings. Like the raster
+    settings, these change every input: they are part of the model's identity."""
+
+    names: tuple[str, ...] = ("image",)  # the recipe of issue 12 (bench/RETRIEVAL.md) adds strings, idents
+    buckets: int = 4096  # hash buckets of the strings and idents sketches (a power of two)
+    strings_min_len: int = 6  # printable runs shorter than this are not strings (GNU strings uses 4)
+    idents_min_len: int = 4  # NUL-delimited identifier-like runs shorter than this are ignored
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     embedding_dim: int = 128
     channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -41,6 +52,9 @@ class ModelConfig:
     bn_momentum: float = 0.1  # PyTorch convention: weight of the new batch (Keras 0.99 == PyTorch 0.01)
     group_norm_groups: int = 8
     logit_scale: float = 16.0  # cosine classifier temperature: keeps embeddings the thing being classified
+    hidden: int = 512  # width of each sketch / histogram encoder's layer
+    sketch_skip: str = "none"  # none | learned | fixed: a linear path from each TF-IDF sketch to the embedding
+    sketch_dropout: float = 0.0  # training only: drop this fraction of a sketch's buckets (augmentation)
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,14 @@ class TrainConfig:
     precise_bn: bool = True  # recompute BN statistics over the corpus before saving
     precise_bn_max_samples: int = 50_000
     probe_samples: int = 1024  # training files used for the BN health report
+    loss: str = "softmax"  # softmax | cosface | supcon | cosface+supcon (embedlib.train_loop.retrieval_loss)
+    margin: float = 0.0  # CosFace additive cosine margin
+    supcon_temperature: float = 0.1
+    supcon_weight: float = 1.0  # weight of the supcon term in cosface+supcon
+    sampler: str = "shuffle"  # shuffle (i.i.d. batches) | pk (train.pk_families x train.pk_files per batch)
+    pk_families: int = 32
+    pk_files: int = 4
+    unseen_family_fraction: float = 0.0  # families (by name hash, embedlib.retrieval) kept out of training
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,7 @@ class EmbedConfig:
 class Config:
     input: InputConfig = field(default_factory=InputConfig)
     raster: RasterConfig = field(default_factory=RasterConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -172,8 +195,24 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"raster.size must be a multiple of 16 (four 2x poolings), got {cfg.raster.size}")
     if cfg.input.max_bytes <= 0 or cfg.input.max_hash_bytes < cfg.input.max_bytes:
         raise ConfigError("input.max_bytes must be positive and not above input.max_hash_bytes")
+    from embedlib.views import VIEW_NAMES  # views imports config: import here, not at module level
+
+    unknown_views = set(cfg.views.names) - set(VIEW_NAMES)
+    if unknown_views or not cfg.views.names or len(set(cfg.views.names)) != len(cfg.views.names):
+        raise ConfigError(f"views.names must be distinct names from {VIEW_NAMES}, got {cfg.views.names!r}")
+    b = cfg.views.buckets
+    if b < 2 or b & (b - 1):
+        raise ConfigError(f"views.buckets must be a power of two >= 2, got {b}")
+    if cfg.views.strings_min_len < 1 or cfg.views.idents_min_len < 1:
+        raise ConfigError("views.strings_min_len and views.idents_min_len must be >= 1")
     if cfg.embed.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"embed.use_gpu must be auto, true or false, got {cfg.embed.use_gpu!r}")
+    if cfg.train.loss not in ("softmax", "cosface", "supcon", "cosface+supcon"):
+        raise ConfigError(f"train.loss must be softmax, cosface, supcon or cosface+supcon, got {cfg.train.loss!r}")
+    if cfg.train.sampler not in ("shuffle", "pk"):
+        raise ConfigError(f"train.sampler must be shuffle or pk, got {cfg.train.sampler!r}")
+    if not 0.0 <= cfg.train.unseen_family_fraction < 1.0:
+        raise ConfigError("train.unseen_family_fraction must be in [0, 1)")
     if not 0.0 <= cfg.train.holdout_fraction < 1.0:
         raise ConfigError("train.holdout_fraction must be in [0, 1)")
 

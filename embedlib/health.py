@@ -34,7 +34,8 @@ def _predict(net: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> t
 def bn_health(
     model: nn.Module, probe: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: HealthConfig
 ) -> dict:
-    """Compare train-mode and eval-mode predictions on `probe` (batches of (uint8 images, int labels)),
+    """Compare train-mode and eval-mode predictions on `probe` (batches of (inputs, int labels); inputs are
+    uint8 images or a dict of view tensors),
     and each BN layer's running statistics with precise ones computed on the probe images.
 
     Returns a JSON-able report with `healthy` and the reasons when it is not.
@@ -44,6 +45,7 @@ def bn_health(
     batches = list(probe)
     images = [b[0] for b in batches]
     labels = torch.cat([b[1] for b in batches]).long()
+    labels_of_first = batches[0][1] if batches else []
     emb_train, logit_train = _predict(net, images, train_mode=True)
     emb_eval, logit_eval = _predict(net, images, train_mode=False)
     net.train(was_training)
@@ -52,7 +54,7 @@ def bn_health(
     cosine = (emb_train * emb_eval).sum(dim=1)
     report: dict = {
         "probe_files": int(labels.numel()),
-        "probe_batch_size": int(images[0].shape[0]) if images else 0,
+        "probe_batch_size": int(len(labels_of_first)) if images else 0,
         "mean_cosine_train_vs_eval": round(cosine.mean().item(), 6),
         "min_cosine_train_vs_eval": round(cosine.min().item(), 6),
     }

@@ -1,25 +1,42 @@
-"""The byteplot CNN: conv blocks with a configurable norm, an L2-normalised embedding, a cosine classifier.
+"""The embedding network: one encoder per view (embedlib.views), fused into one L2-normalised embedding, and a
+cosine classifier over the training families.
+
+  image            conv blocks (conv -> norm -> ReLU -> 2x2 max pool) -> global average pool
+  strings, idents  a hashed sketch: log(1 + count) x per-bucket IDF weight (a buffer, set from the training
+                   files' document frequencies), L2-normalised (the training-free TF-IDF geometry), then
+                   Linear -> norm -> ReLU
+  bytehist         sqrt of the fractions -> Linear -> norm -> ReLU
+  fusion           concatenation -> Linear -> L2 normalisation = the embedding
 
 The classifier scores families by cosine between the embedding and one learned direction per family, so
-training shapes exactly the geometry that similarity search later uses.
+training shapes exactly the geometry that similarity search later uses; a margin loss (train_loop) works on
+these cosines. A plain tensor input is the image view (the byteplot-only model of earlier versions).
 """
 
 from __future__ import annotations
 
+from typing import Mapping
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from embedlib.config import ModelConfig
 
+SKETCH_VIEWS = ("strings", "idents")
+ViewSpecs = Mapping[str, tuple[tuple[int, ...], np.dtype]]
 
-def make_norm(kind: str, channels: int, cfg: ModelConfig) -> nn.Module:
-    """The norm layer for one conv block. 'batch-cumulative' is PyTorch's momentum=None: an equal-weight
-    average of every batch seen, which converges where a 0.01 moving average has barely moved."""
+
+def make_norm(kind: str, channels: int, cfg: ModelConfig, dims: int = 2) -> nn.Module:
+    """The norm layer after a conv (dims=2) or linear (dims=1) layer. 'batch-cumulative' is PyTorch's
+    momentum=None: an equal-weight average of every batch seen, which converges where a 0.01 moving average
+    has barely moved."""
+    bn = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
     if kind == "batch":
-        return nn.BatchNorm2d(channels, momentum=cfg.bn_momentum)
+        return bn(channels, momentum=cfg.bn_momentum)
     if kind == "batch-cumulative":
-        return nn.BatchNorm2d(channels, momentum=None)
+        return bn(channels, momentum=None)
     if kind == "group":
         return nn.GroupNorm(min(cfg.group_norm_groups, channels), channels)
     if kind == "none":
@@ -27,8 +44,10 @@ def make_norm(kind: str, channels: int, cfg: ModelConfig) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}")
 
 
-class ByteplotNet(nn.Module):
-    def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
+class ImageEncoder(nn.Module):
+    """uint8 byteplots [B, H, W] (or [B, 1, H, W]) -> [B, channels[-1]]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         in_ch = 1
@@ -41,30 +60,113 @@ class ByteplotNet(nn.Module):
             ]
             in_ch = out_ch
         self.features = nn.Sequential(*blocks)
-        self.project = nn.Linear(in_ch, cfg.embedding_dim)
-        self.class_directions = nn.Parameter(torch.randn(num_classes, cfg.embedding_dim) * 0.01)
-        self.logit_scale = cfg.logit_scale
+        self.out_dim = in_ch
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or float images [B, H, W] or [B, 1, H, W] (0..255) -> unit-norm embeddings [B, D]."""
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
         if x.dim() == 3:
             x = x.unsqueeze(1)
         x = x / 127.5 - 1.0
-        x = self.features(x)
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return F.normalize(self.project(x), dim=1)
+        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+
+
+class SketchEncoder(nn.Module):
+    """uint8 bucket counts [B, buckets] -> [B, hidden]: TF-IDF cosine geometry, then one learned layer."""
+
+    def __init__(self, buckets: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.register_buffer("idf", torch.ones(buckets))
+        self.dropout = cfg.sketch_dropout
+        self.linear = nn.Linear(buckets, cfg.hidden, bias=cfg.norm == "none")
+        self.norm = make_norm(cfg.norm, cfg.hidden, cfg, dims=1)
+        self.out_dim = cfg.hidden
+
+    def weighted(self, counts: torch.Tensor) -> torch.Tensor:
+        x = torch.log1p(counts.float()) * self.idf
+        if self.training and self.dropout:
+            x = F.dropout(x, self.dropout)
+        return F.normalize(x, dim=1)
+
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.linear(self.weighted(counts))))
+
+
+class HistogramEncoder(nn.Module):
+    def __init__(self, dim: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, cfg.hidden, bias=cfg.norm == "none")
+        self.norm = make_norm(cfg.norm, cfg.hidden, cfg, dims=1)
+        self.out_dim = cfg.hidden
+
+    def forward(self, fractions: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.linear(fractions.float().clamp_min(0).sqrt())))
+
+
+class EmbeddingNet(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_classes: int, views: ViewSpecs | None = None) -> None:
+        super().__init__()
+        names = list(views) if views else ["image"]
+        self.encoders = nn.ModuleDict()
+        for name in names:
+            if name == "image":
+                self.encoders[name] = ImageEncoder(cfg)
+            elif name in SKETCH_VIEWS:
+                self.encoders[name] = SketchEncoder(int(views[name][0][0]), cfg)
+            elif name == "bytehist":
+                self.encoders[name] = HistogramEncoder(int(views[name][0][0]), cfg)
+            else:
+                raise ValueError(f"no encoder for view {name!r}")
+        width = sum(e.out_dim for e in self.encoders.values())
+        self.project = nn.Linear(width, cfg.embedding_dim)
+        # optional linear paths from each sketch's TF-IDF vector straight to the embedding: the training-free
+        # geometry stays in the embedding ("fixed": a random projection, Johnson-Lindenstrauss)
+        self.skips = nn.ModuleDict()
+        if cfg.sketch_skip != "none":
+            for name, enc in self.encoders.items():
+                if isinstance(enc, SketchEncoder):
+                    skip = nn.Linear(enc.linear.in_features, cfg.embedding_dim, bias=False)
+                    nn.init.normal_(skip.weight, std=cfg.embedding_dim ** -0.5)
+                    skip.weight.requires_grad_(cfg.sketch_skip == "learned")
+                    self.skips[name] = skip
+        self.class_directions = nn.Parameter(torch.randn(num_classes, cfg.embedding_dim) * 0.01)
+        self.logit_scale = cfg.logit_scale
+
+    @property
+    def view_names(self) -> list[str]:
+        return list(self.encoders)
+
+    def _views(self, inputs: torch.Tensor | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        return inputs if isinstance(inputs, Mapping) else {"image": inputs}
+
+    def embed(self, inputs: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """{view name: tensor [B, ...]} (or the image tensor alone) -> unit-norm embeddings [B, D]."""
+        views = self._views(inputs)
+        feats = [enc(views[name]) for name, enc in self.encoders.items()]
+        out = self.project(torch.cat(feats, dim=1))
+        for name, skip in self.skips.items():
+            out = out + skip(self.encoders[name].weighted(views[name]))
+        return F.normalize(out, dim=1)
 
     def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """logit_scale x cosine to each family's direction."""
         return self.logit_scale * embeddings @ F.normalize(self.class_directions, dim=1).T
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.embed(images)
+    def forward(self, inputs: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed(inputs)
         return emb, self.classify(emb)
 
+    def set_document_frequency(self, view: str, df: np.ndarray, n_docs: int) -> None:
+        """IDF weights of a sketch view from the training files: log((1 + N) / (1 + df)) + 1 (sklearn's)."""
+        idf = np.log((1.0 + n_docs) / (1.0 + np.asarray(df, dtype=np.float64))) + 1.0
+        self.encoders[view].idf.copy_(torch.as_tensor(idf, dtype=torch.float32))
 
-def build_model(cfg: ModelConfig, num_classes: int) -> ByteplotNet:
-    return ByteplotNet(cfg, num_classes)
+
+ByteplotNet = EmbeddingNet  # the name of the image-only model in earlier versions
+
+
+def build_model(cfg: ModelConfig, num_classes: int, views: ViewSpecs | None = None) -> EmbeddingNet:
+    """The network for `views` (embedlib.views.view_specs(config)); None = the byteplot image only."""
+    return EmbeddingNet(cfg, num_classes, views)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

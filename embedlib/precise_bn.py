@@ -14,7 +14,7 @@ workers (or uneven batches) combine exactly: `Moments.merge`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -61,12 +61,19 @@ class Moments:
         return self.m2 / max(denom, 1)
 
 
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """A batch of model inputs (a tensor, or a dict of view tensors) on `device`."""
+    if isinstance(batch, Mapping):
+        return {k: v.to(device) for k, v in batch.items()}
+    return batch.to(device)
+
+
 class _StopForward(Exception):
     """Raised by the measuring hook: nothing after the measured layer needs computing."""
 
 
 def layer_moments(
-    model: nn.Module, layer: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu"
+    model: nn.Module, layer: nn.Module, batches: Iterable[Any], device: torch.device | str = "cpu"
 ) -> tuple[Moments, int]:
     """Moments of `layer`'s input over `batches`, running `model` in eval mode. Returns (moments, batches)."""
     moments = Moments(layer.num_features)
@@ -82,7 +89,7 @@ def layer_moments(
             for batch in batches:
                 n_batches += 1
                 try:
-                    model(batch.to(device))
+                    model(to_device(batch, device))
                 except _StopForward:
                     pass
     finally:
@@ -101,11 +108,11 @@ def stat_distance(old_mean: torch.Tensor, old_var: torch.Tensor, new_mean: torch
 
 
 def precise_statistics(
-    model: nn.Module, make_batches: Callable[[], Iterable[torch.Tensor]], device: torch.device | str = "cpu",
+    model: nn.Module, make_batches: Callable[[], Iterable[Any]], device: torch.device | str = "cpu",
     apply: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Recompute every BN layer's running mean/var over `make_batches()` (called once per BN layer; must
-    yield the same images each time, in any batch split). With apply=False the model is left unchanged and
+    yield the same inputs each time, in any batch split; an input is an image tensor or a dict of views). With apply=False the model is left unchanged and
     only the report (per layer: distance of running stats from precise ones, samples seen) is returned.
 
     Labels are never needed: this can run over the whole unlabelled corpus.

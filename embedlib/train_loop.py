@@ -30,24 +30,72 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
-def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               optimizer: torch.optim.Optimizer) -> tuple[float, int]:
-    """One SGD step in train mode. Returns (summed loss, correct count) for the batch."""
+def cosface_loss(logits: torch.Tensor, labels: torch.Tensor, scale: float, margin: float) -> torch.Tensor:
+    """Cosine-softmax with an additive margin (CosFace, Wang et al. 2018): the true family's cosine must beat
+    the others by `margin`. `logits` = scale x cosines (EmbeddingNet.classify); margin 0 = normalised softmax."""
+    if margin:
+        logits = logits - scale * margin * F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return F.cross_entropy(logits, labels)
+
+
+def supcon_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, L_out) over unit embeddings of one batch: every other
+    file of the same family is a positive. Anchors without a positive in the batch are skipped (0 if none)."""
+    sim = embeddings @ embeddings.T / temperature
+    n = len(labels)
+    eye = torch.eye(n, dtype=torch.bool, device=embeddings.device)
+    sim = sim.masked_fill(eye, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    n_pos = pos.sum(dim=1)
+    has = n_pos > 0
+    if not has.any():
+        return embeddings.sum() * 0.0
+    mean_log_prob_pos = log_prob.masked_fill(~pos, 0.0).sum(dim=1)[has] / n_pos[has]
+    return -mean_log_prob_pos.mean()
+
+
+def retrieval_loss(embeddings: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, cfg: Config
+                   ) -> torch.Tensor:
+    """train.loss: 'softmax' (plain cross-entropy on the cosine logits), 'cosface' (margin train.margin),
+    'supcon' (train.supcon_temperature), or 'cosface+supcon' (sum, supcon weighted by train.supcon_weight)."""
+    kind = cfg.train.loss
+    scale = cfg.model.logit_scale
+    if kind == "softmax":
+        return F.cross_entropy(logits, labels)
+    if kind == "cosface":
+        return cosface_loss(logits, labels, scale, cfg.train.margin)
+    if kind == "supcon":
+        return supcon_loss(embeddings, labels, cfg.train.supcon_temperature)
+    if kind == "cosface+supcon":
+        return (cosface_loss(logits, labels, scale, cfg.train.margin)
+                + cfg.train.supcon_weight * supcon_loss(embeddings, labels, cfg.train.supcon_temperature))
+    raise ValueError(f"unknown train.loss {kind!r}")
+
+
+def train_step(model: nn.Module, images: Any, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+               cfg: Config | None = None) -> tuple[float, int]:
+    """One step in train mode on a batch (a tensor of images, or a dict of view tensors). Without `cfg` the
+    loss is plain cross-entropy on the cosine logits. Returns (summed loss, correct count) for the batch."""
     model.train()
-    _, logits = model(images)
-    loss = F.cross_entropy(logits, labels)
+    emb, logits = model(images)
+    loss = F.cross_entropy(logits, labels) if cfg is None else retrieval_loss(emb, logits, labels, cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.item() * len(labels), int((logits.argmax(1) == labels).sum())
 
 
-def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """Train over `batches`; returns mean loss and train-mode accuracy (batch statistics, as training sees it)."""
+def train_epoch(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]],
+                optimizer: torch.optim.Optimizer, cfg: Config | None = None,
+                scheduler: Any | None = None) -> dict[str, float]:
+    """Train over `batches`; returns mean loss and train-mode accuracy (batch statistics, as training sees it).
+    `scheduler` (if any) steps once per batch."""
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for images, labels in batches:
-        loss, ok = train_step(model, images, labels, optimizer)
+        loss, ok = train_step(model, images, labels, optimizer, cfg)
+        if scheduler is not None:
+            scheduler.step()
         total_loss += loss
         correct += ok
         seen += len(labels)
@@ -56,7 +104,42 @@ def train_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
             "samples": seen}
 
 
-def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], train_mode: bool) -> float:
+def pk_batches(labels: np.ndarray, families_per_batch: int, files_per_family: int, seed: int) -> list[np.ndarray]:
+    """P x K batches for one epoch (indices into `labels`): P families per batch, K files of each.
+
+    Every file is used about once per epoch: each family's files are shuffled and cut into groups of K (a
+    family with fewer than K files repeats some, a last short group is topped up from the family's start);
+    the groups are then shuffled and dealt P per batch, never two groups of one family in a batch. Such
+    batches are deliberately not i.i.d.: they are what contrastive losses need, and what bends BatchNorm's
+    running statistics (precise BN recomputes them over shuffled data afterwards)."""
+    rng = np.random.default_rng(seed)
+    groups: list[tuple[int, np.ndarray]] = []
+    for fam in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == fam))
+        if len(idx) < files_per_family:
+            idx = np.concatenate([idx, rng.choice(idx, files_per_family - len(idx))])
+        n_groups = -(-len(idx) // files_per_family)
+        padded = np.concatenate([idx, idx[: n_groups * files_per_family - len(idx)]])
+        groups += [(int(fam), g) for g in padded.reshape(n_groups, files_per_family)]
+    order = rng.permutation(len(groups))
+    batches: list[np.ndarray] = []
+    pending: list[tuple[int, np.ndarray]] = [groups[i] for i in order]
+    while pending:
+        batch, used, rest = [], set(), []
+        for fam, g in pending:
+            if len(batch) < families_per_batch and fam not in used:
+                batch.append(g)
+                used.add(fam)
+            else:
+                rest.append((fam, g))
+        if len(batch) < 2:  # only one family left: no negatives in such a batch
+            break
+        batches.append(np.concatenate(batch))
+        pending = rest
+    return batches
+
+
+def accuracy(model: nn.Module, batches: Iterable[tuple[Any, torch.Tensor]], train_mode: bool) -> float:
     """Accuracy with BN in train mode (batch statistics, buffers left untouched) or eval mode (running stats)."""
     net = unwrap(model)
     was = net.training

@@ -53,7 +53,7 @@ def test_two_worker_training_uses_every_row_and_records_health(trained):
     assert all(0 < int(m["samples"]) < meta["train_files"] for m in history)
     for key in ("bn_health", "bn_health_before_precise_bn", "precise_bn"):
         assert key in meta
-    assert set(meta["precise_bn"]["layers"]) == {"features.1", "features.5", "features.9", "features.13"}
+    assert set(meta["precise_bn"]["layers"]) == {f"encoders.image.features.{i}" for i in (1, 5, 9, 13)}
     assert meta["bn_health"]["top1_agreement_train_vs_eval"] >= meta["bn_health_before_precise_bn"][
         "top1_agreement_train_vs_eval"]
     ckpt = checkpoint.load(str(trained[0] / "model"))

@@ -38,7 +38,7 @@ def test_unconverged_running_stats_are_flagged():
     report = bn_health(model, probe, HealthConfig())
     assert not report["healthy"] and report["problems"]
     assert report["mean_cosine_train_vs_eval"] < HealthConfig().min_mean_cosine
-    assert report["bn_layers"]["features.1"]["abs_log_var_ratio"] > 0.5
+    assert report["bn_layers"]["encoders.image.features.1"]["abs_log_var_ratio"] > 0.5
 
 
 def test_precise_bn_makes_the_same_model_healthy():
