@@ -106,6 +106,28 @@ def gallery_from(labels: str, variants: dict[str, str], max_files: int | None = 
                    model, [rows[s]["tlsh"] for s in shas], [rows[s]["ssdeep"] for s in shas])
 
 
+def gallery_from_manifest(labels: str, max_files: int | None = None) -> Gallery:
+    """Baselines only (no variant): every readable labelled file of the manifest, one row per sha256."""
+    from embedlib.config import InputConfig
+    from embedlib.sources import read_file
+
+    cfg = InputConfig(max_bytes=1)  # only the sha256 (of the whole file) is needed here
+    seen: dict[str, tuple[str, str]] = {}
+    for f in read_manifest(labels):
+        if f.family:
+            r = read_file(f.path, cfg)
+            if r.ok and r.sha256 not in seen:
+                seen[r.sha256] = (f.path, f.family)
+    shas = sorted(seen, key=lambda s: seen[s][0])
+    if max_files and len(shas) > max_files:
+        keep = set(sorted(shas, key=lambda s: retrieval.bucket(s, "evaluate"))[:max_files])
+        shas = [s for s in shas if s in keep]
+    paths = [seen[s][0] for s in shas]
+    return Gallery(shas, paths, np.array([seen[s][1] for s in shas], dtype=str),
+                   np.array([os.path.basename(p.rstrip("/")) for p in paths], dtype=str),
+                   tlsh=[None] * len(shas), ssdeep=[None] * len(shas))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Baselines and costs, from the files
 # ---------------------------------------------------------------------------------------------------
