@@ -246,7 +246,7 @@ def train_variant(c: Corpus, v: Variant, arrays: dict[str, np.ndarray], say=prin
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=v.lr, total_steps=steps_per_epoch * v.epochs + 10,
                                                 pct_start=0.15)
     log: dict = {"variant": dataclasses.asdict(v), "classes": len(classes), "train_files": len(train_rows),
-                 "epochs": []}
+                 "epochs": [], "families": [str(f) for f in classes]}
     started = time.perf_counter()
     rng = np.random.default_rng(v.seed)
     for epoch in range(v.epochs):
@@ -277,7 +277,39 @@ def train_variant(c: Corpus, v: Variant, arrays: dict[str, np.ndarray], say=prin
     return model, log
 
 
-def run_variants(cache: str, variants: dict[str, Variant], out: str, modes=retrieval.MODES, say=print) -> list[dict]:
+def export(c: Corpus, v: Variant, model, log: dict, vectors: np.ndarray, out: str) -> str:
+    """The trained variant as the product stores it: OUT/model (checkpoint with its BN health report) and OUT/emb
+    (an embeddings table, one row per file, with _run.json naming the model), for jobs.evaluate."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedlib import checkpoint, schema
+
+    cfg = v.config()
+    model_dir = os.path.abspath(os.path.join(out, "model"))
+    extra = {"bn_health": log["health_after"], "bn_health_before_precise_bn": log["health_before"],
+             "history": log["epochs"], "train_files": log["train_files"], "train_seconds": log["train_seconds"],
+             "trained_by": "bench/retrieval_study.py", "variant": log["variant"]}
+    meta = checkpoint.save(model_dir, model, cfg, log["families"], extra)
+    emb_dir = os.path.join(out, "emb")
+    os.makedirs(os.path.join(emb_dir, "embeddings"), exist_ok=True)
+    size = np.asarray(c.raw["size"], dtype=np.int64)
+    rows = {"sha256": list(c.raw["sha256"]), "path": list(c.raw["path"]), "size_bytes": size,
+            "format": list(c.raw["format"]), "family": list(c.family), "truncated": size > cfg.input.max_bytes,
+            "tlsh": [t or None for t in c.raw["tlsh"]],
+            "ssdeep": [t or None for t in c.raw["ssdeep"]] if "ssdeep" in c.raw else [None] * len(c),
+            "model_version": [meta["model_version"]] * len(c),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()),
+                                                           vectors.shape[1])}
+    table = pa.table(rows).cast(schema.embeddings_schema(vectors.shape[1]))
+    pq.write_table(table, os.path.join(emb_dir, "embeddings", "part-000000.parquet"))
+    with open(os.path.join(emb_dir, "_run.json"), "w") as fh:
+        json.dump({"job": "bench/retrieval_study.py", "model": model_dir, "model_version": meta["model_version"]}, fh)
+    return emb_dir
+
+
+def run_variants(cache: str, variants: dict[str, Variant], out: str, modes=retrieval.MODES, say=print,
+                 export_dir: str | None = None) -> list[dict]:
     """Train and score each variant on the same queries; appends rows to OUT/results.jsonl, saves vectors."""
     c = load_corpus(cache)
     cells = retrieval.settings(c.role, c.family, c.name, modes=modes)
@@ -293,6 +325,8 @@ def run_variants(cache: str, variants: dict[str, Variant], out: str, modes=retri
         vec = embed_all(model, arrays)
         log["embed_seconds"] = time.perf_counter() - t
         np.save(os.path.join(out, f"{name}.npy"), vec.astype(np.float32))
+        if export_dir:
+            export(c, v, model, log, vec, os.path.join(export_dir, name))
         res = retrieval.evaluate_methods({name: retrieval.Cosine(vec)}, c.family, c.name, cells,
                                          {"string-poor": poor}, say=say)
         for r in res:

@@ -35,11 +35,12 @@ def main() -> None:
     ap.add_argument("--cache", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", default=None, help="comma-separated variant names")
+    ap.add_argument("--export", default=None, help="also write checkpoint + embeddings table per variant here")
     a = ap.parse_args()
     variants = SWEEPS[a.sweep]
     if a.only:
         variants = {k: variants[k] for k in a.only.split(",")}
-    run_variants(a.cache, variants, a.out)
+    run_variants(a.cache, variants, a.out, export_dir=a.export)
 
 
 if __name__ == "__main__":

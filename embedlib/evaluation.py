@@ -206,6 +206,19 @@ def compute_baselines(g: Gallery, max_bytes: int, methods: Sequence[str], worker
     return cost
 
 
+def baseline_costs(paths: Sequence[str], max_bytes: int, methods: Sequence[str]) -> list[dict[str, Any]]:
+    """CPU ms per file of read + each baseline, measured here (one process) on `paths`."""
+    results = [r for r in (file_baselines(p, max_bytes, methods) for p in paths) if "error" not in r]
+    read = 1000 * float(np.mean([r["read_cpu_s"] for r in results])) if results else float("nan")
+    rows = []
+    for m in methods:
+        compute = 1000 * float(np.mean([r[f"{m}_cpu_s"] for r in results])) if results else float("nan")
+        rows.append({"method": f"{m} (read + digest)", "files": len(results), "cpu_ms_per_file": read + compute,
+                     "read_cpu_ms": read, "compute_cpu_ms": compute, "views_cpu_ms": float("nan"),
+                     "model_cpu_ms": float("nan"), "reembedded_cosine_to_table": float("nan")})
+    return rows
+
+
 def embedding_cost(model_uri: str, paths: Sequence[str], max_bytes: int, threads: int = 1) -> dict[str, Any]:
     """CPU ms per file of the product's embedding: read + views (embedlib.views) + model forward (batched on
     CPU with `threads` torch threads), measured on `paths`."""
@@ -226,16 +239,17 @@ def embedding_cost(model_uri: str, paths: Sequence[str], max_bytes: int, threads
         batches.append(views.compute_views(data, cfg))
         views_s += time.process_time() - t
     stacked = {k: torch.from_numpy(np.stack([b[k] for b in batches])) for k in batches[0]}
+    vectors = []
     with torch.inference_mode():
         ckpt.model.embed({k: v[:2] for k, v in stacked.items()})  # warm-up
         t = time.process_time()
         for s in range(0, len(paths), 256):
-            ckpt.model.embed({k: v[s : s + 256] for k, v in stacked.items()})
+            vectors.append(ckpt.model.embed({k: v[s : s + 256] for k, v in stacked.items()}).numpy())
         model_s = time.process_time() - t
     n = max(len(paths), 1)
     return {"files": len(paths), "read_cpu_ms": 1000 * read_s / n, "views_cpu_ms": 1000 * views_s / n,
             "model_cpu_ms": 1000 * model_s / n, "torch_threads": threads,
-            "total_cpu_ms": 1000 * (read_s + views_s + model_s) / n}
+            "total_cpu_ms": 1000 * (read_s + views_s + model_s) / n, "vectors": np.concatenate(vectors)}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -59,3 +59,14 @@ def test_to_image_deterministic_shape_dtype():
     assert a.dtype == np.uint8 and a.shape == (64, 64)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, raster.to_image(data[::-1], 64))
+
+
+@pytest.mark.parametrize("shape,size", [((1000, 512), 64), ((64, 64), 64), ((65, 1024), 64), ((3, 32), 64),
+                                        ((7919, 384), 128), ((100, 768), 16)])
+def test_fast_area_average_equals_the_weight_matrix(shape, size):
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    dense = raster.area_weights(shape[0], size) @ img.astype(np.float64) @ raster.area_weights(shape[1], size).T
+    fast = raster._area_axis0(raster._area_axis0(img, size).T, size).T
+    assert np.allclose(fast, dense, atol=1e-9)
+    assert np.array_equal(raster.fit(img, size), np.clip(np.rint(dense), 0, 255).astype(np.uint8)) or \
+        np.abs(raster.fit(img, size).astype(int) - np.rint(dense)).max() <= 1  # .5 ties may round either way
