@@ -40,8 +40,9 @@ class Corpus:
         return len(self.family)
 
 
-def load_corpus(cache: str, unseen_fraction: float = 0.2, holdout_fraction: float = 0.2) -> Corpus:
-    raw = study_cache.load(cache)
+def load_corpus(cache: str, unseen_fraction: float = 0.2, holdout_fraction: float = 0.2,
+                manifest: str | None = None) -> Corpus:
+    raw = study_cache.load(cache, manifest)
     family = np.asarray(raw["family"], dtype=str)
     role = retrieval.roles(list(raw["sha256"]), list(family), unseen_fraction, holdout_fraction)
     # identical contents are one row in the product's tables: keep the first path of each sha256
@@ -193,6 +194,36 @@ def view_arrays(c: Corpus, v: Variant, cache: dict | None = None) -> dict[str, n
             out[name] = cache[key]
         elif name == "bytehist":
             out[name] = c.raw["bytehist"]
+        elif name == "byteonly":  # the 256-bin byte histogram without the entropy part
+            out[name] = np.ascontiguousarray(c.raw["bytehist"][:, :256])
+        elif name == "tokens":
+            key = ("tok", v.buckets)
+            if key not in cache:
+                cache[key] = sketch(c, "tok", 4, v.buckets)
+            out[name] = cache[key]
+        elif name == "kinds":
+            key = ("kinds", v.strings_min_len, v.buckets)
+            if key not in cache:
+                cache[key] = kind_sketch(c, v.strings_min_len, v.buckets)
+            out[name] = cache[key]
+        else:
+            raise ValueError(name)
+    return out
+
+
+KIND_GROUPS = 4  # messages (a space), paths (a slash), identifiers (identifier characters only), other
+
+
+def kind_sketch(c: Corpus, min_len: int, buckets: int) -> np.ndarray:
+    """Strings sketch whose bucket range is split by the kind of string, so a model can weigh kinds."""
+    part = buckets // KIND_GROUPS
+    out = np.zeros((len(c), buckets), np.uint8)
+    for i, (h, ln, k) in enumerate(zip(c.raw["str_h"], c.raw["str_len"], c.raw["str_kind"])):
+        sel = ln >= min_len
+        h, k = h[sel], k[sel]
+        group = np.where(k & 1, 0, np.where(k & 2, 1, np.where(k & 8, 2, 3)))
+        b = group * part + views.bucket_of(h, part)
+        out[i] = np.minimum(np.bincount(b, minlength=buckets), 255)
     return out
 
 
@@ -222,7 +253,6 @@ def train_variant(c: Corpus, v: Variant, arrays: dict[str, np.ndarray], say=prin
     from embedlib.config import HealthConfig
     from embedlib.model import batch_norms, build_model
     from embedlib.train_loop import make_optimizer, pk_batches, set_seed, train_epoch
-    from embedlib.views import view_specs
 
     torch.set_num_threads(v.threads)
     cfg = v.config()
@@ -233,11 +263,11 @@ def train_variant(c: Corpus, v: Variant, arrays: dict[str, np.ndarray], say=prin
     train_rows = train_rows[np.isin(c.family[train_rows], classes)]
     index = {f: i for i, f in enumerate(classes)}
     labels = np.array([index[f] for f in c.family[train_rows]], dtype=np.int64)
-    specs = view_specs(cfg)
+    specs = {name: (a.shape[1:], a.dtype) for name, a in arrays.items()}  # also views only the harness has
     model = build_model(cfg.model, len(classes), specs)
     if v.idf:
         for name in v.views:
-            if name in ("strings", "idents"):
+            if arrays[name].dtype == np.uint8 and arrays[name].ndim == 2:
                 df = (arrays[name][train_rows] > 0).sum(axis=0)
                 model.set_document_frequency(name, df, len(train_rows))
     opt = make_optimizer(model, cfg)

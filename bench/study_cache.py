@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from embedlib import raster, views  # noqa: E402
-from embedlib.config import Config, InputConfig  # noqa: E402
+from embedlib.config import Config, InputConfig, ViewsConfig  # noqa: E402
 from embedlib.sources import read_file, read_manifest, sniff_format  # noqa: E402
 
 ELF_MACHINES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390", 40: "arm", 62: "amd64", 183: "arm64",
@@ -158,7 +158,7 @@ SCALAR = ("path", "family", "sha256", "size", "name", "format", "arch", "tlsh", 
 
 def _shard(args: tuple[list[tuple[str, str]], str, bool]) -> str:
     rows, out, with_ssdeep = args
-    cfg = Config(input=InputConfig(max_bytes=16 * 1024 * 1024))
+    cfg = Config(input=InputConfig(max_bytes=16 * 1024 * 1024), views=ViewsConfig(names=views.VIEW_NAMES))
     recs = [r for r in (record(p, f, cfg, with_ssdeep) for p, f in rows) if r is not None]
     arrays: dict[str, np.ndarray] = {}
     for k in SCALAR:
@@ -175,9 +175,21 @@ def _shard(args: tuple[list[tuple[str, str]], str, bool]) -> str:
     return out
 
 
-def build(manifest: str, cache: str, workers: int, shard: int, with_ssdeep: bool, limit: int | None) -> None:
+def cached_paths(caches: list[str]) -> set[str]:
+    out: set[str] = set()
+    for cache in caches:
+        for p in glob.glob(os.path.join(cache, "shard-*.npz")):
+            out.update(np.load(p)["path"].tolist())
+    return out
+
+
+def build(manifest: str, cache: str, workers: int, shard: int, with_ssdeep: bool, limit: int | None,
+          skip_caches: list[str] | None = None) -> None:
     files = [f for f in read_manifest(manifest) if f.family]
     files = sorted(files, key=lambda f: f.path)[: limit or None]
+    if skip_caches:  # paths another cache holds already (e.g. cached before the manifest was final)
+        done = cached_paths(skip_caches)
+        files = [f for f in files if f.path not in done]
     os.makedirs(cache, exist_ok=True)
     jobs = []
     for i in range(0, len(files), shard):
@@ -191,10 +203,27 @@ def build(manifest: str, cache: str, workers: int, shard: int, with_ssdeep: bool
             print(f"{n}/{len(jobs)} {out} {time.perf_counter() - started:.0f}s", flush=True)
 
 
-def load(cache: str) -> dict[str, object]:
-    """All shards as one dict: scalars and dense arrays stacked; ragged ones as lists of arrays."""
-    parts = [dict(np.load(p, allow_pickle=False)) for p in sorted(glob.glob(os.path.join(cache, "shard-*.npz")))]
+def load(cache: str, manifest: str | None = None) -> dict[str, object]:
+    """All shards as one dict: scalars and dense arrays stacked; ragged ones as lists of arrays. `cache` may be
+    several folders joined by commas; with `manifest`, only its paths are kept, with its families."""
+    files = [p for c in cache.split(",") for p in sorted(glob.glob(os.path.join(c, "shard-*.npz")))]
+    parts = [dict(np.load(p, allow_pickle=False)) for p in files]
     parts = [p for p in parts if len(p["sha256"])]
+    if manifest:
+        family = {f.path: f.family for f in read_manifest(manifest) if f.family}
+        for p in parts:
+            keep = np.array([x in family for x in p["path"].tolist()], dtype=bool)
+            for k in RAGGED:
+                if k in p:
+                    pieces = np.split(p[k], np.cumsum(p[k + "_n"])[:-1])
+                    p[k] = np.concatenate([x for x, ok in zip(pieces, keep) if ok] or [p[k][:0]])
+                    p[k + "_n"] = p[k + "_n"][keep]
+            for k in SCALAR + DENSE:
+                if k in p:
+                    p[k] = p[k][keep]
+            if len(p["path"]):
+                p["family"] = np.array([family[x] for x in p["path"].tolist()])
+        parts = [p for p in parts if len(p["sha256"])]
     out: dict[str, object] = {}
     for k in SCALAR + DENSE:
         if all(k in p for p in parts):
@@ -217,8 +246,10 @@ def main() -> None:
     ap.add_argument("--shard", type=int, default=500)
     ap.add_argument("--ssdeep", action="store_true")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--skip-caches", default=None, help="comma-separated caches whose paths are done")
     a = ap.parse_args()
-    build(a.manifest, a.cache, a.workers, a.shard, a.ssdeep, a.limit)
+    build(a.manifest, a.cache, a.workers, a.shard, a.ssdeep, a.limit,
+          a.skip_caches.split(",") if a.skip_caches else None)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """The embedding network: one encoder per view (embedlib.views), fused into one L2-normalised embedding, and a
 cosine classifier over the training families.
 
+Which encoder a view gets follows from its spec (embedlib.views.view_specs): 2-D uint8 = image, 1-D uint8 =
+sketch, 1-D float = histogram.
+
   image            conv blocks (conv -> norm -> ReLU -> 2x2 max pool) -> global average pool
   strings, idents  a hashed sketch: log(1 + count) x per-bucket IDF weight (a buffer, set from the training
                    files' document frequencies), L2-normalised (the training-free TF-IDF geometry), then
@@ -24,7 +27,6 @@ from torch import nn
 
 from embedlib.config import ModelConfig
 
-SKETCH_VIEWS = ("strings", "idents")
 ViewSpecs = Mapping[str, tuple[tuple[int, ...], np.dtype]]
 
 
@@ -108,14 +110,15 @@ class EmbeddingNet(nn.Module):
         names = list(views) if views else ["image"]
         self.encoders = nn.ModuleDict()
         for name in names:
-            if name == "image":
+            shape, dtype = views[name] if views else ((0, 0), np.dtype(np.uint8))
+            if len(shape) == 2:  # a byteplot
                 self.encoders[name] = ImageEncoder(cfg)
-            elif name in SKETCH_VIEWS:
-                self.encoders[name] = SketchEncoder(int(views[name][0][0]), cfg)
-            elif name == "bytehist":
-                self.encoders[name] = HistogramEncoder(int(views[name][0][0]), cfg)
+            elif len(shape) == 1 and np.dtype(dtype) == np.uint8:  # hashed counts
+                self.encoders[name] = SketchEncoder(int(shape[0]), cfg)
+            elif len(shape) == 1:  # fractions
+                self.encoders[name] = HistogramEncoder(int(shape[0]), cfg)
             else:
-                raise ValueError(f"no encoder for view {name!r}")
+                raise ValueError(f"no encoder for view {name!r} of shape {shape}")
         width = sum(e.out_dim for e in self.encoders.values())
         self.project = nn.Linear(width, cfg.embedding_dim)
         # optional linear paths from each sketch's TF-IDF vector straight to the embedding: the training-free
