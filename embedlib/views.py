@@ -60,13 +60,20 @@ def compute_views(data: bytes, cfg: Config) -> dict[str, np.ndarray]:
     data = data[: cfg.input.max_bytes]
     arr = np.frombuffer(data, dtype=np.uint8)
     out: dict[str, np.ndarray] = {}
-    for name in cfg.views.names:
+    v = cfg.views
+    if "strings" in v.names or "idents" in v.names:  # one scan of printable runs serves both
+        shortest = min(v.strings_min_len if "strings" in v.names else v.idents_min_len,
+                       v.idents_min_len if "idents" in v.names else v.strings_min_len)
+        starts, ends = runs(printable(arr), shortest)
+    for name in v.names:
         if name == "image":
             out[name] = raster.to_image(data, cfg.raster.size) if data else np.zeros((cfg.raster.size,) * 2, np.uint8)
         elif name == "strings":
-            out[name] = bucket_counts(string_hashes(arr, cfg.views.strings_min_len), cfg.views.buckets)
+            long = (ends - starts) >= v.strings_min_len
+            out[name] = bucket_counts(np.unique(hash_runs(arr, starts[long], ends[long])), v.buckets)
         elif name == "idents":
-            out[name] = bucket_counts(ident_hashes(arr, cfg.views.idents_min_len), cfg.views.buckets)
+            s, e = identifiers_among(arr, starts, ends, v.idents_min_len)
+            out[name] = bucket_counts(np.unique(hash_runs(arr, s, e)), v.buckets)
         elif name == "bytehist":
             out[name] = byte_histograms(arr)
         else:
@@ -165,12 +172,24 @@ def string_hashes(arr: np.ndarray, min_len: int) -> np.ndarray:
 
 def ident_runs(arr: np.ndarray, min_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Runs of identifier characters of >= min_len bytes with a NUL byte right before and right after."""
-    starts, ends = runs(_IDENT[arr], min_len)
+    return identifiers_among(arr, *runs(printable(arr), min_len), min_len)
+
+
+def identifiers_among(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray, min_len: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The NUL-bounded printable runs of >= min_len bytes made of identifier characters only. (A maximal run of
+    identifier characters between two NULs is also a maximal printable run, so this finds exactly the
+    NUL-bounded identifier runs, from the printable runs the strings view needs anyway.)"""
+    ok = ((ends - starts) >= min_len) & (starts > 0) & (ends < len(arr))
+    starts, ends = starts[ok], ends[ok]
+    ok = (arr[starts - 1] == 0) & (arr[ends] == 0)
+    starts, ends = starts[ok], ends[ok]
     if len(starts):
-        ok = (starts > 0) & (ends < len(arr))
-        starts, ends = starts[ok], ends[ok]
-        ok = (arr[starts - 1] == 0) & (arr[ends] == 0)
-        starts, ends = starts[ok], ends[ok]
+        lengths = ends - starts
+        offsets = np.cumsum(lengths) - lengths
+        idx = np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
+        bad = np.add.reduceat((~_IDENT[arr[idx]]).view(np.uint8), offsets, dtype=np.int64)
+        starts, ends = starts[bad == 0], ends[bad == 0]
     return starts, ends
 
 
