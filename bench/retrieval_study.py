@@ -107,7 +107,7 @@ def describe(c: Corpus) -> str:
 
 
 def run_baselines(args: argparse.Namespace) -> None:
-    c = load_corpus(args.cache)
+    c = load_corpus(args.cache, manifest=args.manifest)
     print(describe(c))
     cells = retrieval.settings(c.role, c.family, c.name)
     rows = retrieval.evaluate_methods(baselines(c, args.methods.split(",")), c.family, c.name, cells,
@@ -135,6 +135,8 @@ class Variant:
     bn_momentum: float = 0.1
     hidden: int = 512
     sketch_skip: str = "none"
+    skip_dim: int = 0
+    skip_weight: float = 0.5
     sketch_dropout: float = 0.0
     dim: int = 128
     channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -166,7 +168,8 @@ class Variant:
                               idents_min_len=self.idents_min_len),
             model=ModelConfig(embedding_dim=self.dim, channels=self.channels, norm=self.norm,
                               bn_momentum=self.bn_momentum, logit_scale=self.logit_scale, hidden=self.hidden,
-                              sketch_skip=self.sketch_skip, sketch_dropout=self.sketch_dropout),
+                              sketch_skip=self.sketch_skip, sketch_dropout=self.sketch_dropout,
+                              skip_dim=self.skip_dim, skip_weight=self.skip_weight),
             train=TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                               weight_decay=self.weight_decay, seed=self.seed, loss=self.loss, margin=self.margin,
                               supcon_temperature=self.supcon_temperature, supcon_weight=self.supcon_weight,
@@ -339,9 +342,9 @@ def export(c: Corpus, v: Variant, model, log: dict, vectors: np.ndarray, out: st
 
 
 def run_variants(cache: str, variants: dict[str, Variant], out: str, modes=retrieval.MODES, say=print,
-                 export_dir: str | None = None) -> list[dict]:
+                 export_dir: str | None = None, manifest: str | None = None) -> list[dict]:
     """Train and score each variant on the same queries; appends rows to OUT/results.jsonl, saves vectors."""
-    c = load_corpus(cache)
+    c = load_corpus(cache, manifest=manifest)
     cells = retrieval.settings(c.role, c.family, c.name, modes=modes)
     poor = string_poor(c)
     os.makedirs(out, exist_ok=True)
@@ -379,6 +382,7 @@ def main() -> None:
     b = sub.add_parser("baselines")
     b.add_argument("--cache", required=True)
     b.add_argument("--methods", default="strings-crc32,strings,tlsh,ssdeep")
+    b.add_argument("--manifest", default=None, help="keep only (and relabel by) this manifest's paths")
     b.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.cmd == "baselines":

@@ -53,7 +53,11 @@ class ModelConfig:
     group_norm_groups: int = 8
     logit_scale: float = 16.0  # cosine classifier temperature: keeps embeddings the thing being classified
     hidden: int = 512  # width of each sketch / histogram encoder's layer
-    sketch_skip: str = "none"  # none | learned | fixed: a linear path from each TF-IDF sketch to the embedding
+    # none | learned | fixed: a linear path from each TF-IDF sketch added to the embedding; concat: a fixed
+    # random projection of the sketches' TF-IDF vectors fills skip_dim of the embedding_dim dimensions
+    sketch_skip: str = "none"
+    skip_dim: int = 0
+    skip_weight: float = 0.5  # concat: squared-norm share of the learned part (the fixed part has the rest)
     sketch_dropout: float = 0.0  # training only: drop this fraction of a sketch's buckets (augmentation)
 
 
@@ -207,6 +211,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("views.strings_min_len and views.idents_min_len must be >= 1")
     if cfg.embed.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"embed.use_gpu must be auto, true or false, got {cfg.embed.use_gpu!r}")
+    if cfg.model.sketch_skip not in ("none", "learned", "fixed", "concat"):
+        raise ConfigError(f"model.sketch_skip must be none, learned, fixed or concat, got {cfg.model.sketch_skip!r}")
+    if cfg.model.sketch_skip == "concat" and not 0 < cfg.model.skip_dim < cfg.model.embedding_dim:
+        raise ConfigError("model.sketch_skip=concat needs 0 < model.skip_dim < model.embedding_dim")
     if cfg.train.loss not in ("softmax", "cosface", "supcon", "cosface+supcon"):
         raise ConfigError(f"train.loss must be softmax, cosface, supcon or cosface+supcon, got {cfg.train.loss!r}")
     if cfg.train.sampler not in ("shuffle", "pk"):

@@ -178,9 +178,9 @@ def compute_baselines(g: Gallery, max_bytes: int, methods: Sequence[str], worker
     """Fill the gallery's strings sketch (always: the string-poor subset needs it) and the digests the tables
     lack; returns CPU ms per file (read + method) over the files computed here."""
     need = set(methods) | {"strings"}
-    have_digests = all(t is not None or s is not None for t, s in zip(g.tlsh, g.ssdeep))
-    if have_digests:
-        need -= {"tlsh", "ssdeep"}
+    for m in ("tlsh", "ssdeep"):  # a table that has a digest column filled keeps it (None = none for that file)
+        if any(d is not None for d in getattr(g, m)):
+            need.discard(m)
     jobs = [(p, max_bytes, sorted(need)) for p in g.path]
     started = time.perf_counter()
     if workers > 1 and len(jobs) > 1:

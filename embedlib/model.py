@@ -83,9 +83,10 @@ class SketchEncoder(nn.Module):
         self.norm = make_norm(cfg.norm, cfg.hidden, cfg, dims=1)
         self.out_dim = cfg.hidden
 
-    def weighted(self, counts: torch.Tensor) -> torch.Tensor:
+    def weighted(self, counts: torch.Tensor, augment: bool = True) -> torch.Tensor:
+        """The TF-IDF unit vector: log(1 + count) x idf, L2-normalised (bucket dropout in training if set)."""
         x = torch.log1p(counts.float()) * self.idf
-        if self.training and self.dropout:
+        if augment and self.training and self.dropout:
             x = F.dropout(x, self.dropout)
         return F.normalize(x, dim=1)
 
@@ -120,11 +121,23 @@ class EmbeddingNet(nn.Module):
             else:
                 raise ValueError(f"no encoder for view {name!r} of shape {shape}")
         width = sum(e.out_dim for e in self.encoders.values())
-        self.project = nn.Linear(width, cfg.embedding_dim)
+        sketches = [n for n, e in self.encoders.items() if isinstance(e, SketchEncoder)]
+        self.concat_dim = cfg.skip_dim if cfg.sketch_skip == "concat" and sketches else 0
+        if self.concat_dim >= cfg.embedding_dim:
+            raise ValueError("model.skip_dim must be smaller than model.embedding_dim")
+        self.project = nn.Linear(width, cfg.embedding_dim - self.concat_dim)
+        self.skip_weight = cfg.skip_weight
+        if self.concat_dim:
+            # "concat": a fixed random projection (Johnson-Lindenstrauss) of the sketches' TF-IDF vectors takes
+            # skip_dim of the embedding's dimensions, so the training-free geometry is part of every embedding
+            g = torch.Generator().manual_seed(12)
+            n_in = sum(self.encoders[n].linear.in_features for n in sketches)
+            self.register_buffer("concat_projection", torch.randn(n_in, self.concat_dim, generator=g)
+                                 / self.concat_dim ** 0.5)
         # optional linear paths from each sketch's TF-IDF vector straight to the embedding: the training-free
         # geometry stays in the embedding ("fixed": a random projection, Johnson-Lindenstrauss)
         self.skips = nn.ModuleDict()
-        if cfg.sketch_skip != "none":
+        if cfg.sketch_skip in ("learned", "fixed"):
             for name, enc in self.encoders.items():
                 if isinstance(enc, SketchEncoder):
                     skip = nn.Linear(enc.linear.in_features, cfg.embedding_dim, bias=False)
@@ -148,7 +161,13 @@ class EmbeddingNet(nn.Module):
         out = self.project(torch.cat(feats, dim=1))
         for name, skip in self.skips.items():
             out = out + skip(self.encoders[name].weighted(views[name]))
-        return F.normalize(out, dim=1)
+        if not self.concat_dim:
+            return F.normalize(out, dim=1)
+        tfidf = torch.cat([e.weighted(views[n], augment=False) for n, e in self.encoders.items()
+                           if isinstance(e, SketchEncoder)], dim=1)
+        fixed = F.normalize(tfidf @ self.concat_projection, dim=1)
+        w = self.skip_weight
+        return torch.cat([w**0.5 * F.normalize(out, dim=1), (1 - w) ** 0.5 * fixed], dim=1)
 
     def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
         """logit_scale x cosine to each family's direction."""
