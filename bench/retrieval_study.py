@@ -342,7 +342,7 @@ def export(c: Corpus, v: Variant, model, log: dict, vectors: np.ndarray, out: st
 
 
 def run_variants(cache: str, variants: dict[str, Variant], out: str, modes=retrieval.MODES, say=print,
-                 export_dir: str | None = None, manifest: str | None = None) -> list[dict]:
+                 export_dir: str | None = None, manifest: str | None = None, evaluate: bool = True) -> list[dict]:
     """Train and score each variant on the same queries; appends rows to OUT/results.jsonl, saves vectors."""
     c = load_corpus(cache, manifest=manifest)
     cells = retrieval.settings(c.role, c.family, c.name, modes=modes)
@@ -361,7 +361,8 @@ def run_variants(cache: str, variants: dict[str, Variant], out: str, modes=retri
         if export_dir:
             export(c, v, model, log, vec, os.path.join(export_dir, name))
         res = retrieval.evaluate_methods({name: retrieval.Cosine(vec)}, c.family, c.name, cells,
-                                         {"string-poor": poor}, say=say)
+                                         {"string-poor": poor}, say=say) if evaluate else \
+            [{"method": name, "split": "-", "mode": "-", "subset": "-"}]
         for r in res:
             r.update(train_seconds=log["train_seconds"], epochs=v.epochs,
                      healthy=log["health_after"]["healthy"],

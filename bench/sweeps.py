@@ -20,7 +20,17 @@ BASE = Variant(views=NOIMG, epochs=8)
 SI = ("strings", "idents")
 D1 = Variant(views=SI, epochs=10)
 
+RECIPE = R(D1, sketch_skip="concat", dim=640, skip_dim=512, skip_weight=0.3)
+
 SWEEPS: dict[str, dict[str, Variant]] = {
+    "final": {
+        "recipe": RECIPE,
+        "learned-only": D1,
+        "fixed-part-only": R(RECIPE, epochs=0, skip_weight=0.0),
+    },
+    "bn-short": {  # the seed's gap: plain BN (Keras-like momentum 0.01), one short epoch of P x K batches
+        "bn0.01-1ep-pk": R(RECIPE, bn_momentum=0.01, epochs=1, sampler="pk"),
+    },
     "deb-gen": {
         "si-3ep": R(D1, epochs=3),
         "si-concat256": R(D1, sketch_skip="concat", dim=384, skip_dim=256),
@@ -53,12 +63,13 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", default=None, help="comma-separated variant names")
     ap.add_argument("--manifest", default=None, help="keep only (and relabel by) this manifest's paths")
+    ap.add_argument("--no-eval", action="store_true", help="train and export only (jobs.evaluate scores them)")
     ap.add_argument("--export", default=None, help="also write checkpoint + embeddings table per variant here")
     a = ap.parse_args()
     variants = SWEEPS[a.sweep]
     if a.only:
         variants = {k: variants[k] for k in a.only.split(",")}
-    run_variants(a.cache, variants, a.out, export_dir=a.export, manifest=a.manifest)
+    run_variants(a.cache, variants, a.out, export_dir=a.export, manifest=a.manifest, evaluate=not a.no_eval)
 
 
 if __name__ == "__main__":
