@@ -31,6 +31,9 @@ SWEEPS: dict[str, dict[str, Variant]] = {
     "bn-short": {  # the seed's gap: plain BN (Keras-like momentum 0.01), one short epoch of P x K batches
         "bn0.01-1ep-pk": R(RECIPE, bn_momentum=0.01, epochs=1, sampler="pk"),
     },
+    "bn-short-image": {  # the same with the byteplot CNN in the model
+        "image-bn0.01-1ep-pk": R(RECIPE, views=("image",) + SI, bn_momentum=0.01, epochs=1, sampler="pk"),
+    },
     "deb-gen": {
         "si-3ep": R(D1, epochs=3),
         "si-concat256": R(D1, sketch_skip="concat", dim=384, skip_dim=256),
