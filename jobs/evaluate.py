@@ -33,7 +33,7 @@ def costs(g: evaluation.Gallery, baselines: list[str], args: argparse.Namespace)
     paths = [g.path[i] for i in idx]
     rows = evaluation.baseline_costs(paths, args.max_bytes, baselines) if paths else []
     for name in g.vectors:
-        model = args.model or g.model.get(name)
+        model = g.model.get(name) or args.model  # the checkpoint that made this variant's vectors
         if model and idx:
             c = evaluation.embedding_cost(model, paths, args.max_bytes)
             agree = float((c["vectors"] * g.vectors[name][idx]).sum(axis=1).mean())
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
             "baseline_cost": baseline_cost, "max_bytes": args.max_bytes}
     print(info["gallery"])
     rows = evaluation.ablation(g, evaluation.scorers(g, baselines), unseen, holdout, modes, say=print)
+    evaluation.write_report(rows, info, g, args.output)  # the metrics are safe before the (slower) timings
     info["costs"] = costs(g, baselines, args)
     written = evaluation.write_report(rows, info, g, args.output)
     print(evaluation.markdown(evaluation.wide_rows(rows)))
