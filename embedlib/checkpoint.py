@@ -108,7 +108,10 @@ def load_meta(uri: str) -> dict:
 
 
 def config_of(meta: dict) -> Config:
-    return config_from_json(meta["config"])
+    saved = dict(meta["config"])
+    if "views" not in saved:  # checkpoints from before views existed saw the byteplot only
+        saved["views"] = {"names": ["image"]}
+    return config_from_json(saved)
 
 
 def load(uri: str, map_location: str = "cpu") -> Checkpoint:
@@ -124,9 +127,10 @@ def load(uri: str, map_location: str = "cpu") -> Checkpoint:
     import torch
 
     from embedlib.model import build_model
+    from embedlib.views import view_specs
 
     cfg = config_of(meta)
-    model = build_model(cfg.model, len(meta["families"]))
+    model = build_model(cfg.model, len(meta["families"]), view_specs(cfg))
     model.load_state_dict(torch.load(io.BytesIO(weights), map_location=map_location, weights_only=True))
     model.eval()
     return Checkpoint(model, cfg, meta)

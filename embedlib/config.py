@@ -36,32 +36,60 @@ class RasterConfig:
 
 
 @dataclass(frozen=True)
+class ViewsConfig:
+    """Which fixed-shape views of a file the model sees (embedlib.views) and their settings. Like the raster
+    settings, these change every input: they are part of the model's identity."""
+
+    # the measured recipe (bench/RETRIEVAL.md): printable strings and identifier names; "image" is the byteplot
+    names: tuple[str, ...] = ("strings", "idents")
+    buckets: int = 4096  # hash buckets of the strings and idents sketches (a power of two)
+    strings_min_len: int = 6  # printable runs shorter than this are not strings (GNU strings uses 4)
+    idents_min_len: int = 4  # NUL-delimited identifier-like runs shorter than this are ignored
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    embedding_dim: int = 128
+    embedding_dim: int = 640  # the learned part (embedding_dim - skip_dim) + the fixed part (skip_dim)
     channels: tuple[int, ...] = (16, 32, 64, 128)
     norm: NormKind = "batch"
     bn_momentum: float = 0.1  # PyTorch convention: weight of the new batch (Keras 0.99 == PyTorch 0.01)
     group_norm_groups: int = 8
     logit_scale: float = 16.0  # cosine classifier temperature: keeps embeddings the thing being classified
+    hidden: int = 512  # width of each sketch / histogram encoder's layer
+    # none | learned | fixed: a linear path from each TF-IDF sketch added to the embedding; concat: a fixed
+    # random projection of the sketches' TF-IDF vectors fills skip_dim of the embedding_dim dimensions
+    sketch_skip: str = "concat"
+    skip_dim: int = 512
+    skip_weight: float = 0.3  # concat: squared-norm share of the learned part (the fixed part has the rest)
+    sketch_dropout: float = 0.0  # training only: drop this fraction of a sketch's buckets (augmentation)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
-    batch_size: int = 32
+    epochs: int = 10
+    batch_size: int = 64  # per worker: the global batch is num_workers x batch_size (128 by default)
     lr: float = 2e-3
     weight_decay: float = 1e-4
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     seed: int = 0
-    min_family_size: int = 5  # families with fewer training files are not classes (still embedded)
+    min_family_size: int = 2  # families with fewer training files are not classes (still embedded)
     holdout_fraction: float = 0.2  # by sha256 hash: deterministic held-out split (embedlib.split)
     max_failures: int = 3  # Ray Train restarts from the last checkpoint this many times
     precise_bn: bool = True  # recompute BN statistics over the corpus before saving
     precise_bn_max_samples: int = 50_000  # a uniform sample (by sha256 hash) of the training files
     probe_samples: int = 1024  # training files used for the BN health report (by hash, ~this many)
     shuffle_buffer: int = 50_000  # rows each worker shuffles at once (full shuffle when its share fits)
+    loss: str = "cosface"  # softmax | cosface | supcon | cosface+supcon (embedlib.train_loop.retrieval_loss)
+    margin: float = 0.2  # CosFace additive cosine margin
+    supcon_temperature: float = 0.1
+    supcon_weight: float = 1.0  # weight of the supcon term in cosface+supcon
+    sampler: str = "shuffle"  # shuffle (i.i.d. batches) | pk (train.pk_families x train.pk_files per batch)
+    pk_families: int = 32
+    pk_files: int = 4
+    schedule: str = "onecycle"  # learning rate: onecycle (warm up, then anneal to 0) | constant
+    unseen_family_fraction: float = 0.0  # families (by name hash, embedlib.split) kept out of training
 
 
 @dataclass(frozen=True)
@@ -78,7 +106,9 @@ class HealthConfig:
 @dataclass(frozen=True)
 class EmbedConfig:
     batch_size: int = 256
-    num_actors: int = 1  # embedding actors (one GPU each when they use GPUs)
+    # embedding actors fed by CPU tasks: 0 = automatic (one per GPU on a GPU cluster; on CPUs none, every core
+    # reads, computes views and embeds its own chunks); n > 0 = n actors (one GPU each when they use GPUs)
+    num_actors: int = 0
     # "auto": GPU actors if the cluster has GPUs when the job starts; "true": always ask for a GPU per actor
     # (an autoscaler then starts GPU nodes, even from zero); "false": CPU actors.
     use_gpu: str = "auto"
@@ -89,6 +119,7 @@ class EmbedConfig:
 class Config:
     input: InputConfig = field(default_factory=InputConfig)
     raster: RasterConfig = field(default_factory=RasterConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -178,8 +209,31 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"raster.size must be a multiple of 16 (four 2x poolings), got {cfg.raster.size}")
     if cfg.input.max_bytes <= 0 or cfg.input.max_hash_bytes < cfg.input.max_bytes:
         raise ConfigError("input.max_bytes must be positive and not above input.max_hash_bytes")
+    from embedlib.views import VIEW_NAMES  # views imports config: import here, not at module level
+
+    unknown_views = set(cfg.views.names) - set(VIEW_NAMES)
+    if unknown_views or not cfg.views.names or len(set(cfg.views.names)) != len(cfg.views.names):
+        raise ConfigError(f"views.names must be distinct names from {VIEW_NAMES}, got {cfg.views.names!r}")
+    b = cfg.views.buckets
+    if b < 2 or b & (b - 1):
+        raise ConfigError(f"views.buckets must be a power of two >= 2, got {b}")
+    if cfg.views.strings_min_len < 1 or cfg.views.idents_min_len < 1:
+        raise ConfigError("views.strings_min_len and views.idents_min_len must be >= 1")
     if cfg.embed.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"embed.use_gpu must be auto, true or false, got {cfg.embed.use_gpu!r}")
+    if cfg.model.sketch_skip not in ("none", "learned", "fixed", "concat"):
+        raise ConfigError(f"model.sketch_skip must be none, learned, fixed or concat, got {cfg.model.sketch_skip!r}")
+    sketches = {"strings", "idents"} & set(cfg.views.names)
+    if cfg.model.sketch_skip == "concat" and sketches and not 0 < cfg.model.skip_dim < cfg.model.embedding_dim:
+        raise ConfigError(f"model.sketch_skip=concat needs 0 < model.skip_dim < model.embedding_dim (got "
+                          f"{cfg.model.skip_dim} and {cfg.model.embedding_dim}): the fixed part of the embedding "
+                          "is skip_dim of its embedding_dim dimensions")
+    if cfg.train.loss not in ("softmax", "cosface", "supcon", "cosface+supcon"):
+        raise ConfigError(f"train.loss must be softmax, cosface, supcon or cosface+supcon, got {cfg.train.loss!r}")
+    if cfg.train.sampler not in ("shuffle", "pk"):
+        raise ConfigError(f"train.sampler must be shuffle or pk, got {cfg.train.sampler!r}")
+    if not 0.0 <= cfg.train.unseen_family_fraction < 1.0:
+        raise ConfigError("train.unseen_family_fraction must be in [0, 1)")
     if not 0.0 <= cfg.train.holdout_fraction < 1.0:
         raise ConfigError("train.holdout_fraction must be in [0, 1)")
 

@@ -70,7 +70,7 @@ def scan_corpus(root: str, cfg: Config, families: list[str] | None = None) -> Co
 
     counts = Counter()
     for f in files:
-        counts += training_family_counts(identities(f), cfg.train.holdout_fraction)
+        counts += training_family_counts(identities(f), cfg.train.holdout_fraction, cfg.train.unseen_family_fraction)
     rule = make_rule(counts, cfg, classes=families)
     blocks, holdout = [], 0
     for f in files:
@@ -121,8 +121,13 @@ def steps_per_epoch(corpus: Corpus, world: int, epoch: int, seed: int, batch_siz
 
 
 def shuffled_batches(corpus: Corpus, blocks: list[Block], batch_size: int, steps: int, buffer_rows: int,
-                     seed: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Exactly `steps` batches of training rows from `blocks` through a shuffle buffer of `buffer_rows`."""
+                     seed: int, pk: tuple[int, int] | None = None) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Exactly `steps` batches of training rows from `blocks` through a shuffle buffer of `buffer_rows`.
+    pk=(P, K): batches of P families x K files each, drawn from the buffer (train_loop.pk_batches) instead of
+    uniformly; they hold P x K rows whatever batch_size says."""
+    if pk:
+        yield from _pk_batches(corpus, blocks, steps, buffer_rows, seed, pk)
+        return
     rng = np.random.default_rng(seed)
     pool_views: list[dict[str, np.ndarray]] = []
     pool_labels: list[np.ndarray] = []
@@ -156,3 +161,30 @@ def shuffled_batches(corpus: Corpus, blocks: list[Block], batch_size: int, steps
 def family_mixing(labels_per_batch: list[np.ndarray]) -> float:
     """Mean number of distinct classes per batch: how mixed batches are (for the shuffle benchmark)."""
     return float(np.mean([len(np.unique(b)) for b in labels_per_batch])) if labels_per_batch else 0.0
+
+
+def _pk_batches(corpus: Corpus, blocks: list[Block], steps: int, buffer_rows: int, seed: int,
+                pk: tuple[int, int]) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """P x K batches from buffer-sized windows of `blocks`, cycling through them until `steps` are out."""
+    from embedlib.train_loop import pk_batches
+
+    produced, attempt = 0, 0
+    pending = list(blocks)
+    while produced < steps:
+        views, labels = [], []
+        while pending and sum(len(y) for y in labels) < buffer_rows:
+            v, y, _ = read_block(corpus, pending.pop(0), "train")
+            views.append(v)
+            labels.append(y)
+        if not labels:  # every block used: go round again with another draw
+            pending, attempt = list(blocks), attempt + 1
+            if attempt > steps:
+                return
+            continue
+        merged = {k: np.concatenate([v[k] for v in views]) for k in views[0]}
+        all_labels = np.concatenate(labels)
+        for idx in pk_batches(all_labels, pk[0], pk[1], seed + 7919 * attempt + produced):
+            if produced == steps:
+                return
+            yield {k: v[idx] for k, v in merged.items()}, all_labels[idx]
+            produced += 1

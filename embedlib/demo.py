@@ -71,7 +71,7 @@ def run_demo(work: str, cfg: Config, limit: int = 0, examples=DEFAULT_EXAMPLES,
     for stale in (paths.model, paths.ray):  # a fresh model each run: the demo shows training every time
         shutil.rmtree(stale, ignore_errors=True)
     meta = training.train(paths.corpus, paths.model, cfg,
-                          fit=lambda c, corp, probe: ray_io.train_with_ray(c, corp, probe, paths.ray, "demo"),
+                          fit=lambda c, corp, probe, df: ray_io.train_with_ray(c, corp, probe, df, paths.ray, "demo"),
                           block_map=ray_io.ray_block_map, say=lambda line: say("      " + line))
     if not meta["bn_health"]["healthy"]:
         raise DemoError("the trained model failed its BatchNorm health check even after precise BN:\n"

@@ -39,9 +39,10 @@ TIES = ("pessimistic", "optimistic", "expected")
 class Ranking:
     """Each query's view of the gallery, closest first (its own item removed when self_index was given)."""
 
-    distances: np.ndarray  # [Q, G'] ascending per row (+inf for missing)
+    distances: np.ndarray  # [Q, G'] ascending per row (+inf for missing; NaN for excluded items, ranked last)
     relevant: np.ndarray  # [Q, G'] bool, in ranked order; within a tie group ordered by the policy
     ties: str
+    n_ranked: np.ndarray | None = None  # [Q] items each query really ranks (G' minus its excluded items)
 
     @property
     def n_relevant(self) -> np.ndarray:
@@ -66,8 +67,12 @@ def relevance(query_labels: Sequence, gallery_labels: Sequence) -> np.ndarray:
 
 def rank(distances: np.ndarray, query_labels: Sequence, gallery_labels: Sequence, *,
          self_index: Sequence[int] | None = None, higher_is_closer: bool = False,
-         ties: str = "pessimistic") -> Ranking:
-    """Sort every query's gallery by distance; G' = G - 1 when `self_index` is given, else G."""
+         ties: str = "pessimistic", exclude: np.ndarray | None = None) -> Ranking:
+    """Sort every query's gallery by distance; G' = G - 1 when `self_index` is given, else G.
+
+    `exclude` ([Q, G] bool) removes items from a query's ranking (e.g. files with the query's name: the same
+    program built for another architecture): they go last, count as irrelevant, are no tie group's members
+    (NaN distance) and are not in the P@k denominator (Ranking.n_ranked)."""
     if ties not in TIES:
         raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     d = as_distances(distances, higher_is_closer)
@@ -81,15 +86,24 @@ def rank(distances: np.ndarray, query_labels: Sequence, gallery_labels: Sequence
         if idx.shape != (n_q,) or (n_q and (idx.min() < 0 or idx.max() >= n_g)):
             raise ValueError("self_index must give one valid gallery column per query")
         is_self[np.arange(n_q), idx] = True
+    n_ranked = None
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=bool) & ~is_self
+        if exclude.shape != d.shape:
+            raise ValueError(f"exclude {exclude.shape} does not match distances {d.shape}")
+        rel = rel & ~exclude
+        d = np.where(exclude, np.nan, d)
+        n_ranked = n_g - (self_index is not None) - exclude.sum(axis=1)
     tie_key = ~rel if ties == "optimistic" else rel  # False sorts first
     # np.lexsort: the last key is the primary one (self goes last); it is stable, so the gallery index
     # orders what is left, i.e. items of equal distance and equal relevance: no metric can tell them apart.
+    # Excluded items (NaN) sort after every number, before self.
     order = np.lexsort((tie_key, d, is_self), axis=-1)
     ranked_d = np.take_along_axis(d, order, axis=-1)
     ranked = np.take_along_axis(rel, order, axis=-1)
     if self_index is not None:
         ranked_d, ranked = ranked_d[:, :-1], ranked[:, :-1]
-    return Ranking(ranked_d, ranked, ties)
+    return Ranking(ranked_d, ranked, ties, n_ranked)
 
 
 def ranked_relevance(distances: np.ndarray, query_labels: Sequence, gallery_labels: Sequence,
@@ -124,11 +138,14 @@ def precision_at_k_ranked(ranking: Ranking, k: int) -> np.ndarray:
     width = min(k, n)
     if width == 0:
         return np.full(n_q, np.nan)
+    denom = np.full(n_q, width, dtype=np.float64) if ranking.n_ranked is None else \
+        np.minimum(width, ranking.n_ranked).astype(np.float64)
+    denom[denom == 0] = np.nan
     if ranking.ties != "expected":
-        return ranking.relevant[:, :width].sum(axis=1) / width
+        return ranking.relevant[:, :width].sum(axis=1) / denom
     start, size, in_group, before = (a[:, width - 1] for a in _tie_groups(ranking))
     # the group holding position `width` contributes its relevant share of the slots it gets in the top k
-    return (before + (width - start) * in_group / size) / width
+    return (before + (width - start) * in_group / size) / denom
 
 
 def average_precision_at_r_ranked(ranking: Ranking) -> np.ndarray:

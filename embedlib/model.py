@@ -1,26 +1,36 @@
-"""The byteplot CNN: conv blocks with a configurable norm, an L2-normalised embedding, a cosine classifier.
+"""The embedding network: one encoder per view (embedlib.views), fused into one L2-normalised embedding, and a
+cosine classifier over the training families.
+
+Which encoder a view gets follows from its spec (embedlib.views.view_specs): 2-D uint8 = image, 1-D uint8 =
+sketch, 1-D float = histogram.
+
+  image            conv blocks (conv -> norm -> ReLU -> 2x2 max pool) -> global average pool
+  strings, idents  a hashed sketch: log(1 + count) x per-bucket IDF weight (a buffer, set from the training
+                   files' document frequencies), L2-normalised (the training-free TF-IDF geometry), then
+                   Linear -> norm -> ReLU
+  bytehist         sqrt of the fractions -> Linear -> norm -> ReLU
+  fusion           concatenation -> Linear -> L2 normalisation = the embedding
 
 The classifier scores families by cosine between the embedding and one learned direction per family, so
-training shapes exactly the geometry that similarity search later uses.
+training shapes exactly the geometry that similarity search later uses; a margin loss (train_loop) works on
+these cosines. A plain tensor input is the image view (the byteplot-only model of earlier versions).
 """
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Mapping, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from embedlib.config import ModelConfig
 
-# What the network eats: a dict of named views (tensors with a leading batch dimension), e.g.
-# {"image": uint8 [B, H, W]}; a bare tensor is taken as the "image" view.
+ViewSpecs = Mapping[str, tuple[tuple[int, ...], np.dtype]]
+# What the network eats: a dict of named views (tensors with a leading batch dimension); a bare tensor is
+# taken as the "image" view.
 Batch = Union[torch.Tensor, dict[str, torch.Tensor]]
-
-
-def as_views(batch: Batch) -> dict[str, torch.Tensor]:
-    return batch if isinstance(batch, dict) else {"image": batch}
 
 
 def to_device(batch: Batch, device: torch.device | str) -> Batch:
@@ -29,13 +39,15 @@ def to_device(batch: Batch, device: torch.device | str) -> Batch:
     return batch.to(device, non_blocking=True)
 
 
-def make_norm(kind: str, channels: int, cfg: ModelConfig) -> nn.Module:
-    """The norm layer for one conv block. 'batch-cumulative' is PyTorch's momentum=None: an equal-weight
-    average of every batch seen, which converges where a 0.01 moving average has barely moved."""
+def make_norm(kind: str, channels: int, cfg: ModelConfig, dims: int = 2) -> nn.Module:
+    """The norm layer after a conv (dims=2) or linear (dims=1) layer. 'batch-cumulative' is PyTorch's
+    momentum=None: an equal-weight average of every batch seen, which converges where a 0.01 moving average
+    has barely moved."""
+    bn = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
     if kind == "batch":
-        return nn.BatchNorm2d(channels, momentum=cfg.bn_momentum)
+        return bn(channels, momentum=cfg.bn_momentum)
     if kind == "batch-cumulative":
-        return nn.BatchNorm2d(channels, momentum=None)
+        return bn(channels, momentum=None)
     if kind == "group":
         return nn.GroupNorm(min(cfg.group_norm_groups, channels), channels)
     if kind == "none":
@@ -43,8 +55,10 @@ def make_norm(kind: str, channels: int, cfg: ModelConfig) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}")
 
 
-class ByteplotNet(nn.Module):
-    def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
+class ImageEncoder(nn.Module):
+    """uint8 byteplots [B, H, W] (or [B, 1, H, W]) -> [B, channels[-1]]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         in_ch = 1
@@ -57,30 +71,133 @@ class ByteplotNet(nn.Module):
             ]
             in_ch = out_ch
         self.features = nn.Sequential(*blocks)
-        self.project = nn.Linear(in_ch, cfg.embedding_dim)
-        self.class_directions = nn.Parameter(torch.randn(num_classes, cfg.embedding_dim) * 0.01)
-        self.logit_scale = cfg.logit_scale
+        self.out_dim = in_ch
 
-    def embed(self, views: Batch) -> torch.Tensor:
-        """Views ({"image": uint8 or float [B, H, W] or [B, 1, H, W], 0..255}) -> unit-norm embeddings [B, D]."""
-        x = as_views(views)["image"].float()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
         if x.dim() == 3:
             x = x.unsqueeze(1)
         x = x / 127.5 - 1.0
-        x = self.features(x)
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return F.normalize(self.project(x), dim=1)
+        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+
+
+class SketchEncoder(nn.Module):
+    """uint8 bucket counts [B, buckets] -> [B, hidden]: TF-IDF cosine geometry, then one learned layer."""
+
+    def __init__(self, buckets: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.register_buffer("idf", torch.ones(buckets))
+        self.dropout = cfg.sketch_dropout
+        self.linear = nn.Linear(buckets, cfg.hidden, bias=cfg.norm == "none")
+        self.norm = make_norm(cfg.norm, cfg.hidden, cfg, dims=1)
+        self.out_dim = cfg.hidden
+
+    def weighted(self, counts: torch.Tensor, augment: bool = True) -> torch.Tensor:
+        """The TF-IDF unit vector: log(1 + count) x idf, L2-normalised (bucket dropout in training if set)."""
+        x = torch.log1p(counts.float()) * self.idf
+        if augment and self.training and self.dropout:
+            x = F.dropout(x, self.dropout)
+        return F.normalize(x, dim=1)
+
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.linear(self.weighted(counts))))
+
+
+class HistogramEncoder(nn.Module):
+    def __init__(self, dim: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, cfg.hidden, bias=cfg.norm == "none")
+        self.norm = make_norm(cfg.norm, cfg.hidden, cfg, dims=1)
+        self.out_dim = cfg.hidden
+
+    def forward(self, fractions: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.linear(fractions.float().clamp_min(0).sqrt())))
+
+
+class EmbeddingNet(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_classes: int, views: ViewSpecs | None = None) -> None:
+        super().__init__()
+        names = list(views) if views else ["image"]
+        self.encoders = nn.ModuleDict()
+        for name in names:
+            shape, dtype = views[name] if views else ((0, 0), np.dtype(np.uint8))
+            if len(shape) == 2:  # a byteplot
+                self.encoders[name] = ImageEncoder(cfg)
+            elif len(shape) == 1 and np.dtype(dtype) == np.uint8:  # hashed counts
+                self.encoders[name] = SketchEncoder(int(shape[0]), cfg)
+            elif len(shape) == 1:  # fractions
+                self.encoders[name] = HistogramEncoder(int(shape[0]), cfg)
+            else:
+                raise ValueError(f"no encoder for view {name!r} of shape {shape}")
+        width = sum(e.out_dim for e in self.encoders.values())
+        sketches = [n for n, e in self.encoders.items() if isinstance(e, SketchEncoder)]
+        self.concat_dim = cfg.skip_dim if cfg.sketch_skip == "concat" and sketches else 0
+        if self.concat_dim >= cfg.embedding_dim:
+            raise ValueError("model.skip_dim must be smaller than model.embedding_dim")
+        self.project = nn.Linear(width, cfg.embedding_dim - self.concat_dim)
+        self.skip_weight = cfg.skip_weight
+        if self.concat_dim:
+            # "concat": a fixed random projection (Johnson-Lindenstrauss) of the sketches' TF-IDF vectors takes
+            # skip_dim of the embedding's dimensions, so the training-free geometry is part of every embedding
+            g = torch.Generator().manual_seed(12)
+            n_in = sum(self.encoders[n].linear.in_features for n in sketches)
+            self.register_buffer("concat_projection", torch.randn(n_in, self.concat_dim, generator=g)
+                                 / self.concat_dim ** 0.5)
+        # optional linear paths from each sketch's TF-IDF vector straight to the embedding: the training-free
+        # geometry stays in the embedding ("fixed": a random projection, Johnson-Lindenstrauss)
+        self.skips = nn.ModuleDict()
+        if cfg.sketch_skip in ("learned", "fixed"):
+            for name, enc in self.encoders.items():
+                if isinstance(enc, SketchEncoder):
+                    skip = nn.Linear(enc.linear.in_features, cfg.embedding_dim, bias=False)
+                    nn.init.normal_(skip.weight, std=cfg.embedding_dim ** -0.5)
+                    skip.weight.requires_grad_(cfg.sketch_skip == "learned")
+                    self.skips[name] = skip
+        self.class_directions = nn.Parameter(torch.randn(num_classes, cfg.embedding_dim) * 0.01)
+        self.logit_scale = cfg.logit_scale
+
+    @property
+    def view_names(self) -> list[str]:
+        return list(self.encoders)
+
+    def _views(self, inputs: torch.Tensor | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        return inputs if isinstance(inputs, Mapping) else {"image": inputs}
+
+    def embed(self, inputs: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """{view name: tensor [B, ...]} (or the image tensor alone) -> unit-norm embeddings [B, D]."""
+        views = self._views(inputs)
+        feats = [enc(views[name]) for name, enc in self.encoders.items()]
+        out = self.project(torch.cat(feats, dim=1))
+        for name, skip in self.skips.items():
+            out = out + skip(self.encoders[name].weighted(views[name]))
+        if not self.concat_dim:
+            return F.normalize(out, dim=1)
+        tfidf = torch.cat([e.weighted(views[n], augment=False) for n, e in self.encoders.items()
+                           if isinstance(e, SketchEncoder)], dim=1)
+        fixed = F.normalize(tfidf @ self.concat_projection, dim=1)
+        w = self.skip_weight
+        return torch.cat([w**0.5 * F.normalize(out, dim=1), (1 - w) ** 0.5 * fixed], dim=1)
 
     def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """logit_scale x cosine to each family's direction."""
         return self.logit_scale * embeddings @ F.normalize(self.class_directions, dim=1).T
 
-    def forward(self, views: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.embed(views)
+    def forward(self, inputs: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.embed(inputs)
         return emb, self.classify(emb)
 
+    def set_document_frequency(self, view: str, df: np.ndarray, n_docs: int) -> None:
+        """IDF weights of a sketch view from the training files: log((1 + N) / (1 + df)) + 1 (sklearn's)."""
+        idf = np.log((1.0 + n_docs) / (1.0 + np.asarray(df, dtype=np.float64))) + 1.0
+        self.encoders[view].idf.copy_(torch.as_tensor(idf, dtype=torch.float32))
 
-def build_model(cfg: ModelConfig, num_classes: int) -> ByteplotNet:
-    return ByteplotNet(cfg, num_classes)
+
+ByteplotNet = EmbeddingNet  # the name of the image-only model in earlier versions
+
+
+def build_model(cfg: ModelConfig, num_classes: int, views: ViewSpecs | None = None) -> EmbeddingNet:
+    """The network for `views` (embedlib.views.view_specs(config)); None = the byteplot image only."""
+    return EmbeddingNet(cfg, num_classes, views)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

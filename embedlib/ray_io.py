@@ -185,7 +185,8 @@ def ray_block_map(fn: Callable, corpus, *args) -> Iterator[Any]:
     yield from map_tasks(fn, [(corpus_ref, g, *args_refs) for g in groups])
 
 
-def train_with_ray(cfg: Config, corpus, probe, storage: str, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def train_with_ray(cfg: Config, corpus, probe, document_frequency, storage: str,
+                   name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run Ray Train over the corpus's blocks; returns (final model state dict, per-epoch metrics of rank 0).
     `probe` (rows from training.collect_probe) is measured every epoch. Resumes `name` under `storage` when a
     previous run of the same name left checkpoints."""
@@ -197,7 +198,8 @@ def train_with_ray(cfg: Config, corpus, probe, storage: str, name: str) -> tuple
 
     trainer = TorchTrainer(
         train_loop_per_worker=ray_worker,
-        train_loop_config={"config": cfg.to_dict(), "corpus": corpus, "probe": probe},
+        train_loop_config={"config": cfg.to_dict(), "corpus": corpus, "probe": probe,
+                           "document_frequency": document_frequency},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(

@@ -25,6 +25,15 @@ def is_holdout(sha256: str, fraction: float) -> bool:
     return bucket(sha256, "holdout") < fraction
 
 
+FAMILY_SALT = "family-split"
+
+
+def is_unseen_family(family: str | None, fraction: float) -> bool:
+    """A family never trained on (train.unseen_family_fraction, for family-disjoint evaluation): a stable hash
+    of its name, the same on every machine and corpus."""
+    return bool(family) and fraction > 0 and bucket(family, FAMILY_SALT) < fraction
+
+
 @dataclass(frozen=True)
 class SplitRule:
     """Everything needed to label a row: the classes and the sampling thresholds."""
@@ -57,9 +66,12 @@ class SplitRule:
         return bucket(sha256, "precise-bn") < self.precise_fraction
 
 
-def training_family_counts(rows: Iterable[tuple[str, str | None]], holdout_fraction: float) -> Counter:
-    """Training (non-held-out) files per family, from (sha256, family) pairs streamed in any order."""
-    return Counter(f for s, f in rows if f and not is_holdout(s, holdout_fraction))
+def training_family_counts(rows: Iterable[tuple[str, str | None]], holdout_fraction: float,
+                           unseen_fraction: float = 0.0) -> Counter:
+    """Training files per family (not held out, not of an unseen family), from (sha256, family) pairs in any
+    order."""
+    return Counter(f for s, f in rows
+                   if f and not is_holdout(s, holdout_fraction) and not is_unseen_family(f, unseen_fraction))
 
 
 def make_rule(train_counts: Counter, cfg: Config, holdout_files: int = 0,
@@ -92,7 +104,8 @@ class Split:
 
 def make_split(sha256s: list[str], families: list[str | None], cfg: Config) -> Split:
     """The split for files in memory (the BN study, evaluation, tests): the same rule as training's."""
-    counts = training_family_counts(zip(sha256s, families), cfg.train.holdout_fraction)
+    counts = training_family_counts(zip(sha256s, families), cfg.train.holdout_fraction,
+                                    cfg.train.unseen_family_fraction)
     rule = make_rule(counts, cfg)
     train, holdout = {}, {}
     for s, f in zip(sha256s, families):

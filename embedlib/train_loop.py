@@ -35,30 +35,119 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
-def train_step(model: nn.Module, views: Batch, labels: torch.Tensor,
-               optimizer: torch.optim.Optimizer) -> tuple[float, int]:
-    """One optimizer step in train mode. Returns (summed loss, correct count) for the batch."""
+def cosface_loss(logits: torch.Tensor, labels: torch.Tensor, scale: float, margin: float) -> torch.Tensor:
+    """Cosine-softmax with an additive margin (CosFace, Wang et al. 2018): the true family's cosine must beat
+    the others by `margin`. `logits` = scale x cosines (EmbeddingNet.classify); margin 0 = normalised softmax."""
+    if margin:
+        logits = logits - scale * margin * F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return F.cross_entropy(logits, labels)
+
+
+def supcon_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, L_out) over unit embeddings of one batch: every other
+    file of the same family is a positive. Anchors without a positive in the batch are skipped (0 if none)."""
+    sim = embeddings @ embeddings.T / temperature
+    n = len(labels)
+    eye = torch.eye(n, dtype=torch.bool, device=embeddings.device)
+    sim = sim.masked_fill(eye, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    n_pos = pos.sum(dim=1)
+    has = n_pos > 0
+    if not has.any():
+        return embeddings.sum() * 0.0
+    mean_log_prob_pos = log_prob.masked_fill(~pos, 0.0).sum(dim=1)[has] / n_pos[has]
+    return -mean_log_prob_pos.mean()
+
+
+def retrieval_loss(embeddings: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, cfg: Config
+                   ) -> torch.Tensor:
+    """train.loss: 'softmax' (plain cross-entropy on the cosine logits), 'cosface' (margin train.margin),
+    'supcon' (train.supcon_temperature), or 'cosface+supcon' (sum, supcon weighted by train.supcon_weight)."""
+    kind = cfg.train.loss
+    scale = cfg.model.logit_scale
+    if kind == "softmax":
+        return F.cross_entropy(logits, labels)
+    if kind == "cosface":
+        return cosface_loss(logits, labels, scale, cfg.train.margin)
+    if kind == "supcon":
+        return supcon_loss(embeddings, labels, cfg.train.supcon_temperature)
+    if kind == "cosface+supcon":
+        return (cosface_loss(logits, labels, scale, cfg.train.margin)
+                + cfg.train.supcon_weight * supcon_loss(embeddings, labels, cfg.train.supcon_temperature))
+    raise ValueError(f"unknown train.loss {kind!r}")
+
+
+def train_step(model: nn.Module, views: Batch, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+               cfg: Config | None = None) -> tuple[float, int]:
+    """One optimizer step in train mode. Without `cfg` the loss is plain cross-entropy on the cosine logits,
+    else train.loss (retrieval_loss). Returns (summed loss, correct count) for the batch."""
     model.train()
-    _, logits = model(views)
-    loss = F.cross_entropy(logits, labels)
+    emb, logits = model(views)
+    loss = F.cross_entropy(logits, labels) if cfg is None else retrieval_loss(emb, logits, labels, cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.item() * len(labels), int((logits.argmax(1) == labels).sum())
 
 
-def train_epoch(model: nn.Module, batches: Iterable[tuple[Batch, torch.Tensor]],
-                optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """Train over `batches`; returns mean loss and train-mode accuracy (batch statistics, as training sees it)."""
+def train_epoch(model: nn.Module, batches: Iterable[tuple[Batch, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                cfg: Config | None = None, scheduler: Any | None = None) -> dict[str, float]:
+    """Train over `batches`; returns mean loss and train-mode accuracy (batch statistics, as training sees it).
+    `scheduler` (if any) steps once per batch."""
     total_loss, correct, seen, steps = 0.0, 0, 0, 0
     for views, labels in batches:
-        loss, ok = train_step(model, views, labels, optimizer)
+        loss, ok = train_step(model, views, labels, optimizer, cfg)
+        if scheduler is not None:
+            scheduler.step()
         total_loss += loss
         correct += ok
         seen += len(labels)
         steps += 1
     return {"loss": total_loss / max(seen, 1), "train_mode_accuracy": correct / max(seen, 1), "steps": steps,
             "samples": seen, "loss_sum": total_loss, "correct": correct}
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int):
+    """train.schedule: 'onecycle' (warm-up then cosine annealing over the whole training), or None."""
+    if cfg.train.schedule != "onecycle" or total_steps < 2:
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.train.lr, total_steps=total_steps)
+
+
+def pk_batches(labels: np.ndarray, families_per_batch: int, files_per_family: int, seed: int) -> list[np.ndarray]:
+    """P x K batches for one epoch (indices into `labels`): P families per batch, K files of each.
+
+    Every file is used about once per epoch: each family's files are shuffled and cut into groups of K (a
+    family with fewer than K files repeats some, a last short group is topped up from the family's start);
+    the groups are then shuffled and dealt P per batch, never two groups of one family in a batch. Such
+    batches are deliberately not i.i.d.: they are what contrastive losses need, and what bends BatchNorm's
+    running statistics (precise BN recomputes them over shuffled data afterwards)."""
+    rng = np.random.default_rng(seed)
+    groups: list[tuple[int, np.ndarray]] = []
+    for fam in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == fam))
+        if len(idx) < files_per_family:
+            idx = np.concatenate([idx, rng.choice(idx, files_per_family - len(idx))])
+        n_groups = -(-len(idx) // files_per_family)
+        padded = np.concatenate([idx, idx[: n_groups * files_per_family - len(idx)]])
+        groups += [(int(fam), g) for g in padded.reshape(n_groups, files_per_family)]
+    order = rng.permutation(len(groups))
+    batches: list[np.ndarray] = []
+    pending: list[tuple[int, np.ndarray]] = [groups[i] for i in order]
+    while pending:
+        batch, used, rest = [], set(), []
+        for fam, g in pending:
+            if len(batch) < families_per_batch and fam not in used:
+                batch.append(g)
+                used.add(fam)
+            else:
+                rest.append((fam, g))
+        if len(batch) < 2:  # only one family left: no negatives in such a batch
+            break
+        batches.append(np.concatenate(batch))
+        pending = rest
+    return batches
 
 
 def correct_count(model: nn.Module, batches: Iterable[tuple[Batch, torch.Tensor]], train_mode: bool) -> tuple[int, int]:
@@ -137,6 +226,17 @@ def _quiet_ray_train() -> None:
         pass
 
 
+def new_model(cfg: Config, n_classes: int, document_frequency: dict | None = None) -> nn.Module:
+    """The network for cfg's views, its sketches' IDF set from the training files' document frequencies
+    ({view: (df per bucket, number of files)}, training.document_frequencies)."""
+    from embedlib.views import view_specs
+
+    model = build_model(cfg.model, n_classes, view_specs(cfg))
+    for view, (df, n_docs) in (document_frequency or {}).items():
+        model.set_document_frequency(view, df, n_docs)
+    return model
+
+
 def ray_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train loop: DDP (SyncBatchNorm only on GPUs), equal steps on every rank, a checkpoint per epoch."""
     import ray.train
@@ -151,13 +251,16 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     if not cfg.train.use_gpu:
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    set_seed(cfg.train.seed + rank)
-    model = build_model(cfg.model, len(corpus.rule.families))
+    set_seed(cfg.train.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    model = new_model(cfg, len(corpus.rule.families), loop_config.get("document_frequency"))
     if cfg.train.use_gpu and world > 1 and cfg.model.norm.startswith("batch"):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # raises on CPU: GPU only
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     optimizer = make_optimizer(model, cfg)
+    bs = cfg.train.batch_size
+    steps = [steps_per_epoch(corpus, world, e, cfg.train.seed, bs) for e in range(cfg.train.epochs)]
+    scheduler = make_scheduler(optimizer, cfg, sum(steps))
 
     start_epoch, history = 0, []  # rank 0's per-epoch metrics, kept in the checkpoint across resumes
     resume = ray.train.get_checkpoint()
@@ -166,21 +269,22 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
             state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=True)
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"] + 1, state.get("history", [])
 
-    bs = cfg.train.batch_size
     probe = _probe_share(loop_config["probe"], rank, world, bs, device)
     for epoch in range(start_epoch, cfg.train.epochs):
         started = time.perf_counter()
-        steps = steps_per_epoch(corpus, world, epoch, cfg.train.seed, bs)
         share = epoch_shares(corpus, world, epoch, cfg.train.seed)[rank]
+        pk = (cfg.train.pk_families, cfg.train.pk_files) if cfg.train.sampler == "pk" else None
         batches = ((to_device({k: torch.from_numpy(v) for k, v in views.items()}, device),
                     torch.from_numpy(labels).to(device))
-                   for views, labels in shuffled_batches(corpus, share, bs, steps, cfg.train.shuffle_buffer,
-                                                         seed=cfg.train.seed * 1_000_003 + epoch * 1009 + rank))
-        stats = train_epoch(model, batches, optimizer)
+                   for views, labels in shuffled_batches(corpus, share, bs, steps[epoch], cfg.train.shuffle_buffer,
+                                                         seed=cfg.train.seed * 1_000_003 + epoch * 1009 + rank, pk=pk))
+        stats = train_epoch(model, batches, optimizer, cfg, scheduler)
         loss_sum, correct, samples = _all_reduce([stats["loss_sum"], stats["correct"], stats["samples"]], device)
-        metrics = {"epoch": epoch, "steps": steps, "samples_all_ranks": int(samples),
+        metrics = {"epoch": epoch, "steps": steps[epoch], "samples_all_ranks": int(samples),
                    "loss": loss_sum / max(samples, 1), "train_mode_accuracy": correct / max(samples, 1)}
         if probe:
             tm = correct_count(model, probe, train_mode=True)
@@ -195,6 +299,7 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as d:
                 buf = io.BytesIO()
                 torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
                             "epoch": epoch, "history": history}, buf)
                 with open(os.path.join(d, "state.pt"), "wb") as fh:
                     fh.write(buf.getvalue())

@@ -21,8 +21,9 @@ from embedlib import checkpoint, health, precise_bn
 from embedlib.config import Config
 from embedlib.dataset import Block, Corpus, read_block, scan_corpus
 from embedlib.errors import UserError
-from embedlib.model import batch_norms, build_model
-from embedlib.train_loop import batches_of, correct_count
+from embedlib.model import batch_norms
+from embedlib.train_loop import batches_of, correct_count, new_model
+from embedlib.views import sketch_views
 
 
 class NotEnoughFamilies(UserError):
@@ -46,7 +47,7 @@ def block_groups(blocks: tuple[Block, ...], per_group: int) -> list[tuple[Block,
 
 
 def _model_from(state: bytes, cfg: Config, classes: int) -> torch.nn.Module:
-    model = build_model(cfg.model, classes)
+    model = new_model(cfg, classes)
     model.load_state_dict(torch.load(io.BytesIO(state), map_location="cpu", weights_only=True))
     return model.eval()
 
@@ -82,6 +83,28 @@ def correct_of(corpus: Corpus, blocks: tuple[Block, ...], state: bytes, select: 
     model = _model_from(state, corpus.config, len(corpus.rule.families))
     views, labels = rows_of(corpus, blocks, select)
     return correct_count(model, batches_of(views, labels, 256), train_mode=False) if len(labels) else (0, 0)
+
+
+def document_frequency_of(corpus: Corpus, blocks: tuple[Block, ...]) -> dict[str, tuple[np.ndarray, int]]:
+    """Per sketch view: in how many of the blocks' training files each bucket occurs, and how many files."""
+    out: dict[str, tuple[np.ndarray, int]] = {}
+    for b in blocks:
+        views, labels, _ = read_block(corpus, b, "train")
+        for name in sketch_views(corpus.config):
+            df, n = out.get(name, (0, 0))
+            out[name] = (df + (views[name] > 0).sum(axis=0, dtype=np.int64), n + len(labels))
+    return out
+
+
+def document_frequencies(corpus: Corpus, block_map: BlockMap) -> dict[str, tuple[np.ndarray, int]]:
+    """The training files' document frequency per sketch bucket: the IDF of the model's TF-IDF sketches, a
+    statistic of the training population like BatchNorm's, merged from per-block counts."""
+    total: dict[str, tuple[np.ndarray, int]] = {}
+    for part in block_map(document_frequency_of, corpus):
+        for name, (df, n) in part.items():
+            old_df, old_n = total.get(name, (0, 0))
+            total[name] = (old_df + df, old_n + n)
+    return total
 
 
 # ---- the steps after training -------------------------------------------------------------------------------------
@@ -147,11 +170,11 @@ def calibrate_and_check(model: torch.nn.Module, corpus: Corpus, block_map: Block
     return out
 
 
-def train(samples_root: str, output: str, cfg: Config, fit: Callable[[Config, Corpus, tuple], tuple[dict, list]],
+def train(samples_root: str, output: str, cfg: Config, fit: Callable[..., tuple[dict, list]],
           block_map: BlockMap, say: Callable[[str], None] = print) -> dict:
     """Train on the corpus at `samples_root` (jobs.rasterize output) and write the checkpoint to `output`.
-    `fit(cfg, corpus, probe)` runs the training (ray_io.train_with_ray) and returns (state dict, history); the
-    probe rows are collected once, for the per-epoch lines and the health reports."""
+    `fit(cfg, corpus, probe, document_frequency)` runs the training (ray_io.train_with_ray) and returns (state
+    dict, history); the probe rows and the sketches' document frequencies are collected once, beforehand."""
     corpus = scan_corpus(samples_root, cfg)
     rule = corpus.rule
     if len(rule.families) < 2:
@@ -165,8 +188,9 @@ def train(samples_root: str, output: str, cfg: Config, fit: Callable[[Config, Co
         f"in {len(corpus.blocks)} blocks; {cfg.train.num_workers} workers, norm={cfg.model.norm}, "
         f"{cfg.train.epochs} epochs")
     probe = collect_probe(corpus, block_map)
-    state, history = fit(cfg, corpus, probe)
-    model = build_model(cfg.model, len(rule.families))
+    df = document_frequencies(corpus, block_map)
+    state, history = fit(cfg, corpus, probe, df)
+    model = new_model(cfg, len(rule.families))
     model.load_state_dict(state)
     extra = calibrate_and_check(model, corpus, block_map, cfg, say, probe=probe)
     extra.update(history=history, train_files=rule.train_files, samples_root=samples_root)

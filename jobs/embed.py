@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     base = checkpoint.config_of(checkpoint.load_meta(args.model))
     cfg = load_config(args, base=dataclasses.replace(base, input=Config().input, embed=Config().embed))
-    if cfg.raster != base.raster or cfg.model != base.model:
-        raise checkpoint.CheckpointError("raster and model settings come from the checkpoint; they cannot be set here")
+    if (cfg.raster, cfg.views, cfg.model) != (base.raster, base.views, base.model):
+        raise checkpoint.CheckpointError("raster, views and model settings come from the checkpoint; they cannot be "
+                                         "set here")
     summaries = pipeline.embed_files(args.model, args.input, args.output, cfg, glob=args.glob,
                                      executor=executor_for(args, cfg),
                                      progress=not args.no_progress, abandon_unfinished=args.abandon_unfinished,

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     ray_io.init_ray(args.ray_address)
     storage = f"{workdir}/ray" if "://" in workdir else os.path.abspath(f"{workdir}/ray")
     training.train(samples, args.output, cfg, block_map=ray_io.ray_block_map,
-                   fit=lambda c, corpus, probe: ray_io.train_with_ray(c, corpus, probe, storage, args.name))
+                   fit=lambda c, corpus, probe, df: ray_io.train_with_ray(c, corpus, probe, df, storage, args.name))
 
 
 if __name__ == "__main__":

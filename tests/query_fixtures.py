@@ -203,6 +203,7 @@ def tiny_checkpoint(path: str, seed: int = 0) -> str:
     from embedlib.model import build_model
 
     torch.manual_seed(seed)
-    cfg = from_dict({"raster": {"size": 16}, "model": {"embedding_dim": 8, "channels": (4, 4, 4, 4)}}, Config())
+    cfg = from_dict({"raster": {"size": 16}, "views": {"names": ["image"]},
+                     "model": {"embedding_dim": 8, "channels": (4, 4, 4, 4)}}, Config())
     checkpoint.save(path, build_model(cfg.model, 2).eval(), cfg, ["a", "b"], {})
     return path

@@ -76,7 +76,7 @@ def test_precise_copy_leaves_the_trained_model_alone():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     (_, bn), (_, twin_bn) = batch_norms(model)[0], batch_norms(twin)[0]
     x = images.float().unsqueeze(1) / 127.5 - 1.0
-    first = twin.features[0](x)  # the first BN's input is a per-sample function: exact population stats
+    first = twin.encoders["image"].features[0](x)  # the first BN's input is a per-sample function: exact population stats
     assert torch.allclose(twin_bn.running_mean, first.mean(dim=(0, 2, 3)), atol=1e-5)
     assert not torch.allclose(bn.running_mean, twin_bn.running_mean, atol=1e-3)
 

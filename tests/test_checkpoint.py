@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from embedlib import checkpoint
-from embedlib.config import Config, ModelConfig
+from embedlib.config import Config, ModelConfig, ViewsConfig
 from embedlib.model import build_model
 
-CFG = Config(model=ModelConfig(channels=(4, 8, 8, 8), embedding_dim=8))
+CFG = Config(views=ViewsConfig(names=("image",)), model=ModelConfig(channels=(4, 8, 8, 8), embedding_dim=8))
 
 
 def _save(path, seed=0):

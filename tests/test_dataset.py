@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from embedlib import corpus, dataset, pipeline, split
-from embedlib.config import Config, InputConfig, RasterConfig, TrainConfig
+from embedlib.config import Config, InputConfig, RasterConfig, TrainConfig, ViewsConfig
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def samples_root(system_files, tmp_path_factory) -> tuple[str, Config]:
     files = [f for f in system_files if f.family in families][:160]
     root = tmp_path_factory.mktemp("samples")
     manifest = corpus.write_manifest(files, str(root / "m.csv"))
-    cfg = Config(input=InputConfig(shard_size=8), raster=RasterConfig(size=16),
+    cfg = Config(input=InputConfig(shard_size=8), raster=RasterConfig(size=16), views=ViewsConfig(names=("image",)),
                  train=TrainConfig(min_family_size=2, probe_samples=40, precise_bn_max_samples=60))
     pipeline.rasterize_files(manifest, str(root / "corpus"), cfg, progress=False)
     return str(root / "corpus"), cfg

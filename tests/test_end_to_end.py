@@ -17,12 +17,14 @@ import pytest
 from embedlib import checkpoint, config, corpus, pipeline, query, ray_io, schema, training
 from embedlib.health import UnhealthyModelError
 from embedlib.inputs import InputFile
+from embedlib.model import batch_norms
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ["raster.size=32", "input.shard_size=16", "train.epochs=3", "train.batch_size=16", "train.num_workers=2",
             "train.min_family_size=3", "train.holdout_fraction=0.2", "model.channels=[8, 16, 16, 32]",
-            "model.embedding_dim=32"]
+            'views.names=["image", "strings", "idents"]', "views.buckets=256", "model.hidden=32",
+            "model.embedding_dim=48", "model.skip_dim=16"]
 
 
 def _table(root, name):
@@ -40,7 +42,7 @@ def trained(ray_local, small_corpus, tmp_path_factory):
     executor = ray_io.RayExecutor(cfg)
     (summary,) = pipeline.rasterize_files(manifest, str(work / "corpus"), cfg, executor=executor, progress=False)
     meta = training.train(str(work / "corpus"), str(work / "model"), cfg,
-                          fit=lambda c, corp, probe: ray_io.train_with_ray(c, corp, probe, str(work / "ray"), "e2e"),
+                          fit=lambda c, corp, probe, df: ray_io.train_with_ray(c, corp, probe, df, str(work / "ray"), "e2e"),
                           block_map=ray_io.ray_block_map)
     return work, cfg, meta, summary
 
@@ -52,6 +54,7 @@ def test_rasterize_writes_one_sample_per_unique_file(trained, small_corpus):
     assert len(set(samples.column("sha256").to_pylist())) == samples.num_rows
     assert set(errors.column("status").to_pylist()) <= {schema.STATUS_DUPLICATE}
     assert all(len(b) == 32 * 32 for b in samples.column("view_image").to_pylist())
+    assert all(len(b) == 256 for b in samples.column("view_strings").to_pylist())
     assert summary.counts["written"] == samples.num_rows
 
 
@@ -65,7 +68,12 @@ def test_two_worker_training_is_even_and_records_health(trained):
     assert all(m["samples_all_ranks"] > meta["train_files"] - 2 * cfg.train.batch_size * 2 for m in history)
     for key in ("bn_health", "bn_health_before_precise_bn", "precise_bn"):
         assert key in meta
-    assert set(meta["precise_bn"]["layers"]) == {"features.1", "features.5", "features.9", "features.13"}
+    ckpt = checkpoint.load(str(trained[0] / "model"))
+    layers = {name for name, _ in batch_norms(ckpt.model)}
+    assert set(meta["precise_bn"]["layers"]) == layers and "encoders.image.features.1" in layers
+    assert "encoders.strings.norm" in layers and "encoders.idents.norm" in layers
+    idf = ckpt.model.encoders["strings"].idf
+    assert idf.min() >= 1.0 and idf.max() > idf.min()  # set from the training files' document frequencies
     assert meta["bn_health"]["healthy"]
     ckpt = checkpoint.load(str(trained[0] / "model"))
     assert ckpt.version == meta["model_version"] and len(ckpt.families) == 3
@@ -98,7 +106,7 @@ def test_embedding_accounts_for_every_input(embedded):
     assert {s for p, s in status.items() if "/bad" in p} == {"empty", "not_a_file", "symlink"}
     rows = {r["path"]: r for r in emb.to_pylist()}
     assert next(r for p, r in rows.items() if p.endswith("/big"))["truncated"]
-    assert emb.schema.field("embedding").type.list_size == 32
+    assert emb.schema.field("embedding").type.list_size == 48
     assert summary.counts["failed"] + summary.counts["duplicates"] == err.num_rows
 
 

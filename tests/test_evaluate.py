@@ -1,4 +1,4 @@
-"""jobs.evaluate end to end on a tiny synthetic embedding table over real files of this machine."""
+"""jobs.evaluate end to end: embedding variants beside the strings sketch, TLSH and ssdeep, on real files."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedlib import digests, schema
+from embedlib import schema
 from jobs import evaluate
 
 DIM = 8
@@ -23,6 +24,14 @@ PER_FAMILY = 4
 def real_files(n: int) -> list[str]:
     paths = [p for p in glob.glob("/usr/bin/*") if os.path.isfile(p) and not os.path.islink(p)]
     paths = sorted((p for p in paths if 2_000 < os.path.getsize(p) < 150_000), key=lambda p: (os.path.getsize(p), p))
+    seen: set[str] = set()
+    distinct = []
+    for p in paths:  # distinct contents (gunzip and uncompress are one file on some systems)
+        digest = hashlib.sha256(open(p, "rb").read()).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            distinct.append(p)
+    paths = distinct
     if len(paths) < n:
         pytest.skip(f"need {n} small files in /usr/bin")
     return paths[:n]
@@ -32,13 +41,28 @@ def unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
-def build_run(tmp_path, with_digests: bool = False):
+def write_table(root, rows, dim=DIM, model=None):
+    (root / "embeddings").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema.embeddings_schema(dim)),
+                   root / "embeddings" / "part-000000.parquet")
+    if model:
+        (root / "_run.json").write_text(json.dumps({"model": model}))
+
+
+def build_run(tmp_path):
     """3 families x 4 files near their own axis, except a3, placed next to family b; one single-file family
-    ("solo"); one unlabelled file. Expected by construction: P@1 = MAP@R = 11/12 over 12 queries."""
-    paths = real_files(len(FAMILIES) * PER_FAMILY + 2)
+    ("solo"); one unlabelled file. File a1 is a copy of a0 under the same name in another folder with one byte
+    appended (the "same program, other architecture" case), with a0's vector."""
+    src = real_files(len(FAMILIES) * PER_FAMILY + 2)
     rng = np.random.default_rng(0)
     rows, manifest = [], []
-    for i, path in enumerate(paths):
+    for i, path in enumerate(src):
+        if i == 1:  # a1: a0's namesake in another folder
+            os.makedirs(tmp_path / "other", exist_ok=True)
+            path = str(tmp_path / "other" / os.path.basename(src[0]))
+            shutil.copyfile(src[0], path)
+            with open(path, "ab") as fh:
+                fh.write(b"\0")
         data = open(path, "rb").read()
         if i < len(FAMILIES) * PER_FAMILY:
             family_index, member = divmod(i, PER_FAMILY)
@@ -51,118 +75,80 @@ def build_run(tmp_path, with_digests: bool = False):
         else:
             family, center = "", np.eye(DIM)[4]  # unlabelled: not evaluated
         vector = unit(center + 0.01 * rng.standard_normal(DIM))
-        row = {"sha256": hashlib.sha256(data).hexdigest(), "path": path, "size_bytes": len(data), "format": "elf",
-               "family": None, "truncated": False, "tlsh": None, "ssdeep": None, "model_version": "m-test", "run_id": "r1",
-               "embedding": vector.tolist()}
-        if with_digests:
-            row.update(digests.compute(data))
-        rows.append(row)
+        if i == 1:
+            vector = rows[0]["embedding"]
+        rows.append({"sha256": hashlib.sha256(data).hexdigest(), "path": path, "size_bytes": len(data),
+                     "format": "elf", "family": None, "truncated": False, "tlsh": None, "ssdeep": None,
+                     "model_version": "m-test", "run_id": "r1", "embedding": list(vector)})
         manifest.append((path, family))
-    out = tmp_path / "run"
-    (out / "embeddings").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema.embeddings_schema(DIM)),
-                   out / "embeddings" / "part-000000.parquet")
     labels = tmp_path / "manifest.csv"
     labels.write_text("path,family\n" + "".join(f"{p},{f}\n" for p, f in manifest))
-    return str(out), str(labels), rows, manifest
+    write_table(tmp_path / "run", rows)
+    return str(tmp_path / "run"), str(labels), rows
 
 
-def summary_by_method(output: str) -> dict[str, dict]:
-    return {r["method"]: r for r in pq.read_table(os.path.join(output, "summary.parquet")).to_pylist()}
+def table(report, method, split="unseen", mode="all", subset="all"):
+    return next(r for r in report["rows"] if (r["method"], r["split"], r["mode"], r["subset"]) ==
+                (method, split, mode, subset))
 
 
-def test_end_to_end_all_methods(tmp_path, capsys):
-    out, labels, rows, _ = build_run(tmp_path)
+def test_variants_beside_every_baseline(tmp_path, capsys):
+    out, labels, rows = build_run(tmp_path)
+    # a second variant: the same table with a3 put back in its family
+    rows2 = [dict(r) for r in rows]
+    rows2[3]["embedding"] = list(unit(np.eye(DIM)[0] + 0.01))
+    write_table(tmp_path / "run2", rows2)
     output = str(tmp_path / "eval")
-    evaluate.main(["--embeddings", out, "--labels", labels, "--output", output, "--workers", "1",
-                   "--timing-sample", "4"])
-    for name in ("summary", "per_family"):
-        for ext in ("parquet", "csv", "md"):
-            assert os.path.getsize(os.path.join(output, f"{name}.{ext}")) > 0
-    for png in ("byteplots.png", "pca.png", "retrieval.png"):
-        with open(os.path.join(output, png), "rb") as fh:
-            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert os.path.exists(os.path.join(output, "per_query.parquet"))
-
-    summary = summary_by_method(output)
-    assert set(summary) == {"embedding", "tlsh", "ssdeep"}
-    emb = summary["embedding"]
-    assert emb["queries"] == 12
-    assert emb["p_at_1"] == pytest.approx(11 / 12)
-    assert emb["map_at_r"] == pytest.approx(11 / 12)
-    assert emb["p_at_10"] == pytest.approx(3 / 10)  # R = 3 for every query: at most 3 of the top 10
-    assert emb["roc_auc"] > 0.8
-    assert emb["p_at_1_expected"] == emb["p_at_1"]  # no ties among cosine distances here
-    for method in ("tlsh", "ssdeep"):
-        assert 0.0 <= summary[method]["p_at_1"] <= summary[method]["p_at_1_expected"] <= 1.0
-        assert summary[method]["cpu_ms_per_file"] >= 0
-
-    per_family = pq.read_table(os.path.join(output, "per_family.parquet")).to_pylist()
-    emb_a = next(r for r in per_family if r["family"] == "a" and r["method"] == "embedding")
-    assert emb_a["queries"] == 4 and emb_a["p_at_1"] == pytest.approx(3 / 4)
-    assert {r["family"] for r in per_family} == set(FAMILIES)  # solo and unlabelled are no queries
-
-    report = json.load(open(os.path.join(output, "evaluation.json")))
-    assert report["counts"]["unlabelled_dropped"] == 1
-    assert report["single_file_families_skipped"] == ["solo"]
-    assert report["digests"]["computed"] == 13 and report["digests"]["from_table"] == 0
-    printed = capsys.readouterr().out
-    assert "solo" in printed and "MAP@R" in printed and "embedding" in printed
+    report = evaluate.main(["--labels", labels, "--variant", f"first={out}", "--variant",
+                            f"second={tmp_path / 'run2'}", "--output", output, "--workers", "1",
+                            "--unseen-fraction", "1.0"])  # every family unseen: every labelled file is a query
+    for name in ("ablation.md", "ablation.csv", "ablation.parquet", "ablation.json"):
+        assert os.path.getsize(os.path.join(output, name)) > 0
+    for png in ("retrieval.png", "embedding_map.png"):
+        assert open(os.path.join(output, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    methods = {r["method"] for r in report["rows"]}
+    assert methods == {"first", "second", "strings sketch (no training)", "TLSH", "ssdeep"}
+    first, second = table(report, "first"), table(report, "second")
+    assert first["queries"] == second["queries"] == 12  # solo and the unlabelled file are no queries
+    assert first["p_at_1"] == pytest.approx(11 / 12) and second["p_at_1"] == 1.0
+    assert table(report, "first", split="known")["queries"] == 0
+    # other programs only: a0 and a1 lose each other, so each finds 2 of its family in its top 10 instead of 3
+    other = table(report, "first", mode="other-programs")
+    assert other["queries"] == 12 and other["p_at_1"] == pytest.approx(11 / 12)
+    assert first["p_at_10"] == pytest.approx(0.3)
+    assert other["p_at_10"] == pytest.approx(0.3 - 2 * 0.1 / 12)
+    assert {r["subset"] for r in report["rows"]} == {"all", "string-poor"}
+    for m in ("strings sketch (no training)", "TLSH", "ssdeep"):
+        assert 0.0 <= table(report, m)["map_at_r"] <= 1.0
+    assert report["baseline_cost"]["strings_cpu_ms"] > 0 and report["baseline_cost"]["tlsh_cpu_ms"] > 0
+    assert "MAP@R" in capsys.readouterr().out
 
 
-def test_digests_from_the_table_and_max_files(tmp_path):
-    out, labels, rows, _ = build_run(tmp_path, with_digests=True)
-    output = str(tmp_path / "eval")
-    report = evaluate.main(["--embeddings", out, "--labels", labels, "--output", output, "--methods", "tlsh,ssdeep",
-                            "--workers", "1", "--timing-sample", "2", "--max-files", "10"])
-    assert report["counts"]["labelled"] == 13 and report["counts"]["evaluated"] == 10
-    assert report["digests"]["from_table"] == 10 and report["digests"]["computed"] == 0
-    assert report["digests"]["timed_files"] == 2
-    assert set(summary_by_method(output)) == {"tlsh", "ssdeep"}
-
-
-def test_model_holdout_and_family_disjoint_queries(tmp_path):
-    from embedlib.split import bucket
-
-    out, labels, rows, manifest = build_run(tmp_path)
-    model = tmp_path / "model"
-    model.mkdir()
-    fraction = 0.5
-    meta = {"config": {"train": {"holdout_fraction": fraction}, "raster": {"size": 32}, "input": {"max_bytes": 4096}},
-            "families": ["a", "b"], "model_version": "m-test"}
-    (model / "meta.json").write_text(json.dumps(meta))  # no weights: timing says so, metrics do not need them
-    fam = dict(manifest)
-    labelled = [r for r in rows if fam[r["path"]] in FAMILIES]
-
-    held_out = evaluate.main(["--embeddings", out, "--labels", labels, "--output", str(tmp_path / "e1"),
-                              "--model", str(model), "--methods", "embedding", "--timing-sample", "2"])
-    assert held_out["queries"] == sum(bucket(r["sha256"]) < fraction for r in labelled)
-    assert "not timed" in held_out["embedding_timing"]["note"]
-
-    disjoint = evaluate.main(["--embeddings", out, "--labels", labels, "--output", str(tmp_path / "e2"),
-                              "--model", str(model), "--family-disjoint", "--methods", "embedding"])
-    assert disjoint["queries"] == PER_FAMILY  # family c; solo has one file
-    per_query = pq.read_table(str(tmp_path / "e2" / "per_query.parquet")).to_pylist()
-    assert {r["family"] for r in per_query} == {"c"} and all(r["p_at_1"] == 1.0 for r in per_query)
-
+def test_baselines_alone_and_bad_arguments(tmp_path):
+    _, labels, _ = build_run(tmp_path)
+    report = evaluate.main(["--labels", labels, "--output", str(tmp_path / "e"), "--baselines", "strings,tlsh",
+                            "--workers", "1", "--unseen-fraction", "0", "--holdout-fraction", "0.5"])
+    assert {r["method"] for r in report["rows"]} == {"strings sketch (no training)", "TLSH"}
+    assert table(report, "TLSH", split="unseen")["queries"] == 0
     with pytest.raises(SystemExit):
-        evaluate.main(["--embeddings", out, "--labels", labels, "--output", str(tmp_path / "e3"),
-                       "--family-disjoint"])
+        evaluate.main(["--labels", labels, "--output", str(tmp_path / "e2"), "--baselines", "nope"])
 
 
-def test_embedding_timing_with_a_real_checkpoint(tmp_path):
+def test_embedding_cost_with_a_real_multi_view_checkpoint(tmp_path):
     from embedlib import checkpoint
     from embedlib.config import Config, from_dict
     from embedlib.model import build_model
+    from embedlib.views import view_specs
 
-    out, labels, _, _ = build_run(tmp_path)
-    cfg = from_dict({"raster": {"size": 16}, "model": {"embedding_dim": DIM, "channels": (4, 4, 4, 4)}}, Config())
-    checkpoint.save(str(tmp_path / "model"), build_model(cfg.model, 2), cfg, ["a", "b"], {})
-    report = evaluate.main(["--embeddings", out, "--labels", labels, "--output", str(tmp_path / "e"),
-                            "--model", str(tmp_path / "model"), "--methods", "embedding", "--timing-sample", "3"])
-    timing = report["embedding_timing"]
-    assert timing["timed_files"] == 3 and timing["cpu_ms_per_file"] > 0 and "note" not in timing
-    assert -1.0 <= timing["reembedded_mean_cosine_to_table"] <= 1.0
+    out, labels, rows = build_run(tmp_path)
+    cfg = from_dict({"raster": {"size": 16}, "views": {"names": ["image", "strings", "idents"], "buckets": 64},
+                     "model": {"embedding_dim": DIM, "channels": (4, 4, 4, 4), "hidden": 8, "skip_dim": DIM // 2}}, Config())
+    checkpoint.save(str(tmp_path / "model"), build_model(cfg.model, 2, view_specs(cfg)), cfg, ["a", "b"], {})
+    report = evaluate.main(["--labels", labels, "--variant", f"v={out}", "--model", str(tmp_path / "model"),
+                            "--output", str(tmp_path / "e"), "--baselines", "tlsh", "--timing-files", "3",
+                            "--workers", "1"])
+    cost = next(c for c in report["costs"] if c["method"].startswith("v "))
+    assert cost["cpu_ms_per_file"] > 0 and cost["views_cpu_ms"] > 0 and cost["model_cpu_ms"] > 0
 
 
 def test_pca_2d_recovers_the_main_axes():

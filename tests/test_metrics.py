@@ -198,3 +198,19 @@ def test_policies_agree_without_ties_and_self_exclusion_works_for_expected():
     p1 = metrics.precision_at_k(flat, labels, labels, 1, self_index=q, ties="expected")
     counts = {f: int((labels == f).sum()) for f in set(labels)}
     assert p1 == pytest.approx([(counts[f] - 1) / 11 for f in labels])
+
+
+def test_excluded_items_are_ranked_out():
+    # query 0 (a); gallery a(self) a(excluded, closest) b a b: the excluded a neither helps nor counts
+    d = np.array([[0.0, 0.1, 0.2, 0.3, 0.4]])
+    gallery = np.array(["a", "a", "b", "a", "b"], dtype=object)
+    exclude = np.array([[False, True, False, False, False]])
+    for ties in metrics.TIES:
+        ranking = metrics.rank(d, ["a"], gallery, self_index=[0], exclude=exclude, ties=ties)
+        assert ranking.n_relevant.tolist() == [1]
+        assert ranking.relevant.tolist() == [[False, True, False, False]]
+        assert metrics.precision_at_k_ranked(ranking, 1)[0] == 0.0
+        assert metrics.precision_at_k_ranked(ranking, 10)[0] == pytest.approx(1 / 3)  # 3 ranked items
+        assert metrics.average_precision_at_r_ranked(ranking)[0] == 0.0
+    with pytest.raises(ValueError):
+        metrics.rank(d, ["a"], gallery, exclude=np.zeros((1, 3), bool))

@@ -36,3 +36,47 @@ def test_eval_mode_is_deterministic_and_batch_independent():
         single = torch.cat([model.embed(images[i : i + 1]) for i in range(6)])
     assert torch.equal(a, b)
     assert torch.allclose(a, single, atol=1e-5)  # eval mode: a file's embedding does not depend on its batch
+
+
+def multi_view(norm="batch", **kw):
+    import numpy as np
+
+    from embedlib.config import Config, ViewsConfig
+    from embedlib.views import VIEW_NAMES, compute_views, view_specs
+
+    cfg = Config(views=ViewsConfig(names=VIEW_NAMES, buckets=256), model=ModelConfig(norm=norm, hidden=32,
+                 embedding_dim=16, channels=(4, 8, 8, 8), **{"skip_dim": 8, **kw}))
+    paths = ["/usr/bin/ls", "/usr/bin/cat", "/usr/bin/env", "/usr/bin/id", "/usr/bin/touch", "/usr/bin/sort"]
+    views = [compute_views(open(p, "rb").read(), cfg) for p in paths]
+    batch = {k: torch.from_numpy(np.stack([v[k] for v in views])) for k in views[0]}
+    return build_model(cfg.model, 3, view_specs(cfg)), batch
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_multi_view_model_on_real_views(norm):
+    torch.manual_seed(0)
+    model, batch = multi_view(norm)
+    assert set(model.view_names) == {"image", "strings", "idents", "bytehist"}
+    model.train()
+    model(batch)
+    model.eval()
+    with torch.no_grad():
+        emb, logits = model(batch)
+        single = torch.cat([model.embed({k: v[i : i + 1] for k, v in batch.items()}) for i in range(6)])
+    assert emb.shape == (6, 16) and logits.shape == (6, 3)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(6), atol=1e-5)
+    assert torch.allclose(emb, single, atol=1e-5)
+    assert (len(batch_norms(model)) == 7) == (norm == "batch")  # 4 conv blocks + 3 vector encoders
+
+
+def test_sketch_idf_and_skip_paths():
+    import numpy as np
+
+    torch.manual_seed(0)
+    model, batch = multi_view(sketch_skip="fixed")
+    model.set_document_frequency("strings", np.arange(256), 1000)
+    idf = model.encoders["strings"].idf
+    assert idf[0] > idf[255] > 0  # rare buckets weigh more
+    assert set(model.skips) == {"strings", "idents"}
+    assert not model.skips["strings"].weight.requires_grad  # "fixed": a random projection, not trained
+    assert "encoders.strings.idf" in model.state_dict()  # saved with the checkpoint

@@ -21,13 +21,14 @@ import pytest
 import torch
 
 from embedlib import checkpoint, pipeline, schema
-from embedlib.config import Config, InputConfig, ModelConfig
-from embedlib.model import build_model
+from embedlib.config import Config, InputConfig, ModelConfig, ViewsConfig
+from embedlib.train_loop import new_model
 from embedlib.pipeline import catalog
 from embedlib.pipeline.stages import embed_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL_MODEL = ModelConfig(channels=(4, 8, 8, 8), embedding_dim=8)
+SMALL_VIEWS = ViewsConfig(buckets=256)  # the default views (strings, idents), smaller sketches
+SMALL_MODEL = ModelConfig(embedding_dim=24, skip_dim=16, hidden=16)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,8 @@ def model_uri(tmp_path_factory) -> str:
     """A tiny checkpoint (random weights: these tests are about the pipeline, not the model)."""
     path = str(tmp_path_factory.mktemp("model") / "model")
     torch.manual_seed(0)
-    cfg = Config(model=SMALL_MODEL)
-    checkpoint.save(path, build_model(cfg.model, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
+    cfg = Config(views=SMALL_VIEWS, model=SMALL_MODEL)
+    checkpoint.save(path, new_model(cfg, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
     return path
 
 
@@ -160,8 +161,8 @@ def test_duplicates_keep_the_smallest_path_on_every_run(model_uri, tmp_path):
 def test_a_second_model_version_gets_its_own_rows(model_uri, tmp_path):
     other = str(tmp_path / "model2")
     torch.manual_seed(1)
-    cfg = Config(model=SMALL_MODEL)
-    checkpoint.save(other, build_model(cfg.model, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
+    cfg = Config(views=SMALL_VIEWS, model=SMALL_MODEL)
+    checkpoint.save(other, new_model(cfg, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
     src = tmp_path / "in"
     _corpus(src, 4)
     _embed(model_uri, src, tmp_path / "out")

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from embedlib import checkpoint, pipeline, sources
-from embedlib.config import Config, InputConfig, ModelConfig
-from embedlib.model import build_model
+from embedlib.config import Config, InputConfig, ModelConfig, ViewsConfig
+from embedlib.train_loop import new_model
 from embedlib.pipeline import catalog
 from embedlib.pipeline.store import Store
 
@@ -46,8 +46,8 @@ def s3():
 
 def test_manifest_inputs_and_output_on_s3_with_a_rerun_that_skips_everything(s3, tmp_path):
     torch.manual_seed(0)
-    cfg = Config(model=ModelConfig(channels=(4, 8, 8, 8), embedding_dim=8))
-    checkpoint.save("s3://bucket/model", build_model(cfg.model, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
+    cfg = Config(views=ViewsConfig(buckets=256), model=ModelConfig(embedding_dim=24, skip_dim=16, hidden=16))
+    checkpoint.save("s3://bucket/model", new_model(cfg, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
     names = ["ls", "cat", "cp", "mv"]
     for name in names:
         s3.put(f"/usr/bin/{name}", f"bucket/in/{name}")

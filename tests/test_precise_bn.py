@@ -33,7 +33,7 @@ def test_first_layer_matches_closed_form():
     model = _model()
     images = _images()
     precise_statistics(model, lambda: [images[:10], images[10:]])
-    conv = model.features[0]
+    conv = model.encoders["image"].features[0]
     with torch.no_grad():
         x = conv(images.float().unsqueeze(1) / 127.5 - 1.0).double().numpy()
     flat = x.transpose(1, 0, 2, 3).reshape(x.shape[1], -1)
@@ -79,4 +79,4 @@ def test_apply_false_reports_without_changing():
     report = precise_statistics(model, lambda: [_images()], apply=False)
     assert set(report) == {name for name, _ in batch_norms(model)}
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert report["features.1"]["abs_log_var_ratio"] > 0  # fresh running stats (var 1) are far from precise
+    assert report["encoders.image.features.1"]["abs_log_var_ratio"] > 0  # fresh running stats (var 1) are far from precise

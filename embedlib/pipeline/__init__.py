@@ -54,7 +54,8 @@ def embed_files(model_uri: str, input_uri: str, root: str, cfg: Config, *, glob:
     ckpt = checkpoint.load_meta(model_uri)
     check_health(ckpt, allow_unhealthy or cfg.embed.allow_unhealthy_model)
     model_cfg = checkpoint.config_of(ckpt)
-    run_cfg = Config(input=cfg.input, raster=model_cfg.raster, model=model_cfg.model, embed=cfg.embed)
+    run_cfg = Config(input=cfg.input, raster=model_cfg.raster, views=model_cfg.views, model=model_cfg.model,
+                     embed=cfg.embed)
     _check_max_bytes(root, ckpt["model_version"], cfg.input.max_bytes)
     target = Target("embeddings", ckpt["model_version"], run_cfg, model_uri, model_cfg.model.embedding_dim,
                     cfg.embed.batch_size)

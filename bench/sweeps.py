@@ -1,0 +1,79 @@
+"""Named sweeps of bench/retrieval_study.py variants (the exploration log of issue 12); never in CI.
+
+  nice -n 10 python bench/sweeps.py SWEEP --cache C --out runs/study/X
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from retrieval_study import Variant, run_variants  # noqa: E402
+
+NOIMG = ("strings", "idents", "bytehist")
+R = dataclasses.replace
+BASE = Variant(views=NOIMG, epochs=8)
+
+SI = ("strings", "idents")
+D1 = Variant(views=SI, epochs=10)
+
+RECIPE = R(D1, sketch_skip="concat", dim=640, skip_dim=512, skip_weight=0.3)
+
+SWEEPS: dict[str, dict[str, Variant]] = {
+    "final": {
+        "recipe": RECIPE,
+        "learned-only": D1,
+        "fixed-part-only": R(RECIPE, epochs=0, skip_weight=0.0),
+    },
+    "bn-short": {  # the seed's gap: plain BN (Keras-like momentum 0.01), one short epoch of P x K batches
+        "bn0.01-1ep-pk": R(RECIPE, bn_momentum=0.01, epochs=1, sampler="pk"),
+    },
+    "bn-short-image": {  # the same with the byteplot CNN in the model
+        "image-bn0.01-1ep-pk": R(RECIPE, views=("image",) + SI, bn_momentum=0.01, epochs=1, sampler="pk"),
+    },
+    "deb-gen": {
+        "si-3ep": R(D1, epochs=3),
+        "si-concat256": R(D1, sketch_skip="concat", dim=384, skip_dim=256),
+        "si-supcon-pk": R(D1, loss="supcon", sampler="pk"),
+        "si-dropout0.5": R(D1, sketch_dropout=0.5),
+        "si-wide-5ep": R(D1, hidden=1024, dim=256, epochs=5),
+    },
+    "deb-views": {
+        "strings": R(D1, views=("strings",)),
+        "strings+idents": D1,
+        "strings+idents+bytehist": R(D1, views=SI + ("bytehist",)),
+        "image64+strings+idents": R(D1, views=("image",) + SI),
+        "image64": R(D1, views=("image",)),
+    },
+    "first": {
+        "base": BASE,
+        "skip-fixed": R(BASE, sketch_skip="fixed"),
+        "skip-learned": R(BASE, sketch_skip="learned"),
+        "dropout0.3": R(BASE, sketch_dropout=0.3),
+        "supcon-pk": R(BASE, loss="supcon", sampler="pk"),
+        "strings-only": R(BASE, views=("strings",)),
+    },
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sweep")
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--only", default=None, help="comma-separated variant names")
+    ap.add_argument("--manifest", default=None, help="keep only (and relabel by) this manifest's paths")
+    ap.add_argument("--no-eval", action="store_true", help="train and export only (jobs.evaluate scores them)")
+    ap.add_argument("--export", default=None, help="also write checkpoint + embeddings table per variant here")
+    a = ap.parse_args()
+    variants = SWEEPS[a.sweep]
+    if a.only:
+        variants = {k: variants[k] for k in a.only.split(",")}
+    run_variants(a.cache, variants, a.out, export_dir=a.export, manifest=a.manifest, evaluate=not a.no_eval)
+
+
+if __name__ == "__main__":
+    main()

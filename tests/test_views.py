@@ -1,0 +1,160 @@
+"""embedlib.views on real executables of this machine and on hostile input: shapes, exact run finding against a
+plain reference, hash equality for equal strings, bounded cost on a 16 MiB input."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import time
+
+import numpy as np
+import pytest
+
+from embedlib import raster, views
+from embedlib.config import Config, ConfigError, ViewsConfig, load
+
+CFG = Config(views=ViewsConfig(names=views.VIEW_NAMES))
+
+
+def real_executables(n: int) -> list[str]:
+    paths = sorted(p for p in glob.glob("/usr/bin/*") if os.path.isfile(p) and not os.path.islink(p)
+                   and os.path.getsize(p) > 10_000)
+    with_magic = [p for p in paths if open(p, "rb").read(4) == b"\x7fELF"]
+    if len(with_magic) < n:
+        pytest.skip("this machine lacks ELF files in /usr/bin")
+    return with_magic[:: max(1, len(with_magic) // n)][:n]
+
+
+def reference_runs(mask: np.ndarray, min_len: int) -> list[tuple[int, int]]:
+    """Maximal runs of True of length >= min_len, the obvious way."""
+    out, i, m = [], 0, mask.tolist()
+    while i < len(m):
+        if m[i]:
+            j = i
+            while j < len(m) and m[j]:
+                j += 1
+            if j - i >= min_len:
+                out.append((i, j))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+def reference_strings(data: bytes, min_len: int) -> set[bytes]:
+    """Printable ASCII + tab runs (what GNU `strings -n min_len` prints for a file's whole content)."""
+    arr = np.frombuffer(data, np.uint8)
+    ok = ((arr >= 0x20) & (arr <= 0x7E)) | (arr == 9)
+    return {data[s:e] for s, e in reference_runs(ok, min_len)}
+
+
+def check_specs(out: dict[str, np.ndarray], cfg: Config) -> None:
+    specs = views.view_specs(cfg)
+    assert set(out) == set(specs) == set(cfg.views.names)
+    for name, (shape, dtype) in specs.items():
+        assert out[name].shape == shape, name
+        assert out[name].dtype == dtype, name
+        assert np.all(np.isfinite(out[name])), name
+
+
+def test_real_executables_every_view():
+    for path in real_executables(8):
+        data = open(path, "rb").read()
+        out = views.compute_views(data, CFG)
+        check_specs(out, CFG)
+        assert np.array_equal(out["image"], raster.to_image(data, CFG.raster.size))
+        # every distinct printable string >= 6 bytes is counted once in its bucket
+        assert int(out["strings"].astype(np.int64).sum()) == len(reference_strings(data, 6)) or out["strings"].max() == 255
+        assert out["idents"].sum() > 0  # dynamic symbol names: every dynamically linked ELF has some
+        hist = out["bytehist"]
+        assert hist[:256].sum() == pytest.approx(1.0, abs=1e-5) and hist[256:].sum() == pytest.approx(1.0, abs=1e-5)
+        assert hist[0] == pytest.approx(data.count(0) / len(data), abs=1e-6)
+
+
+def test_runs_match_the_reference_for_every_length():
+    data = open(real_executables(1)[0], "rb").read()[:60_000]
+    mask = views.printable(np.frombuffer(data, np.uint8))
+    for min_len in (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 33):
+        starts, ends = views.runs(mask, min_len)
+        assert list(zip(starts.tolist(), ends.tolist())) == reference_runs(mask, min_len), min_len
+
+
+def test_equal_strings_hash_equal_anywhere_and_different_strings_differ():
+    data = open(real_executables(1)[0], "rb").read()
+    arr = np.frombuffer(data, np.uint8)
+    starts, ends = views.runs(views.printable(arr), 6)
+    hashes = views.hash_runs(arr, starts, ends).tolist()
+    seen: dict[bytes, int] = {}
+    for s, e, h in zip(starts.tolist(), ends.tolist(), hashes):
+        assert seen.setdefault(data[s:e], h) == h
+    assert len(set(hashes)) == len(seen)  # no collision among this file's distinct strings
+    # the same string at the very end of the input (a load past the end) and shifted by one byte
+    for prefix in (b"", b"\0", b"\0\0\0\0\0\0\0"):
+        blob = prefix + b"hello, world\0xx\0hello, world"
+        a = np.frombuffer(blob, np.uint8)
+        h = views.hash_runs(a, *views.runs(views.printable(a), 6))
+        assert len(h) == 2 and h[0] == h[1]
+
+
+def test_long_strings_and_short_inputs_hash_without_error():
+    for blob in (b"abcdefg", b"a" * 100_000, b"x" * 7 + b"\0" + b"y" * 70_000 + b"\xff"):
+        a = np.frombuffer(blob, np.uint8)
+        assert len(views.string_hashes(a, 6)) == (2 if b"\0" in blob else 1)
+    long1 = np.frombuffer(b"q" * 40_000 + b"\0" + b"q" * 39_999 + b"r", np.uint8)
+    assert len(views.string_hashes(long1, 6)) == 2
+
+
+def test_identifiers_are_nul_bounded_names():
+    blob = b"\0puts\0printf\0.text\0libc.so.6\0has space\0ab\0xx@GLIBC_2.2.5\0noend"
+    a = np.frombuffer(blob, np.uint8)
+    starts, ends = views.ident_runs(a, 4)
+    names = {blob[s:e] for s, e in zip(starts.tolist(), ends.tolist())}
+    assert names == {b"puts", b"printf", b".text", b"libc.so.6", b"xx@GLIBC_2.2.5"}
+
+
+@pytest.mark.parametrize("data", [b"", b"\x7f", bytes(4096), os.urandom(200_000), b"\xff" * 3000,
+                                  b"A" * 5000, b"\0abcdef\0" * 1000], ids=["empty", "one-byte", "zeros", "random",
+                                                                           "ff", "one-long-string", "repeated"])
+def test_hostile_inputs_give_fixed_shapes(data):
+    out = views.compute_views(data, CFG)
+    check_specs(out, CFG)
+    if not data:
+        assert all(not v.any() for v in out.values())
+
+
+def test_sixteen_mib_is_bounded():
+    """A 16 MiB input (input.max_bytes) of random bytes plus strings: computed in linear time, once; larger input
+    is cut at max_bytes."""
+    rng = np.random.default_rng(0)
+    blob = rng.integers(0, 256, 16 * 1024 * 1024, dtype=np.uint8).tobytes()
+    started = time.process_time()
+    out = views.compute_views(blob + b"\0never seen string\0", CFG)
+    seconds = time.process_time() - started
+    check_specs(out, CFG)
+    assert seconds < 60  # a guard against quadratic behaviour, not a benchmark (bench/ measures speed)
+    assert np.array_equal(out["strings"], views.compute_views(blob, CFG)["strings"])  # beyond max_bytes: ignored
+
+
+def test_bucket_counts_are_distinct_string_counts():
+    h = np.array([1, 2, 3, 2**63, 2**64 - 1], dtype=np.uint64)
+    counts = views.bucket_counts(h, 4)
+    assert counts.tolist() == [3, 0, 1, 1]
+    assert views.bucket_counts(np.zeros(0, np.uint64), 8).tolist() == [0] * 8
+    with pytest.raises(ValueError):
+        views.bucket_of(h, 6)
+
+
+def test_views_config_is_validated():
+    assert load(overrides=['views.names=["strings"]', "views.buckets=1024"]).views == \
+        dataclasses.replace(ViewsConfig(), names=("strings",), buckets=1024)
+    for bad in ('views.names=["nope"]', "views.buckets=1000", 'views.names=[]', "views.colour=1",
+                'views.names=["image","image"]'):
+        with pytest.raises(ConfigError):
+            load(overrides=[bad])
+
+
+def test_only_requested_views_are_computed():
+    cfg = dataclasses.replace(CFG, views=dataclasses.replace(CFG.views, names=("strings",), buckets=256))
+    out = views.compute_views(b"\0some string here\0", cfg)
+    assert set(out) == {"strings"} and out["strings"].shape == (256,) and out["strings"].sum() == 1
