@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedlib import corpus, health, pipeline, ray_io, training, views
+from embedlib import corpus, health, pipeline, ray_io, training
 from embedlib.config import Config
 from embedlib.errors import UserError
 from embedlib.pipeline import catalog
@@ -117,27 +117,27 @@ def query_report(paths: DemoPaths, version: str, examples, say: Callable[[str], 
 
 
 def make_pictures(paths: DemoPaths, cfg: Config, version: str, families: int = 6, per_family: int = 6) -> list[str]:
-    """A byteplot gallery of the largest families (what the network sees) and a PCA map of the embeddings."""
-    from embedlib import plots
+    """A byteplot gallery of the largest families (the files' raw layout, the CNN's view) and a PCA map of the
+    embeddings."""
+    from embedlib import plots, raster
+    from embedlib.sources import read_path
 
     os.makedirs(paths.pictures, exist_ok=True)
-    samples = Store(paths.corpus)
-    files = catalog.table_files(samples, "samples", views.views_version(cfg))
-    table = pa.concat_tables([samples.read_parquet(f, columns=["path", "family", "view_image"]) for f in files])
-    top = [fam for fam, _ in Counter(f for f in table.column("family").to_pylist() if f).most_common(families)]
-    gallery = {}
-    size = cfg.raster.size
-    for fam in top:
-        rows = table.filter(pc.equal(table.column("family"), fam)).slice(0, per_family).to_pylist()
-        gallery[fam] = [(os.path.basename(r["path"]), np.frombuffer(r["view_image"], np.uint8).reshape(size, size))
-                        for r in rows]
-    written = [plots.byteplot_gallery(gallery, os.path.join(paths.pictures, "byteplots.png"),
-                                      f"Byteplots ({size}x{size}): what the network sees, {len(top)} largest families")]
     emb = Store(paths.embeddings)
-    parts = [emb.read_parquet(f, columns=["family", "embedding"])
+    parts = [emb.read_parquet(f, columns=["path", "family", "embedding"])
              for f in catalog.table_files(emb, "embeddings", version)]
-    vectors = np.concatenate([np.asarray(p.column("embedding").to_pylist(), np.float32) for p in parts])
-    labels = [f or "(none)" for p in parts for f in p.column("family").to_pylist()]
+    table = pa.concat_tables(parts)
+    top = [fam for fam, _ in Counter(f for f in table.column("family").to_pylist() if f).most_common(families)]
+    size = cfg.raster.size
+    gallery = {}
+    for fam in top:
+        rows = table.filter(pc.equal(table.column("family"), fam)).slice(0, per_family).column("path").to_pylist()
+        reads = [(p, read_path(p, cfg.input, hash_all=False)) for p in rows]
+        gallery[fam] = [(os.path.basename(p), raster.to_image(r.data, size)) for p, r in reads if r.ok]
+    written = [plots.byteplot_gallery(gallery, os.path.join(paths.pictures, "byteplots.png"),
+                                      f"Byteplots ({size}x{size}) of the {len(top)} largest families")]
+    vectors = np.asarray(table.column("embedding").to_pylist(), np.float32)
+    labels = [f or "(none)" for f in table.column("family").to_pylist()]
     coords, explained = plots.pca_2d(vectors)
     written.append(plots.pca_map(coords, labels, os.path.join(paths.pictures, "embedding_map.png"), top=10,
                                  explained=explained))

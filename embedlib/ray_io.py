@@ -46,11 +46,28 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, **common)
     else:
         # The dashboard serves the State API that Ray Train's placement-group cleaner polls: without it, that
-        # actor warns every few seconds. Bound to loopback: nothing outside this machine reaches it.
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=True, dashboard_host="127.0.0.1",
-                 **common)
+        # actor warns every few seconds. Bound to loopback: nothing outside this machine reaches it. The cleaner
+        # finds "its" cluster through RAY_ADDRESS: with another Ray running on the machine (a test session, a
+        # second job), the default lookup fails. So the GCS port is chosen here and handed to every worker.
+        from ray._private.services import get_node_ip_address
+
+        port = _free_port()
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        try:
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=True, dashboard_host="127.0.0.1",
+                     runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}}, **common)
+        finally:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray._private"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
 
 
 def cluster_cpus() -> int:
