@@ -45,6 +45,7 @@ class ViewsConfig:
     buckets: int = 4096  # hash buckets of the strings and idents sketches (a power of two)
     strings_min_len: int = 6  # printable runs shorter than this are not strings (GNU strings uses 4)
     idents_min_len: int = 4  # NUL-delimited identifier-like runs shorter than this are ignored
+    tokens_min_len: int = 3  # words (inside strings and idents) shorter than this are not tokens
 
 
 @dataclass(frozen=True)

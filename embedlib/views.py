@@ -12,6 +12,11 @@ Views (their shapes and dtypes are `view_specs(cfg)`; every file gets every view
                            byte on both sides): dynamic symbol and imported function names (.dynstr, PE hint/name
                            tables), section names, sonames and DLL names, found without parsing any header.
                            Shorter than the strings' minimum names (puts, exit, .bss) live only here.
+  tokens    uint8 [B]      words inside the strings and idents: runs of letters and digits split at every other
+                           character (_ . - / space ...) and at camelCase boundaries (fooBar, HTTPServer),
+                           lowercased, of >= tokens_min_len bytes, each DISTINCT word hashed into one of B buckets.
+                           A family's project names and prefixes recur inside DIFFERENT strings of its different
+                           programs (libfoo_open, FooWindow, /usr/share/foo): whole strings miss that, words do.
   bytehist  float32 [512]  byte histogram (256, fractions) + byte/entropy histogram (16 entropy bins x 16 high
                            nibbles over 1 KiB-step windows of 2 KiB, fractions; EMBER's "byteentropy" feature)
 
@@ -39,7 +44,7 @@ _IDENT = np.zeros(256, dtype=bool)
 for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@$-":
     _IDENT[_c] = True
 
-VIEW_NAMES = ("image", "strings", "idents", "bytehist")
+VIEW_NAMES = ("image", "strings", "idents", "bytehist", "tokens")
 BYTEHIST_DIM = 512
 
 
@@ -51,6 +56,7 @@ def view_specs(cfg: Config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         "strings": ((buckets,), np.dtype(np.uint8)),
         "idents": ((buckets,), np.dtype(np.uint8)),
         "bytehist": ((BYTEHIST_DIM,), np.dtype(np.float32)),
+        "tokens": ((buckets,), np.dtype(np.uint8)),
     }
     return {k: specs[k] for k in cfg.views.names}
 
@@ -61,9 +67,10 @@ def compute_views(data: bytes, cfg: Config) -> dict[str, np.ndarray]:
     arr = np.frombuffer(data, dtype=np.uint8)
     out: dict[str, np.ndarray] = {}
     v = cfg.views
-    if "strings" in v.names or "idents" in v.names:  # one scan of printable runs serves both
-        shortest = min(v.strings_min_len if "strings" in v.names else v.idents_min_len,
-                       v.idents_min_len if "idents" in v.names else v.strings_min_len)
+    if {"strings", "idents", "tokens"} & set(v.names):  # one scan of printable runs serves all three
+        wanted = [v.strings_min_len if n == "strings" else v.idents_min_len
+                  for n in ("strings", "idents") if n in v.names]
+        shortest = min(wanted + ([v.strings_min_len, v.idents_min_len] if "tokens" in v.names else []))
         starts, ends = runs(printable(arr), shortest)
     for name in v.names:
         if name == "image":
@@ -76,6 +83,12 @@ def compute_views(data: bytes, cfg: Config) -> dict[str, np.ndarray]:
             out[name] = bucket_counts(np.unique(hash_runs(arr, s, e)), v.buckets)
         elif name == "bytehist":
             out[name] = byte_histograms(arr)
+        elif name == "tokens":
+            long = (ends - starts) >= v.strings_min_len
+            si, ei = identifiers_among(arr, starts[~long], ends[~long], v.idents_min_len)
+            s = np.concatenate([starts[long], si])
+            e = np.concatenate([ends[long], ei])
+            out[name] = bucket_counts(word_hashes(arr, s, e, v.tokens_min_len), v.buckets)
         else:
             raise ValueError(f"unknown view {name!r}; known: {VIEW_NAMES}")
     return out
@@ -196,6 +209,50 @@ def identifiers_among(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray, min
 def ident_hashes(arr: np.ndarray, min_len: int) -> np.ndarray:
     """Distinct hashes of identifier-like runs with a NUL byte right before and right after them."""
     return np.unique(hash_runs(arr, *ident_runs(arr, min_len)))
+
+
+_UPPER = np.zeros(256, dtype=bool)
+_UPPER[ord("A") : ord("Z") + 1] = True
+_LOWER = np.zeros(256, dtype=bool)
+_LOWER[ord("a") : ord("z") + 1] = True
+_ALNUM = _UPPER | _LOWER
+_ALNUM[ord("0") : ord("9") + 1] = True
+
+
+def word_runs(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray, min_len: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The words inside the runs arr[starts[i]:ends[i]], as (buffer, word starts, word ends) over a lowercased
+    copy of the runs' bytes laid end to end. A word is a maximal run of ASCII letters and digits, also cut where
+    a lowercase letter is followed by an uppercase one (fooBar) and before the last capital of a capital run
+    followed by a lowercase letter (HTTPServer -> http, server); words shorter than min_len are dropped."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    buf = arr[np.repeat(starts - offsets, lengths) + np.arange(total)]
+    first = np.zeros(total, dtype=bool)
+    first[offsets[lengths > 0]] = True  # a run's first byte starts a word (runs touch in buf)
+    upper, lower, alnum = _UPPER[buf], _LOWER[buf], _ALNUM[buf]
+    cut = np.zeros(total, dtype=bool)  # a word starts at i although buf[i - 1] is a letter or digit
+    cut[1:] = upper[1:] & lower[:-1]
+    cut[1:-1] |= upper[1:-1] & upper[:-2] & lower[2:]
+    cut |= first
+    prev_alnum = np.concatenate(([False], alnum[:-1]))
+    begin = alnum & (~prev_alnum | cut)
+    next_alnum = np.concatenate((alnum[1:], [False]))
+    next_cut = np.concatenate((cut[1:], [True]))
+    finish = alnum & (~next_alnum | next_cut)
+    ws, we = np.flatnonzero(begin), np.flatnonzero(finish) + 1
+    keep = (we - ws) >= min_len
+    lowered = buf + (upper.view(np.uint8) << np.uint8(5))  # A-Z -> a-z
+    return lowered, ws[keep], we[keep]
+
+
+def word_hashes(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray, min_len: int) -> np.ndarray:
+    """Distinct hashes (sorted uint64) of the lowercased words (`word_runs`) inside the given runs."""
+    buf, ws, we = word_runs(arr, starts, ends, min_len)
+    return np.unique(hash_runs(buf, ws, we))
 
 
 def bucket_of(hashes: np.ndarray, buckets: int) -> np.ndarray:
