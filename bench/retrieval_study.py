@@ -138,6 +138,9 @@ class Variant:
     skip_dim: int = 0
     skip_weight: float = 0.5
     sketch_dropout: float = 0.0
+    skip_views: tuple[str, ...] = ()
+    skip_idf_power: float = 1.0
+    learned_views: tuple[str, ...] = ()
     dim: int = 128
     channels: tuple[int, ...] = (16, 32, 64, 128)
     idf: bool = True
@@ -169,7 +172,8 @@ class Variant:
             model=ModelConfig(embedding_dim=self.dim, channels=self.channels, norm=self.norm,
                               bn_momentum=self.bn_momentum, logit_scale=self.logit_scale, hidden=self.hidden,
                               sketch_skip=self.sketch_skip, sketch_dropout=self.sketch_dropout,
-                              skip_dim=self.skip_dim, skip_weight=self.skip_weight),
+                              skip_dim=self.skip_dim, skip_weight=self.skip_weight, skip_views=self.skip_views,
+                              skip_idf_power=self.skip_idf_power, learned_views=self.learned_views),
             train=TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                               weight_decay=self.weight_decay, seed=self.seed, loss=self.loss, margin=self.margin,
                               supcon_temperature=self.supcon_temperature, supcon_weight=self.supcon_weight,
@@ -199,10 +203,12 @@ def view_arrays(c: Corpus, v: Variant, cache: dict | None = None) -> dict[str, n
             out[name] = c.raw["bytehist"]
         elif name == "byteonly":  # the 256-bin byte histogram without the entropy part
             out[name] = np.ascontiguousarray(c.raw["bytehist"][:, :256])
-        elif name == "tokens":
-            key = ("tok", v.buckets)
+        elif name == "tokens":  # embedlib.views' tokens, from bench/token_cache.py (attach_tokens)
+            key = ("tokens", v.buckets)
             if key not in cache:
-                cache[key] = sketch(c, "tok", 4, v.buckets)
+                from tfidf_study import token_sketch
+
+                cache[key] = token_sketch(c, v.buckets)
             out[name] = cache[key]
         elif name == "kinds":
             key = ("kinds", v.strings_min_len, v.buckets)
@@ -342,10 +348,17 @@ def export(c: Corpus, v: Variant, model, log: dict, vectors: np.ndarray, out: st
 
 
 def run_variants(cache: str, variants: dict[str, Variant], out: str, modes=retrieval.MODES, say=print,
-                 export_dir: str | None = None, manifest: str | None = None, evaluate: bool = True) -> list[dict]:
-    """Train and score each variant on the same queries; appends rows to OUT/results.jsonl, saves vectors."""
+                 export_dir: str | None = None, manifest: str | None = None, evaluate: bool = True,
+                 tokens: str | None = None, every: int = 1) -> list[dict]:
+    """Train and score each variant on the same queries; appends rows to OUT/results.jsonl, saves vectors.
+    tokens: bench/token_cache.py's folder (for the tokens view); every: score every k-th query (quick looks)."""
     c = load_corpus(cache, manifest=manifest)
-    cells = retrieval.settings(c.role, c.family, c.name, modes=modes)
+    if tokens:
+        from tfidf_study import attach_tokens
+
+        attach_tokens(c, tokens)
+    cells = [retrieval.Setting(s.split, s.mode, s.rows[::every])
+             for s in retrieval.settings(c.role, c.family, c.name, modes=modes)]
     poor = string_poor(c)
     os.makedirs(out, exist_ok=True)
     arrays_cache: dict = {}
@@ -360,9 +373,17 @@ def run_variants(cache: str, variants: dict[str, Variant], out: str, modes=retri
         np.save(os.path.join(out, f"{name}.npy"), vec.astype(np.float32))
         if export_dir:
             export(c, v, model, log, vec, os.path.join(export_dir, name))
-        res = retrieval.evaluate_methods({name: retrieval.Cosine(vec)}, c.family, c.name, cells,
-                                         {"string-poor": poor}, say=say) if evaluate else \
-            [{"method": name, "split": "-", "mode": "-", "subset": "-"}]
+        if evaluate:
+            from tfidf_study import evaluate as quick_evaluate, line
+
+            t = time.perf_counter()
+            got = quick_evaluate(c, vec, cells, poor)
+            say(line(name, got) + f"  ({time.perf_counter() - t:.0f}s)")
+            res = [{"method": name, "split": k.split("/")[0], "mode": k.split("/")[1],
+                    "subset": k.split("/")[2] if k.count("/") == 2 else "all", "every": every, **r}
+                   for k, r in got.items()]
+        else:
+            res = [{"method": name, "split": "-", "mode": "-", "subset": "-"}]
         for r in res:
             r.update(train_seconds=log["train_seconds"], epochs=v.epochs,
                      healthy=log["health_after"]["healthy"],

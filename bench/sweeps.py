@@ -22,7 +22,17 @@ D1 = Variant(views=SI, epochs=10)
 
 RECIPE = R(D1, sketch_skip="concat", dim=640, skip_dim=512, skip_weight=0.3)
 
+SIT = SI + ("tokens",)
+TOK = R(RECIPE, views=SIT, skip_views=("tokens",), skip_idf_power=2.0)
+
 SWEEPS: dict[str, dict[str, Variant]] = {
+    "tokens": {
+        "sit-fixed-t-idf2": TOK,
+        "sit-fixed-t-idf2-w0.2": R(TOK, skip_weight=0.2),
+        "sit-fixed-t-idf1": R(TOK, skip_idf_power=1.0),
+        "sit-fixed-sit-idf2": R(TOK, skip_views=()),
+        "si-fixed-t-idf2": R(TOK, learned_views=SI),
+    },
     "final": {
         "recipe": RECIPE,
         "learned-only": D1,
@@ -68,11 +78,14 @@ def main() -> None:
     ap.add_argument("--manifest", default=None, help="keep only (and relabel by) this manifest's paths")
     ap.add_argument("--no-eval", action="store_true", help="train and export only (jobs.evaluate scores them)")
     ap.add_argument("--export", default=None, help="also write checkpoint + embeddings table per variant here")
+    ap.add_argument("--tokens", default=None, help="bench/token_cache.py folder (the tokens view)")
+    ap.add_argument("--every", type=int, default=1, help="score every k-th query of each cell (quick looks)")
     a = ap.parse_args()
     variants = SWEEPS[a.sweep]
     if a.only:
         variants = {k: variants[k] for k in a.only.split(",")}
-    run_variants(a.cache, variants, a.out, export_dir=a.export, manifest=a.manifest, evaluate=not a.no_eval)
+    run_variants(a.cache, variants, a.out, export_dir=a.export, manifest=a.manifest, evaluate=not a.no_eval,
+                 tokens=a.tokens, every=a.every)
 
 
 if __name__ == "__main__":

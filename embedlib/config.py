@@ -63,6 +63,10 @@ class ModelConfig:
     skip_dim: int = 512
     skip_weight: float = 0.3  # concat: squared-norm share of the learned part (the fixed part has the rest)
     sketch_dropout: float = 0.0  # training only: drop this fraction of a sketch's buckets (augmentation)
+    skip_views: tuple[str, ...] = ()  # concat: the sketch views in the fixed part (empty = every sketch view)
+    skip_idf_power: float = 1.0  # concat: the fixed part weighs a bucket by idf ** this (rarer words count more)
+    # views with a learned encoder (empty = every view); a sketch view left out only feeds the fixed part
+    learned_views: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,16 +214,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"raster.size must be a multiple of 16 (four 2x poolings), got {cfg.raster.size}")
     if cfg.input.max_bytes <= 0 or cfg.input.max_hash_bytes < cfg.input.max_bytes:
         raise ConfigError("input.max_bytes must be positive and not above input.max_hash_bytes")
-    from embedlib.views import VIEW_NAMES  # views imports config: import here, not at module level
+    from embedlib.views import KNOWN_VIEWS  # views imports config: import here, not at module level
 
-    unknown_views = set(cfg.views.names) - set(VIEW_NAMES)
+    unknown_views = set(cfg.views.names) - set(KNOWN_VIEWS)
     if unknown_views or not cfg.views.names or len(set(cfg.views.names)) != len(cfg.views.names):
-        raise ConfigError(f"views.names must be distinct names from {VIEW_NAMES}, got {cfg.views.names!r}")
+        raise ConfigError(f"views.names must be distinct names from {KNOWN_VIEWS}, got {cfg.views.names!r}")
     b = cfg.views.buckets
     if b < 2 or b & (b - 1):
         raise ConfigError(f"views.buckets must be a power of two >= 2, got {b}")
-    if cfg.views.strings_min_len < 1 or cfg.views.idents_min_len < 1:
-        raise ConfigError("views.strings_min_len and views.idents_min_len must be >= 1")
+    if cfg.views.strings_min_len < 1 or cfg.views.idents_min_len < 1 or cfg.views.tokens_min_len < 1:
+        raise ConfigError("views.strings_min_len, views.idents_min_len and views.tokens_min_len must be >= 1")
+    for key in ("skip_views", "learned_views"):
+        extra = set(getattr(cfg.model, key)) - set(cfg.views.names)
+        if extra:
+            raise ConfigError(f"model.{key} names views not in views.names: {sorted(extra)}")
     if cfg.embed.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"embed.use_gpu must be auto, true or false, got {cfg.embed.use_gpu!r}")
     if cfg.model.sketch_skip not in ("none", "learned", "fixed", "concat"):

@@ -81,23 +81,33 @@ class ImageEncoder(nn.Module):
         return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
 
 
-class SketchEncoder(nn.Module):
-    """uint8 bucket counts [B, buckets] -> [B, hidden]: TF-IDF cosine geometry, then one learned layer."""
+class SketchWeights(nn.Module):
+    """The training-free part of a sketch: per-bucket IDF weights (a buffer) and the TF-IDF unit vector. Alone,
+    it serves a sketch view that only feeds the fixed part of the embedding (model.learned_views)."""
 
     def __init__(self, buckets: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.register_buffer("idf", torch.ones(buckets))
         self.dropout = cfg.sketch_dropout
-        self.linear = nn.Linear(buckets, cfg.hidden, bias=cfg.norm == "none")
-        self.norm = make_norm(cfg.norm, cfg.hidden, cfg, dims=1)
-        self.out_dim = cfg.hidden
+        self.in_features = buckets
 
-    def weighted(self, counts: torch.Tensor, augment: bool = True) -> torch.Tensor:
-        """The TF-IDF unit vector: log(1 + count) x idf, L2-normalised (bucket dropout in training if set)."""
-        x = torch.log1p(counts.float()) * self.idf
+    def weighted(self, counts: torch.Tensor, augment: bool = True, idf_power: float = 1.0) -> torch.Tensor:
+        """The TF-IDF unit vector: log(1 + count) x idf ** idf_power, L2-normalised (bucket dropout in training
+        if set)."""
+        x = torch.log1p(counts.float()) * (self.idf if idf_power == 1.0 else self.idf ** idf_power)
         if augment and self.training and self.dropout:
             x = F.dropout(x, self.dropout)
         return F.normalize(x, dim=1)
+
+
+class SketchEncoder(SketchWeights):
+    """uint8 bucket counts [B, buckets] -> [B, hidden]: TF-IDF cosine geometry, then one learned layer."""
+
+    def __init__(self, buckets: int, cfg: ModelConfig) -> None:
+        super().__init__(buckets, cfg)
+        self.linear = nn.Linear(buckets, cfg.hidden, bias=cfg.norm == "none")
+        self.norm = make_norm(cfg.norm, cfg.hidden, cfg, dims=1)
+        self.out_dim = cfg.hidden
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
         return F.relu(self.norm(self.linear(self.weighted(counts))))
@@ -119,9 +129,15 @@ class EmbeddingNet(nn.Module):
         super().__init__()
         names = list(views) if views else ["image"]
         self.encoders = nn.ModuleDict()
+        self.fixed_only = nn.ModuleDict()  # sketch views without a learned encoder (fixed part only)
         for name in names:
             shape, dtype = views[name] if views else ((0, 0), np.dtype(np.uint8))
-            if len(shape) == 2:  # a byteplot
+            if cfg.learned_views and name not in cfg.learned_views:
+                if len(shape) != 1 or np.dtype(dtype) != np.uint8 or cfg.sketch_skip != "concat":
+                    raise ValueError(f"view {name!r} is not in model.learned_views: only a sketch view can feed "
+                                     "the fixed part alone (model.sketch_skip=concat)")
+                self.fixed_only[name] = SketchWeights(int(shape[0]), cfg)
+            elif len(shape) == 2:  # a byteplot
                 self.encoders[name] = ImageEncoder(cfg)
             elif len(shape) == 1 and np.dtype(dtype) == np.uint8:  # hashed counts
                 self.encoders[name] = SketchEncoder(int(shape[0]), cfg)
@@ -130,8 +146,12 @@ class EmbeddingNet(nn.Module):
             else:
                 raise ValueError(f"no encoder for view {name!r} of shape {shape}")
         width = sum(e.out_dim for e in self.encoders.values())
-        sketches = [n for n, e in self.encoders.items() if isinstance(e, SketchEncoder)]
+        sketches = [n for n in names if isinstance(self._sketch(n), SketchWeights)]
         self.concat_dim = cfg.skip_dim if cfg.sketch_skip == "concat" and sketches else 0
+        self.fixed_views = [n for n in sketches if not cfg.skip_views or n in cfg.skip_views]
+        if self.concat_dim and not self.fixed_views:
+            raise ValueError(f"model.skip_views {cfg.skip_views} names no sketch view of {sketches}")
+        self.skip_idf_power = cfg.skip_idf_power
         if self.concat_dim >= cfg.embedding_dim:
             raise ValueError("model.skip_dim must be smaller than model.embedding_dim")
         self.project = nn.Linear(width, cfg.embedding_dim - self.concat_dim)
@@ -140,7 +160,7 @@ class EmbeddingNet(nn.Module):
             # "concat": a fixed random projection (Johnson-Lindenstrauss) of the sketches' TF-IDF vectors takes
             # skip_dim of the embedding's dimensions, so the training-free geometry is part of every embedding
             g = torch.Generator().manual_seed(12)
-            n_in = sum(self.encoders[n].linear.in_features for n in sketches)
+            n_in = sum(self._sketch(n).in_features for n in self.fixed_views)
             self.register_buffer("concat_projection", torch.randn(n_in, self.concat_dim, generator=g)
                                  / self.concat_dim ** 0.5)
         # optional linear paths from each sketch's TF-IDF vector straight to the embedding: the training-free
@@ -149,7 +169,7 @@ class EmbeddingNet(nn.Module):
         if cfg.sketch_skip in ("learned", "fixed"):
             for name, enc in self.encoders.items():
                 if isinstance(enc, SketchEncoder):
-                    skip = nn.Linear(enc.linear.in_features, cfg.embedding_dim, bias=False)
+                    skip = nn.Linear(enc.in_features, cfg.embedding_dim, bias=False)
                     nn.init.normal_(skip.weight, std=cfg.embedding_dim ** -0.5)
                     skip.weight.requires_grad_(cfg.sketch_skip == "learned")
                     self.skips[name] = skip
@@ -158,7 +178,12 @@ class EmbeddingNet(nn.Module):
 
     @property
     def view_names(self) -> list[str]:
-        return list(self.encoders)
+        return list(self.encoders) + list(self.fixed_only)
+
+    def _sketch(self, name: str) -> nn.Module | None:
+        """The module holding view `name`'s IDF weights (its encoder, or its fixed-part-only weights)."""
+        return self.encoders[name] if name in self.encoders else self.fixed_only[name] if name in self.fixed_only \
+            else None
 
     def _views(self, inputs: torch.Tensor | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         return inputs if isinstance(inputs, Mapping) else {"image": inputs}
@@ -172,8 +197,8 @@ class EmbeddingNet(nn.Module):
             out = out + skip(self.encoders[name].weighted(views[name]))
         if not self.concat_dim:
             return F.normalize(out, dim=1)
-        tfidf = torch.cat([e.weighted(views[n], augment=False) for n, e in self.encoders.items()
-                           if isinstance(e, SketchEncoder)], dim=1)
+        tfidf = torch.cat([self._sketch(n).weighted(views[n], augment=False, idf_power=self.skip_idf_power)
+                           for n in self.fixed_views], dim=1)
         fixed = F.normalize(tfidf @ self.concat_projection, dim=1)
         w = self.skip_weight
         return torch.cat([w**0.5 * F.normalize(out, dim=1), (1 - w) ** 0.5 * fixed], dim=1)
@@ -189,7 +214,7 @@ class EmbeddingNet(nn.Module):
     def set_document_frequency(self, view: str, df: np.ndarray, n_docs: int) -> None:
         """IDF weights of a sketch view from the training files: log((1 + N) / (1 + df)) + 1 (sklearn's)."""
         idf = np.log((1.0 + n_docs) / (1.0 + np.asarray(df, dtype=np.float64))) + 1.0
-        self.encoders[view].idf.copy_(torch.as_tensor(idf, dtype=torch.float32))
+        self._sketch(view).idf.copy_(torch.as_tensor(idf, dtype=torch.float32))
 
 
 ByteplotNet = EmbeddingNet  # the name of the image-only model in earlier versions

@@ -44,7 +44,8 @@ _IDENT = np.zeros(256, dtype=bool)
 for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@$-":
     _IDENT[_c] = True
 
-VIEW_NAMES = ("image", "strings", "idents", "bytehist", "tokens")
+VIEW_NAMES = ("image", "strings", "idents", "bytehist")
+KNOWN_VIEWS = VIEW_NAMES + ("tokens",)  # every view compute_views knows
 BYTEHIST_DIM = 512
 
 
@@ -90,7 +91,7 @@ def compute_views(data: bytes, cfg: Config) -> dict[str, np.ndarray]:
             e = np.concatenate([ends[long], ei])
             out[name] = bucket_counts(word_hashes(arr, s, e, v.tokens_min_len), v.buckets)
         else:
-            raise ValueError(f"unknown view {name!r}; known: {VIEW_NAMES}")
+            raise ValueError(f"unknown view {name!r}; known: {KNOWN_VIEWS}")
     return out
 
 

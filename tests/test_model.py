@@ -80,3 +80,29 @@ def test_sketch_idf_and_skip_paths():
     assert set(model.skips) == {"strings", "idents"}
     assert not model.skips["strings"].weight.requires_grad  # "fixed": a random projection, not trained
     assert "encoders.strings.idf" in model.state_dict()  # saved with the checkpoint
+
+
+def test_fixed_part_views_idf_power_and_fixed_only_views():
+    """model.skip_views picks the sketches of the fixed part, skip_idf_power sharpens its IDF, and a sketch view
+    outside model.learned_views feeds only the fixed part (no encoder, but its IDF is set and saved)."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    kw = dict(sketch_skip="concat", skip_dim=8)  # embedding 16 = 8 learned + 8 fixed
+    model, batch = multi_view(skip_views=("idents",), learned_views=("image", "strings", "bytehist"), **kw)
+    assert set(model.encoders) == {"image", "strings", "bytehist"} and set(model.fixed_only) == {"idents"}
+    assert set(model.view_names) == {"image", "strings", "idents", "bytehist"}
+    assert model.fixed_views == ["idents"] and model.concat_projection.shape == (256, 8)
+    model.set_document_frequency("idents", np.arange(256), 1000)
+    assert "fixed_only.idents.idf" in model.state_dict()
+    model.eval()
+    with torch.no_grad():
+        emb = model.embed(batch)
+        fixed = torch.nn.functional.normalize(model.fixed_only["idents"].weighted(batch["idents"]) @
+                                              model.concat_projection, dim=1)
+    assert torch.allclose(emb[:, 8:], 0.5 ** 0.5 * fixed, atol=1e-5)  # skip_weight 0.5
+    sharper, _ = multi_view(skip_views=("idents",), skip_idf_power=2.0, **kw)
+    sharper.set_document_frequency("idents", np.arange(256), 1000)
+    w = sharper.encoders["idents"].weighted(batch["idents"], idf_power=2.0)
+    assert torch.allclose(w, torch.nn.functional.normalize(torch.log1p(batch["idents"].float())
+                                                           * sharper.encoders["idents"].idf ** 2, dim=1))

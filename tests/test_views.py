@@ -158,3 +158,29 @@ def test_only_requested_views_are_computed():
     cfg = dataclasses.replace(CFG, views=dataclasses.replace(CFG.views, names=("strings",), buckets=256))
     out = views.compute_views(b"\0some string here\0", cfg)
     assert set(out) == {"strings"} and out["strings"].shape == (256,) and out["strings"].sum() == 1
+
+
+def test_tokens_are_lowercased_words_split_at_punctuation_and_case():
+    blob = b"\0libfoo_openWindow\0HTTPServer /usr/share/foo-bar.txt\0\x01ab\0XMLHttpRequest x86_64\0\0ls\0"
+    a = np.frombuffer(blob, np.uint8)
+    s, e = views.runs(views.printable(a), 4)
+    buf, ws, we = views.word_runs(a, s, e, 3)
+    words = [bytes(buf[x:y]) for x, y in zip(ws.tolist(), we.tolist())]
+    assert words == [b"libfoo", b"open", b"window", b"http", b"server", b"usr", b"share", b"foo", b"bar", b"txt",
+                     b"xml", b"http", b"request", b"x86"]
+    # the same word in different strings and cases is one token; the view counts distinct words per bucket
+    cfg = Config(views=ViewsConfig(names=("tokens",), buckets=1 << 16))
+    out = views.compute_views(blob, cfg)["tokens"]
+    assert int(out.sum()) == len(set(words))
+    assert np.array_equal(views.compute_views(b"\0FOO_BAR\0", cfg)["tokens"],
+                          views.compute_views(b"\0foo-bar\0", cfg)["tokens"])
+
+
+def test_tokens_on_real_executables_and_hostile_input():
+    cfg = Config(views=ViewsConfig(names=views.KNOWN_VIEWS))
+    for path in real_executables(3):
+        out = views.compute_views(open(path, "rb").read(), cfg)
+        check_specs(out, cfg)
+        assert out["tokens"].sum() > out["idents"].sum() > 0  # names split into words: more words than names
+    for data in (b"", os.urandom(100_000), b"A" * 5000, b"aB" * 5000):
+        check_specs(views.compute_views(data, cfg), cfg)
