@@ -40,8 +40,9 @@ class ViewsConfig:
     """Which fixed-shape views of a file the model sees (embedlib.views) and their settings. Like the raster
     settings, these change every input: they are part of the model's identity."""
 
-    # the measured recipe (bench/RETRIEVAL.md): printable strings and identifier names; "image" is the byteplot
-    names: tuple[str, ...] = ("strings", "idents")
+    # the measured recipe (bench/RETRIEVAL.md): printable strings, identifier names and the words inside both;
+    # "image" is the byteplot
+    names: tuple[str, ...] = ("strings", "idents", "tokens")
     buckets: int = 4096  # hash buckets of the strings and idents sketches (a power of two)
     strings_min_len: int = 6  # printable runs shorter than this are not strings (GNU strings uses 4)
     idents_min_len: int = 4  # NUL-delimited identifier-like runs shorter than this are ignored
@@ -63,8 +64,9 @@ class ModelConfig:
     skip_dim: int = 512
     skip_weight: float = 0.3  # concat: squared-norm share of the learned part (the fixed part has the rest)
     sketch_dropout: float = 0.0  # training only: drop this fraction of a sketch's buckets (augmentation)
-    skip_views: tuple[str, ...] = ()  # concat: the sketch views in the fixed part (empty = every sketch view)
-    skip_idf_power: float = 1.0  # concat: the fixed part weighs a bucket by idf ** this (rarer words count more)
+    # concat: the sketch views in the fixed part (when none of them is in views.names: every sketch view)
+    skip_views: tuple[str, ...] = ("tokens",)
+    skip_idf_power: float = 2.0  # concat: the fixed part weighs a bucket by idf ** this (rarer words count more)
     # views with a learned encoder (empty = every view); a sketch view left out only feeds the fixed part
     learned_views: tuple[str, ...] = ()
 
@@ -224,10 +226,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"views.buckets must be a power of two >= 2, got {b}")
     if cfg.views.strings_min_len < 1 or cfg.views.idents_min_len < 1 or cfg.views.tokens_min_len < 1:
         raise ConfigError("views.strings_min_len, views.idents_min_len and views.tokens_min_len must be >= 1")
-    for key in ("skip_views", "learned_views"):
-        extra = set(getattr(cfg.model, key)) - set(cfg.views.names)
-        if extra:
-            raise ConfigError(f"model.{key} names views not in views.names: {sorted(extra)}")
+    extra = set(cfg.model.learned_views) - set(cfg.views.names)
+    if extra:
+        raise ConfigError(f"model.learned_views names views not in views.names: {sorted(extra)}")
     if cfg.embed.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"embed.use_gpu must be auto, true or false, got {cfg.embed.use_gpu!r}")
     if cfg.model.sketch_skip not in ("none", "learned", "fixed", "concat"):

@@ -148,9 +148,9 @@ class EmbeddingNet(nn.Module):
         width = sum(e.out_dim for e in self.encoders.values())
         sketches = [n for n in names if isinstance(self._sketch(n), SketchWeights)]
         self.concat_dim = cfg.skip_dim if cfg.sketch_skip == "concat" and sketches else 0
-        self.fixed_views = [n for n in sketches if not cfg.skip_views or n in cfg.skip_views]
-        if self.concat_dim and not self.fixed_views:
-            raise ValueError(f"model.skip_views {cfg.skip_views} names no sketch view of {sketches}")
+        # the fixed part's sketches: those named in skip_views, or every sketch view when none of them is here
+        # (so a config that only changes views.names keeps a fixed part)
+        self.fixed_views = [n for n in sketches if n in cfg.skip_views] or sketches
         self.skip_idf_power = cfg.skip_idf_power
         if self.concat_dim >= cfg.embedding_dim:
             raise ValueError("model.skip_dim must be smaller than model.embedding_dim")

@@ -88,11 +88,14 @@ def test_fixed_part_views_idf_power_and_fixed_only_views():
     import numpy as np
 
     torch.manual_seed(0)
-    kw = dict(sketch_skip="concat", skip_dim=8)  # embedding 16 = 8 learned + 8 fixed
-    model, batch = multi_view(skip_views=("idents",), learned_views=("image", "strings", "bytehist"), **kw)
+    kw = dict(sketch_skip="concat", skip_dim=8, skip_weight=0.5)  # embedding 16 = 8 learned + 8 fixed
+    model, batch = multi_view(skip_views=("idents",), skip_idf_power=1.0, learned_views=("image", "strings", "bytehist"),
+                              **kw)
     assert set(model.encoders) == {"image", "strings", "bytehist"} and set(model.fixed_only) == {"idents"}
     assert set(model.view_names) == {"image", "strings", "idents", "bytehist"}
     assert model.fixed_views == ["idents"] and model.concat_projection.shape == (256, 8)
+    # the default skip_views names "tokens", absent here: every sketch view feeds the fixed part
+    assert multi_view(**kw)[0].fixed_views == ["strings", "idents"]
     model.set_document_frequency("idents", np.arange(256), 1000)
     assert "fixed_only.idents.idf" in model.state_dict()
     model.eval()
