@@ -8,7 +8,7 @@ lock file (both must be ignored).
   R2  model mv-b (D=8)   the same 30 contents re-embedded under mv-b (beta-07 now among gamma), 6 new (two part
                          files), errors: unreadable
   R3  model mv-b (D=8)   9 new files: 3 near-copies of one R2 file, 3 of a new unlabelled family, 3 labelled;
-                         errors: too_large, duplicate
+                         errors: too_large, 2 duplicates
 The current model version is mv-b (R3 finished last).
 """
 
@@ -142,10 +142,13 @@ def write_root(root: str, dims: dict[str, int] | None = None) -> FixtureRoot:
         {"path": "/corpus/gamma-late-0-copy.exe", "status": "duplicate", "reason": "same content as another file",
          "sha256": sha("gamma-late-0.exe"), "size_bytes": 3000, "family": "gamma", "model_version": MV_B,
          "run_id": RUN3},
+        {"path": "/corpus/gamma-late-0-copy2.exe", "status": "duplicate", "reason": "same content as another file",
+         "sha256": sha("gamma-late-0.exe"), "size_bytes": 3000, "family": "gamma", "model_version": MV_B,
+         "run_id": RUN3},
         {"path": "/corpus/broken.bin", "status": "embed_error", "reason": "RuntimeError in the model",
          "sha256": sha("broken.bin"), "size_bytes": 4000, "model_version": MV_B, "run_id": RUN3},
     ], RUN3)
-    write_run(RUN3, MV_B, 3, len(r3), 2, 1)
+    write_run(RUN3, MV_B, 3, len(r3), 2, 2)
 
     # An unfinished run: staging files (never *.parquet) and a lock; both must be invisible to the views.
     store.write_bytes(f"_work/{RUN_UNFINISHED}/run.json", json.dumps({"run_id": RUN_UNFINISHED}).encode())

@@ -73,7 +73,7 @@ def test_views_follow_the_layout(con, fx):
     assert con.execute("SELECT count(*), count(DISTINCT sha256) FROM embeddings").fetchone() == (45, 45)
     assert dict(con.execute("SELECT model_version, count(*) FROM embeddings_all GROUP BY ALL").fetchall()) == {
         qf.MV_A: 30, qf.MV_B: 45}
-    assert con.execute("SELECT count(*) FROM errors").fetchone()[0] == len(fx.errors) == 6
+    assert con.execute("SELECT count(*) FROM errors").fetchone()[0] == len(fx.errors) == 7
     assert [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()] == [qf.RUN1, qf.RUN2, qf.RUN3]
     assert con.execute("SELECT model_version, embedding_dim FROM embedlib_settings").fetchone() == (qf.MV_B, 8)
     cols = [r[0] for r in con.execute("DESCRIBE embeddings").fetchall()]

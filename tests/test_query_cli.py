@@ -59,7 +59,7 @@ def test_every_subcommand_answers(root, capsys):
         ("families", "-k", "2"): lambda r: [x["family"] for x in r] == ["alpha", "beta"],
         ("formats",): lambda r: {x["format"] for x in r} == {"elf", "pe"},
         ("sizes",): lambda r: sum(int(x["files"]) for x in r) == 45,
-        ("errors",): lambda r: sum(int(x["files"]) for x in r) == 6,
+        ("errors",): lambda r: sum(int(x["files"]) for x in r) == 7,
         ("errors", "--run", qf.RUN3): lambda r: {x["status"] for x in r} == {"too_large", "duplicate", "embed_error"},
         ("runs",): lambda r: [x["run_id"] for x in r] == [qf.RUN1, qf.RUN2, qf.RUN3],
         ("near-dupes", "--max-distance", "0.001"): lambda r: len(r) == 1 and r[0]["size"] == "4",

@@ -3,7 +3,7 @@
 CREATE OR REPLACE VIEW run_counts AS
 WITH emb AS (SELECT run_id, count(*) AS embedded_rows FROM embeddings_all GROUP BY run_id),
 err AS (
-    SELECT run_id, count(*) AS error_rows, string_agg(status || ':' || n, ' ' ORDER BY status) AS errors_by_status
+    SELECT run_id, sum(n)::BIGINT AS error_rows, string_agg(status || ':' || n, ' ' ORDER BY status) AS errors_by_status
     FROM (SELECT run_id, status, count(*) AS n FROM errors GROUP BY ALL) GROUP BY run_id
 )
 SELECT r.run_id, r.model_version, r.started, r.finished, r.files_seen, r.skipped_known, r.embedded, r.duplicates,
