@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections import deque
+from collections import Counter, deque
 from typing import Any, Callable, Iterator
 
 from embedlib.config import Config
@@ -23,6 +23,8 @@ from embedlib.pipeline import tasks
 from embedlib.pipeline.tasks import Target
 
 log = logging.getLogger(__name__)
+
+ACTOR_ATTEMPTS = 3  # actors a chunk may lose (and deaths in a row per actor) before CPU tasks take over
 
 TASK_RETRIES = 3
 
@@ -130,33 +132,77 @@ class RayExecutor:
     def _write_with_actors(self, root: str, run_id: str, todo: list[int], target: Target, n_actors: int,
                            use_gpu: bool) -> Iterator[dict]:
         """CPU tasks compute views; embedding actors (GPU or CPU) embed and write. Views of at most two chunks
-        per actor wait in the object store (backpressure), and a chunk whose actor died is redone."""
+        per actor wait in the object store (backpressure). A chunk whose actor died is redone on a new actor;
+        a chunk that lost ACTOR_ATTEMPTS actors, and every chunk left once actors die more than ACTOR_ATTEMPTS
+        times per actor in a row (e.g. an actor that cannot start on a node), is written by a plain CPU task,
+        so a dead actor can never make the job spin."""
         import ray
         from ray.exceptions import RayActorError
 
-        actor_cls = ray.remote(EmbedActor).options(num_gpus=1 if use_gpu else 0, num_cpus=1, max_restarts=-1,
+        actor_cls = ray.remote(EmbedActor).options(num_gpus=1 if use_gpu else 0, num_cpus=1, max_restarts=0,
                                                   max_task_retries=0)
         actors = [actor_cls.remote(target.model_uri, use_gpu) for _ in range(n_actors)]
         load = _remote(tasks.load_views)
         pending = deque(todo)
-        running: dict[Any, tuple[int, Any]] = {}  # ObjectRef of the write call -> (task, actor)
+        running: dict[Any, tuple[int, int, Any]] = {}  # ObjectRef of the write call -> (task, slot, actor)
         busy = {i: 0 for i in range(n_actors)}
+        deaths: Counter[int] = Counter()  # chunk -> actors lost while writing it
+        deaths_in_a_row = 0
+
+        def by_task(chunks: list[int]) -> Iterator[dict]:
+            return self.map(_write_task_one_thread, [(root, run_id, t, target) for t in chunks])
+
         while pending or running:
             while pending and min(busy.values()) < 2:
                 task = pending.popleft()
+                if deaths[task] >= ACTOR_ATTEMPTS:
+                    yield from by_task([task])
+                    continue
                 idx = min(busy, key=busy.get)
                 loaded = load.remote(root, run_id, task, target)
                 ref = actors[idx].write.remote(root, run_id, task, target, loaded)
-                running[ref] = (task, idx)
+                running[ref] = (task, idx, actors[idx])
                 busy[idx] += 1
+            if not running:
+                continue
             ready, _ = ray.wait(list(running), num_returns=1)
-            task, idx = running.pop(ready[0])
+            task, idx, actor = running.pop(ready[0])
             busy[idx] -= 1
             try:
-                yield ray.get(ready[0])
-            except RayActorError:
-                log.warning("embedding actor %d died while writing chunk %d: redoing the chunk", idx, task)
+                result = ray.get(ready[0])
+            except RayActorError as exc:
+                deaths[task] += 1
+                deaths_in_a_row += 1
                 pending.appendleft(task)
+                if actors[idx] is actor:  # replace it once (its other calls in flight fail the same way)
+                    ray.kill(actor, no_restart=True)
+                    actors[idx] = actor_cls.remote(target.model_uri, use_gpu)
+                if deaths_in_a_row > ACTOR_ATTEMPTS * n_actors:
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    log.warning("embedding actors died %d times in a row (last: %s): CPU tasks write the %d chunks "
+                                "left", deaths_in_a_row, reason[:200], len(pending) + len(running))
+                    yield from self._drain(running, pending)
+                    for a in actors:
+                        ray.kill(a, no_restart=True)
+                    yield from by_task(list(pending))
+                    return
+                log.warning("embedding actor %d died while writing chunk %d: redoing the chunk", idx, task)
+                continue
+            deaths_in_a_row = 0
+            yield result
+
+    @staticmethod
+    def _drain(running: dict, pending: deque) -> Iterator[dict]:
+        """The results of the write calls still in flight; a chunk whose actor died goes back to pending."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        for ref, (task, _, _) in list(running.items()):
+            try:
+                yield ray.get(ref)
+            except RayActorError:
+                pending.append(task)
+        running.clear()
 
 
 def _write_task_one_thread(root: str, run_id: str, task: int, target: Target) -> dict:

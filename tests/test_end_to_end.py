@@ -127,6 +127,35 @@ def test_rerun_adds_nothing_and_the_actor_path_embeds_identically(embedded, tmp_
                        atol=1e-5)
 
 
+def test_embedding_actors_that_cannot_start_never_make_the_job_spin(ray_local, tmp_path, caplog):
+    """Actors whose constructor fails are dead for good (Ray does not restart them). The writer replaces each
+    one a bounded number of times, then hands the chunks to plain CPU tasks, whose error ends the job; before,
+    it resubmitted to the dead actor forever (seen when a node's working dir vanished under its new actor)."""
+    import threading
+
+    from embedlib.pipeline.tasks import Target
+
+    cfg = config.load(None, ["embed.num_actors=2"])
+    target = Target(table="embeddings", version="m-missing", config=cfg, model_uri=str(tmp_path / "no-model"),
+                    dim=8)
+    outcome: dict = {}
+
+    def write() -> None:
+        try:
+            outcome["results"] = list(ray_io.RayExecutor(cfg)._write_with_actors(
+                str(tmp_path / "root"), "r", [0, 1, 2], target, 2, False))
+        except Exception as exc:  # noqa: BLE001 - the assertion below says what was expected
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=write, daemon=True)
+    with caplog.at_level("WARNING", logger="embedlib.ray_io"):
+        worker.start()
+        worker.join(timeout=240)
+    assert not worker.is_alive(), "the writer kept resubmitting to dead actors"
+    assert "error" in outcome and "results" not in outcome
+    assert any("CPU tasks write" in r.getMessage() for r in caplog.records)
+
+
 def test_unhealthy_checkpoint_is_refused_unless_allowed(embedded, tmp_path):
     work, cfg, _, manifest, _ = embedded
     ckpt = checkpoint.load(str(work / "model"))

@@ -53,7 +53,7 @@ def test_views_macros_neighbors_and_the_command_on_s3(s3, tmp_path, capsys):
 
     con = query.connect(root)
     assert con.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 45
-    assert con.execute("SELECT count(*) FROM errors").fetchone()[0] == 6
+    assert con.execute("SELECT count(*) FROM errors").fetchone()[0] == 7
     sha = qf.sha("gamma-late-1.exe")
     cols, rows = query.similar(con, sha, 5)
     shas, x = fx.matrix(qf.MV_B)
