@@ -107,10 +107,18 @@ def load_meta(uri: str) -> dict:
     return meta
 
 
+# settings added after checkpoints existed, with the value that reproduces a checkpoint saved without them (the
+# defaults may differ: a default applied to an older checkpoint would silently change its embeddings)
+BEFORE_THEY_EXISTED = {"model": {"skip_views": [], "skip_idf_power": 1.0}}
+
+
 def config_of(meta: dict) -> Config:
-    saved = dict(meta["config"])
+    saved = {section: dict(values) for section, values in meta["config"].items()}
     if "views" not in saved:  # checkpoints from before views existed saw the byteplot only
         saved["views"] = {"names": ["image"]}
+    for section, keys in BEFORE_THEY_EXISTED.items():
+        for key, value in keys.items():
+            saved.setdefault(section, {}).setdefault(key, value)
     return config_from_json(saved)
 
 

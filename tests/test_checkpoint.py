@@ -55,3 +55,29 @@ def test_checkpoints_of_the_first_release_still_load(tmp_path):
     del meta["weights_sha256"]
     (tmp_path / "m" / "meta.json").write_text(json.dumps(meta))
     assert checkpoint.load(str(tmp_path / "m")).config.health == Config().health
+
+
+def test_a_checkpoint_saved_before_a_setting_existed_keeps_its_embeddings(tmp_path):
+    """The fixed part's skip_views / skip_idf_power came after checkpoints with a fixed part existed: such a
+    checkpoint must load with the behaviour it was saved with, not today's defaults (IDF squared)."""
+    import numpy as np
+
+    from embedlib.views import compute_views, view_specs
+
+    cfg = Config(views=ViewsConfig(names=("strings", "idents"), buckets=256),
+                 model=ModelConfig(hidden=16, embedding_dim=24, skip_dim=16, skip_views=(), skip_idf_power=1.0))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 3, view_specs(cfg))
+    model.set_document_frequency("strings", np.arange(256) % 7, 10)
+    meta = checkpoint.save(str(tmp_path / "old"), model, cfg, ["a", "b", "c"], {})
+    for key in ("skip_views", "skip_idf_power"):
+        del meta["config"]["model"][key]
+    (tmp_path / "old" / "meta.json").write_text(json.dumps(meta))
+    loaded = checkpoint.load(str(tmp_path / "old"))
+    assert loaded.config.model.skip_idf_power == 1.0 and loaded.config.model.skip_views == ()
+    views = compute_views(open("/usr/bin/ls", "rb").read(), cfg)
+    batch = {k: torch.from_numpy(v[None]) for k, v in views.items()}
+    model.eval()
+    loaded.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.embed(batch), loaded.model.embed(batch), atol=1e-6)
