@@ -16,6 +16,7 @@ import os
 import sys
 import time
 
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -54,7 +55,8 @@ def main() -> None:
     base = Config()
     methods = {"tlsh": lambda d: tlsh.hash(d)}
     combos = [(n,) for n in views.VIEW_NAMES] + [("strings", "idents"), ("image", "strings", "idents"),
-                                                  ("strings", "idents", "bytehist"), views.VIEW_NAMES]
+                                                  ("strings", "idents", "bytehist"), views.VIEW_NAMES,
+                                                  ("tokens",), ("strings", "idents", "tokens"), ("idents", "tokens")]
     for combo in combos:
         cfg = dataclasses.replace(base, views=dataclasses.replace(base.views, names=combo),
                                   raster=dataclasses.replace(base.raster, size=a.raster_size))
