@@ -10,8 +10,9 @@ Prints, for the same files (page cache warmed by the first pass):
   Ray job           python -m jobs.embed into a fresh output root, end to end (a subprocess, like a user runs
                     it), and the same without Ray's start-up; its driver's peak RSS (VmHWM)
   TLSH              py-tlsh over the same bytes (files/s, and per core over a process pool)
-  rasterize         views.compute_views alone, GB/s per core
-  model             forward pass images/s and GFLOP/s against this machine's measured float32 matmul peak
+  rasterize         the byteplot alone, and the model's views (views.compute_views), GB/s on one core
+  model             forward pass files/s and GFLOP/s on real files' views, against this machine's measured
+                    float32 matmul peak
 and the ratios. --rss-scale N also runs the Ray job over N small synthetic files and compares driver peak RSS.
 Never run in CI.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -135,8 +137,9 @@ def tlsh_all(files: list[str], workers: int) -> None:
         list(pool.map(_tlsh_one, files, chunksize=64))
 
 
-def model_flops_per_image(model: str) -> tuple[float, float]:
-    """(GFLOP per image, images/s) of the checkpoint's forward pass, batches of 256 on every core."""
+def model_flops_per_file(model: str, files: list[str]) -> tuple[float, float]:
+    """(GFLOP per file, files/s) of the checkpoint's forward pass on the views of real files, batches of 256 on
+    every core."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -144,16 +147,17 @@ def model_flops_per_image(model: str) -> tuple[float, float]:
 
     torch.set_num_threads(os.cpu_count() or 1)
     embedder = Embedder(model, device="cpu")
-    size = embedder.config.raster.size
-    batch = {"image": np.random.default_rng(0).integers(0, 256, (256, size, size), dtype=np.uint8)}
+    cfg = embedder.config
+    rows = [views.compute_views(read_path(p, cfg.input).data or b"\0", cfg) for p in files[:256]]
+    batch = views.stack(rows, cfg)
     with FlopCounterMode(display=False) as counter:
-        embedder.embed_views({"image": batch["image"][:1]})
+        embedder.embed_views({k: v[:1] for k, v in batch.items()})
     gflop = counter.get_total_flops() / 1e9
     embedder.embed_views(batch)
     started, n = time.perf_counter(), 0
     while time.perf_counter() - started < 5:
         embedder.embed_views(batch)
-        n += 256
+        n += len(rows)
     return gflop, n / (time.perf_counter() - started)
 
 
@@ -170,7 +174,8 @@ def matmul_peak_gflops() -> float:
     return n * 2 * 2048**3 / (time.perf_counter() - started) / 1e9
 
 
-def raster_rate(files: list[str], cfg: Config) -> float:
+def views_rate(files: list[str], cfg: Config) -> float:
+    """GB/s on one core of views.compute_views with cfg's views (the byteplot alone: views.names=["image"])."""
     datas = [read_path(p, cfg.input).data for p in files[:2000]]
     started = time.perf_counter()
     for d in datas:
@@ -209,7 +214,7 @@ def main() -> None:
 
         torch.manual_seed(0)
         model = os.path.join(work, "model")
-        checkpoint.save(model, build_model(cfg.model, 8), cfg, [f"f{i}" for i in range(8)],
+        checkpoint.save(model, build_model(cfg.model, 8, views.view_specs(cfg)), cfg, [f"f{i}" for i in range(8)],
                         {"bn_health": {"healthy": True}, "note": "random weights: a benchmark model"})
     files = pick_files(args.input, args.files)
     nbytes = sum(os.path.getsize(p) for p in files)
@@ -227,11 +232,13 @@ def main() -> None:
           f"{rss / 1e6:.0f} MB", flush=True)
     tl1 = timed("TLSH, 1 process", lambda: tlsh_all(files, 1), files, nbytes)
     tln = timed(f"TLSH, {cores} processes", lambda: tlsh_all(files, cores), files, nbytes)
-    raster_gbs = raster_rate(files, cfg)
-    gflop, images_s = model_flops_per_image(model)
+    byteplot = dataclasses.replace(cfg, views=dataclasses.replace(cfg.views, names=("image",)))
+    raster_gbs, views_gbs = views_rate(files, byteplot), views_rate(files, cfg)
+    gflop, images_s = model_flops_per_file(model, files)
     peak = matmul_peak_gflops()
-    print(f"\nrasterize (views): {raster_gbs:.2f} GB/s on one core")
-    print(f"model: {images_s:.0f} images/s on {cores} threads, {gflop * 1e3:.1f} MFLOP/image -> "
+    print(f"\nrasterize (the byteplot): {raster_gbs:.2f} GB/s on one core; the model's views "
+          f"({'+'.join(cfg.views.names)}): {views_gbs:.2f} GB/s on one core")
+    print(f"model: {images_s:.0f} files/s on {cores} threads, {gflop * 1e3:.2f} MFLOP/file -> "
           f"{gflop * images_s:.1f} GFLOP/s vs matmul peak {peak:.1f} GFLOP/s ({100 * gflop * images_s / peak:.0f}%)")
     print(f"\nratios: Ray job / plain loop = {ray_wall / loop:.2f} (command), {ray_job_rate / loop:.2f} "
           f"(after start-up); plain loop / raw reads = {loop / raw:.2f}; TLSH per core = {tln / cores:.0f} files/s "
