@@ -139,6 +139,11 @@ def load(uri: str, map_location: str = "cpu") -> Checkpoint:
 
     cfg = config_of(meta)
     model = build_model(cfg.model, len(meta["families"]), view_specs(cfg))
-    model.load_state_dict(torch.load(io.BytesIO(weights), map_location=map_location, weights_only=True))
+    try:
+        model.load_state_dict(torch.load(io.BytesIO(weights), map_location=map_location, weights_only=True))
+    except RuntimeError as exc:  # weights saved from a network that its config does not describe
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"checkpoint {uri}: its weights do not fit the network its config describes "
+                              f"(views {list(cfg.views.names)}): {detail}") from None
     model.eval()
     return Checkpoint(model, cfg, meta)

@@ -47,6 +47,12 @@ def test_missing_or_broken_checkpoints_are_clear_errors(tmp_path):
     (tmp_path / "m" / "meta.json").write_text(json.dumps({"families": []}))
     with pytest.raises(checkpoint.CheckpointError, match="lacks model_version"):
         checkpoint.load_meta(str(tmp_path / "m"))
+    # weights of another network than the config describes (an image-only model saved with sketch views)
+    sketches = Config(views=ViewsConfig(names=("strings",), buckets=256), model=ModelConfig(channels=(4, 8, 8, 8),
+                      embedding_dim=8, skip_dim=4))
+    checkpoint.save(str(tmp_path / "x"), build_model(CFG.model, 3), sketches, ["a", "b", "c"], {})
+    with pytest.raises(checkpoint.CheckpointError, match="do not fit the network"):
+        checkpoint.load(str(tmp_path / "x"))
 
 
 def test_checkpoints_of_the_first_release_still_load(tmp_path):
