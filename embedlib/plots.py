@@ -114,8 +114,9 @@ def metric_bars(values: Mapping[str, Mapping[str, float]], path: str,
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("score (1 = perfect)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    # below the axes: a legend inside would hide the tallest bars
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(methods), 2), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
