@@ -1,1 +1,0 @@
-SELECT * FROM drift_versions($a, $b);

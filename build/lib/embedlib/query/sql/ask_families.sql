@@ -1,1 +1,0 @@
-SELECT * FROM family_counts LIMIT embedlib_limit($k, 1000000);

@@ -1,1 +1,0 @@
-SELECT * FROM family_changes($a, $b) WHERE changed;

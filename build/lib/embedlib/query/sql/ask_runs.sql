@@ -1,1 +1,0 @@
-SELECT * FROM run_counts;

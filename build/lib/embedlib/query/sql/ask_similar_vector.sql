@@ -1,2 +1,0 @@
-SELECT * FROM similar_to_vector($vector, $k, metric := $metric, from_version := $from_version,
-                                cross_version := $cross_version);

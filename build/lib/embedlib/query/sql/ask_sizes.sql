@@ -1,1 +1,0 @@
-SELECT * FROM size_distribution;

@@ -1,1 +1,0 @@
-SELECT * FROM embedlib_src_neighbors
