@@ -2,14 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 from collections import defaultdict
 
 import pytest
 
 from embedlib import corpus
 from embedlib.inputs import InputFile
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str):
+    """A real S3 API server (moto) on a free loopback port, with fake credentials in the environment and
+    fsspec's s3 endpoint pointed at it; yields the s3fs filesystem with `bucket` created. Restores both after."""
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    from embedlib import sources
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    old_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fsspec.config.conf["s3"] = {"endpoint_url": f"http://127.0.0.1:{port}"}
+    sources.filesystem.cache_clear()
+    try:
+        fs = sources.filesystem("s3")
+        fs.mkdir(bucket)
+        yield fs
+    finally:
+        server.stop()
+        fsspec.config.conf.pop("s3", None)
+        sources.filesystem.cache_clear()
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

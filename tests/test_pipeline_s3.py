@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
 
-import fsspec
 import pytest
+from conftest import moto_s3
 import torch
 
-from embedlib import checkpoint, pipeline, sources
+from embedlib import checkpoint, pipeline
 from embedlib.config import Config, InputConfig, ModelConfig, ViewsConfig
 from embedlib.train_loop import new_model
 from embedlib.pipeline import catalog
@@ -19,29 +17,8 @@ from embedlib.pipeline.store import Store
 
 @pytest.fixture(scope="module")
 def s3():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    old_env = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    fsspec.config.conf["s3"] = {"endpoint_url": f"http://127.0.0.1:{port}"}
-    sources.filesystem.cache_clear()
-    fs = sources.filesystem("s3")
-    fs.mkdir("bucket")
-    yield fs
-    server.stop()
-    fsspec.config.conf.pop("s3", None)
-    sources.filesystem.cache_clear()
-    for k, v in old_env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with moto_s3("bucket") as fs:
+        yield fs
 
 
 def test_manifest_inputs_and_output_on_s3_with_a_rerun_that_skips_everything(s3, tmp_path):

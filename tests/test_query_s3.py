@@ -4,44 +4,21 @@ spaces. Credentials and endpoint come from the environment and fsspec's configur
 
 from __future__ import annotations
 
-import os
-import socket
 
-import fsspec
 import numpy as np
 import pytest
+from conftest import moto_s3
 
 import query_fixtures as qf
-from embedlib import query, sources
+from embedlib import query
 from embedlib.query.cli import main as embedlib_main
 from embedlib.query.neighbors import compute_neighbors
 
 
 @pytest.fixture(scope="module")
 def s3():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    old_env = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    fsspec.config.conf["s3"] = {"endpoint_url": f"http://127.0.0.1:{port}"}
-    sources.filesystem.cache_clear()
-    fs = sources.filesystem("s3")
-    fs.mkdir("embedlib")
-    yield fs
-    server.stop()
-    fsspec.config.conf.pop("s3", None)
-    sources.filesystem.cache_clear()
-    for k, v in old_env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with moto_s3("embedlib") as fs:
+        yield fs
 
 
 def test_views_macros_neighbors_and_the_command_on_s3(s3, tmp_path, capsys):
