@@ -287,3 +287,78 @@ def test_embed_job_can_store_the_new_rows_neighbours(model_uri, tmp_path):
     rows = _table(tmp_path / "out", "neighbors")
     assert len(rows) == 5 * 3 and {r["rank"] for r in rows} == {1, 2, 3}
     assert all(r["neighbor"] != r["sha256"] for r in rows)
+
+
+# ---- known means the same file ------------------------------------------------------------------------------------
+
+def _twins(first, second) -> tuple[str, str]:
+    """Two files of equal size and mtime, different content (as reproducible builds make them)."""
+    data = bytearray(open("/usr/bin/ls", "rb").read())
+    with open(first, "wb") as fh:
+        fh.write(data)
+    data[len(data) // 2] ^= 0xFF
+    with open(second, "wb") as fh:
+        fh.write(data)
+    for path in (first, second):
+        os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    return [__import__("hashlib").sha256(open(p, "rb").read()).hexdigest() for p in (first, second)]
+
+
+def test_the_same_relative_path_at_two_sites_is_two_files(model_uri, tmp_path):
+    """Two manifests at different sites both list `007`: same size and mtime, other content. The second site's
+    file is not 'known' because the first site's `007` was: it is embedded."""
+    for site in ("site1", "site2"):
+        (tmp_path / site).mkdir()
+        (tmp_path / site / "m.csv").write_text("path,family\n007,x\n")
+    first, second = _twins(tmp_path / "site1" / "007", tmp_path / "site2" / "007")
+    _embed(model_uri, tmp_path / "site1" / "m.csv", tmp_path / "out")
+    (again,) = _embed(model_uri, tmp_path / "site2" / "m.csv", tmp_path / "out")
+    assert again.counts["written"] == 1 and again.counts["skipped_known"] == 0
+    emb = _table(tmp_path / "out", "embeddings")
+    assert sorted(r["sha256"] for r in emb) == sorted([first, second])
+    assert sorted(r["location"] for r in emb) == sorted(os.fsencode(str(tmp_path / s / "007")) for s in ("site1", "site2"))
+    (third,) = _embed(model_uri, tmp_path / "site2" / "m.csv", tmp_path / "out")  # and it is known now
+    assert third.counts["skipped_known"] == 1 and third.counts["bytes_read"] == 0
+
+
+@pytest.mark.parametrize("first", ["raw", "backslash"])
+def test_a_name_that_is_not_utf8_is_not_its_escaped_text(model_uri, tmp_path, first):
+    """`tw\\xff.bin` (the byte 0xff) and a UTF-8 file literally named `tw\\\\xff.bin` show the same `path` text;
+    whichever came first, the other is embedded too."""
+    src = tmp_path / "in"
+    src.mkdir()
+    raw, backslash = os.fsencode(str(src)) + b"/tw\xff.bin", os.fsencode(str(src)) + b"/tw\\xff.bin"
+    assert raw.decode("utf-8", "backslashreplace") == backslash.decode()
+    stash = tmp_path / "stash"
+    stash.mkdir()
+    order = [raw, backslash] if first == "raw" else [backslash, raw]
+    shas = _twins(order[0], os.fsencode(str(stash / "later")))
+    _embed(model_uri, src, tmp_path / "out")
+    os.rename(os.fsencode(str(stash / "later")), order[1])
+    (again,) = _embed(model_uri, src, tmp_path / "out")
+    assert again.counts["written"] == 1 and again.counts["skipped_known"] == 1
+    emb = _table(tmp_path / "out", "embeddings")
+    assert sorted(r["sha256"] for r in emb) == sorted(shas)
+    assert {r["location"] for r in emb} == {raw, backslash}
+
+
+def test_a_root_of_schema_version_2_is_read_once_more_then_known(model_uri, tmp_path):
+    """Rows written before `location` existed never match: their files are read once more (their contents are
+    already embedded: duplicate rows, nothing written twice), and are known from then on."""
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "in"
+    _corpus(src, 3)
+    (src / "empty").write_bytes(b"")
+    out = tmp_path / "out"
+    _embed(model_uri, src, out)
+    for part in glob.glob(f"{out}/embeddings/**/*.parquet", recursive=True) + glob.glob(f"{out}/errors/**/*.parquet",
+                                                                                        recursive=True):
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns(["location"]), part)
+    (again,) = _embed(model_uri, src, out)
+    c = again.counts
+    assert (c["written"], c["duplicates"], c["failed"]) == (0, 3, 1) and c["bytes_read"] > 0
+    (third,) = _embed(model_uri, src, out)
+    assert third.counts["skipped_known"] == 4 and third.counts["bytes_read"] == 0
+    assert len(_table(out, "embeddings")) == 3

@@ -43,6 +43,8 @@ def test_manifest_inputs_and_output_on_s3_with_a_rerun_that_skips_everything(s3,
     # the relative cell keeps its text, read relative to the manifest; as the smallest path it represents cat
     assert sorted(r["path"] for r in emb) == ["in/cat"] + [f"s3://bucket/in/{n}" for n in ["copy-of-ls", "cp", "mv"]]
     assert all(r["etag"] for r in emb)
+    # known by the exact URI it was read from (the relative cell's too), never by its text
+    assert {r["path"]: r["location"] for r in emb}["in/cat"] == b"s3://bucket/in/cat"
     errors = [r for f in catalog.table_files(store, "errors") for r in store.read_parquet(f).to_pylist()]
     assert sorted((r["path"], r["status"]) for r in errors) == [
         ("s3://bucket/in/cat", "duplicate"), ("s3://bucket/in/empty", "empty"), ("s3://bucket/in/ls", "duplicate")]

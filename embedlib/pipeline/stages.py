@@ -48,10 +48,16 @@ class Counts:
         return dict(vars(self))
 
 
+def location(row: dict) -> bytes | None:
+    """The exact identity a staging row's file is known by in the written tables: what it opens (`target`)."""
+    return row.get("target") or None
+
+
 def error_row(row: dict, status: str, reason: str, tag: RunTag, **extra) -> dict:
     """An errors-table row for a listing/hashed/planned row."""
     keep = ("path", "path_raw", "size_bytes", "mtime_ns", "etag", "family", "sha256")
     out = {k: row.get(k) for k in keep}
+    out["location"] = location(row)
     out.update(extra)
     out.update(status=status, reason=reason, model_version=tag.version, run_id=tag.run_id)
     return out
@@ -186,7 +192,8 @@ def written_table(rows: list[dict], tag: RunTag, columns: dict[str, pa.Array], t
     """Rows of the written table (embeddings or samples): the planned rows' metadata plus `columns`."""
     if not rows:
         return target_schema.empty_table()
-    base = pa.Table.from_pylist([{**r, "model_version": tag.version, "run_id": tag.run_id} for r in rows])
+    base = pa.Table.from_pylist([{**r, "location": location(r), "model_version": tag.version,
+                                  "run_id": tag.run_id} for r in rows])
     for name, array in columns.items():
         base = base.append_column(name, array)
     return schema.conform(base, target_schema)
