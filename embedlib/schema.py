@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-# 3: `location` (the exact identity of each input, what change detection keys on). Rows of older versions
-# lack it: see README.
+# 3: `location` (the exact identity of each input, what change detection keys on) and `judged_under`
+# (errors: the setting a refusal depended on). Rows of older versions have neither: see README.
 SCHEMA_VERSION = 3
 
 # Per-path statuses recorded in errors/. Every input path of a run ends up in exactly one of the written
@@ -34,6 +34,9 @@ ERROR_STATUSES = (
 )
 # Outcomes that the same bytes would repeat: an unchanged path that ended so is not tried again.
 FINAL_ERRORS = (STATUS_EMPTY, STATUS_NOT_A_FILE, STATUS_SYMLINK, STATUS_TOO_LARGE, STATUS_RASTER_ERROR)
+# Outcomes that depend on an input setting (the key of config.InputConfig), not only on the bytes: the row
+# records the value it was judged under (`judged_under`), and a later run under another value judges again.
+SETTING_DEPENDENT = {STATUS_TOO_LARGE: "max_hash_bytes", STATUS_SYMLINK: "follow_symlinks"}
 FORMATS = ("elf", "pe", "macho", "other")
 
 # How one input path is identified and was found: text for people and SQL, exact bytes when the name is not
@@ -94,6 +97,8 @@ ERRORS = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
         pa.field("sha256", pa.string()),
+        # for a SETTING_DEPENDENT status, the setting it was judged under, e.g. "input.max_hash_bytes=2147483648"
+        pa.field("judged_under", pa.string()),
     ]
     + _RUN_FIELDS,
     metadata=_meta("errors"),
@@ -162,6 +167,7 @@ KNOWN = pa.schema(
         pa.field("known_sha256", pa.string()),
         pa.field("known_status", pa.string()),  # "ok" for a path that was written, else its error status
         pa.field("known_version", pa.string()),  # the model (or views) version of that outcome
+        pa.field("known_judged_under", pa.string()),  # the setting a setting-dependent outcome was judged under
     ]
 )
 

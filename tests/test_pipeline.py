@@ -342,6 +342,23 @@ def test_a_name_that_is_not_utf8_is_not_its_escaped_text(model_uri, tmp_path, fi
     assert {r["location"] for r in emb} == {raw, backslash}
 
 
+# ---- refusals that depend on settings -------------------------------------------------------------------------------
+
+def test_a_raised_limit_embeds_what_the_lower_one_refused(model_uri, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copyfile("/usr/bin/ls", src / "big")
+    size = os.path.getsize(src / "big")
+    (first,) = _embed(model_uri, src, tmp_path / "out", cfg=_cfg(max_hash_bytes=size - 1))
+    assert first.counts["failed"] == 1
+    (same,) = _embed(model_uri, src, tmp_path / "out", cfg=_cfg(max_hash_bytes=size - 1))
+    assert same.counts["skipped_known"] == 1  # the same limit: the refusal stands, nothing new is written
+    (raised,) = _embed(model_uri, src, tmp_path / "out", cfg=_cfg(max_hash_bytes=size))
+    assert raised.counts["written"] == 1
+    err = _table(tmp_path / "out", "errors")
+    assert [(r["status"], r["judged_under"]) for r in err] == [("too_large", f"input.max_hash_bytes={size - 1}")]
+
+
 def test_a_root_of_schema_version_2_is_read_once_more_then_known(model_uri, tmp_path):
     """Rows written before `location` existed never match: their files are read once more (their contents are
     already embedded: duplicate rows, nothing written twice), and are known from then on."""
@@ -355,10 +372,22 @@ def test_a_root_of_schema_version_2_is_read_once_more_then_known(model_uri, tmp_
     for part in glob.glob(f"{out}/embeddings/**/*.parquet", recursive=True) + glob.glob(f"{out}/errors/**/*.parquet",
                                                                                         recursive=True):
         table = pq.read_table(part)
-        pq.write_table(table.drop_columns(["location"]), part)
+        pq.write_table(table.drop_columns([c for c in ("location", "judged_under") if c in table.column_names]), part)
     (again,) = _embed(model_uri, src, out)
     c = again.counts
     assert (c["written"], c["duplicates"], c["failed"]) == (0, 3, 1) and c["bytes_read"] > 0
     (third,) = _embed(model_uri, src, out)
     assert third.counts["skipped_known"] == 4 and third.counts["bytes_read"] == 0
     assert len(_table(out, "embeddings")) == 3
+
+
+def test_a_symlink_refused_unfollowed_is_embedded_once_symlinks_are_followed(model_uri, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    os.symlink("/usr/bin/ls", src / "link")
+    (first,) = _embed(model_uri, src, tmp_path / "out")
+    assert first.counts["failed"] == 1
+    (followed,) = _embed(model_uri, src, tmp_path / "out", cfg=_cfg(follow_symlinks=True))
+    assert followed.counts["written"] == 1
+    err = _table(tmp_path / "out", "errors")
+    assert [(r["status"], r["judged_under"]) for r in err] == [("symlink", "input.follow_symlinks=false")]

@@ -88,7 +88,8 @@ def match_task(root: str, run_id: str, table: str, chunks: int) -> dict:
         con = _duckdb(tmp)
         _register(con, store, "listing", listing, "ipc", schema.LISTING)
         _register(con, store, "prior_written", prior, "parquet", schema.embeddings_schema(1), cols)
-        _register(con, store, "prior_errors", prior_errors, "parquet", schema.ERRORS, cols + ["status"])
+        _register(con, store, "prior_errors", prior_errors, "parquet", schema.ERRORS,
+                  cols + ["status", "judged_under"])
         reader = con.execute(sql_text("pipeline_match"), {"shard_size": _shard_size(store, run_id)}) \
             .to_arrow_reader(65536)
         _write_by_chunk(store, run_id, "known", reader, chunks)
