@@ -9,15 +9,19 @@ Inputs are data, taken literally:
   * every manifest row and every entry of a folder walk ends up in a row: an empty path or a directory
     symlink (never walked) becomes an error row (status bad_input / symlink), never silently dropped.
 
-`check_input` validates in milliseconds, before any cluster starts; `iter_listing` streams rows (memory
-O(batch), whatever the size of the input).
+`check_input` validates before any lock or cluster (in milliseconds; a manifest is read through once, about a
+quarter of a second per million rows); `iter_listing` streams rows (memory O(batch), whatever the size of
+the input).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob as globlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -92,7 +96,7 @@ def check_input(text: str, glob: bool = False) -> InputSpec:
         kind = "manifest" if path.lower().endswith(MANIFEST_SUFFIXES) and os.path.isfile(path) else "file"
     spec = InputSpec(text, kind, remote)
     if kind == "manifest":
-        manifest_columns(spec)  # fails fast on a manifest without `path`
+        check_manifest(spec)  # every error the listing could meet in it, now: before any lock or cluster
     return spec
 
 
@@ -111,47 +115,134 @@ def _is_csv(spec: InputSpec) -> bool:
     return spec.text.lower().endswith(".csv")
 
 
+def _is_text(t: pa.DataType) -> bool:
+    """Any Arrow type that holds text or bytes, dictionary-encoded included (a pandas `category` column)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return any(check(t) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
+                                      pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view))
+
+
+def _check_types(spec: InputSpec, schema_: pa.Schema) -> None:
+    """A `path` must be text (or all null: empty rows); a `family` text, an integer label or null."""
+    for name, ok in (("path", lambda t: _is_text(t) or pa.types.is_null(t)),
+                     ("family", lambda t: _is_text(t) or pa.types.is_integer(t) or pa.types.is_null(t))):
+        index = schema_.get_field_index(name)
+        if index >= 0 and not ok(schema_.field(index).type):
+            raise InputError(f"manifest {spec.text}: column {name!r} holds {schema_.field(index).type}, not text")
+
+
 def manifest_columns(spec: InputSpec) -> list[str]:
-    """The manifest's column names; InputError when it has no `path` column or cannot be parsed."""
+    """The manifest's column names (and, for Parquet, their types checked); InputError when it has no `path`
+    column or cannot be parsed. Reads the CSV header or the Parquet footer only."""
     try:
         with _open_manifest(spec) as fh:
             if _is_csv(spec):
                 header = fh.readline().decode("utf-8-sig", "replace")
                 names = next(csv.reader([header]), [])
+                arrow_schema = None
             else:
-                names = pq.ParquetFile(fh).schema_arrow.names
+                arrow_schema = pq.ParquetFile(fh).schema_arrow
+                names = arrow_schema.names
     except (OSError, pa.ArrowException, ValueError) as exc:
-        raise InputError(f"manifest {spec.text} cannot be read: {exc}") from None
+        raise InputError(f"manifest {spec.text} cannot be read: {_first_line(exc)}") from None
     if "path" not in names:
         raise InputError(f"manifest {spec.text} has no 'path' column (columns: {', '.join(names) or 'none'})")
+    if arrow_schema is not None:
+        _check_types(spec, arrow_schema)
     return names
 
 
-def _manifest_batches(spec: InputSpec) -> Iterator[tuple[list, list]]:
-    """(path cells, family cells) per batch; CSV cells as bytes (never type-inferred), Parquet as stored."""
+def check_manifest(spec: InputSpec) -> int:
+    """Read the whole manifest as the listing will, without converting a cell to Python: every error the
+    listing could meet (a CSV row with extra fields, a damaged Parquet page) is raised here, as one line.
+    Returns the number of rows. About a quarter of a second per million rows (bench/manifest_check.py)."""
+    return sum(batch.num_rows for batch in _manifest_batches(spec, batch_rows=65536))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _native_copy(spec: InputSpec) -> Iterator[str]:
+    """A local name pyarrow opens itself (C++ file I/O). pyarrow's CSV reader reads ahead on a background
+    thread; given a Python file object (a local name that is not UTF-8, or any fsspec remote file), that thread
+    needs the GIL, and one still reading when the interpreter exits aborts the process ("terminate called
+    without an active exception", exit 134, seen after a parse error). Such manifests are copied to a
+    temporary file first, streamed in 1 MiB pieces."""
+    if not spec.remote:
+        local = _local(spec.text)
+        try:
+            local.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            yield local
+            return
+    suffix = os.path.splitext(spec.text)[1].lower()
+    with tempfile.TemporaryDirectory(prefix="embedlib-manifest-") as tmp:
+        copy = os.path.join(tmp, f"manifest{suffix}")
+        try:
+            with _open_manifest(spec) as src, open(copy, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except OSError as exc:
+            raise InputError(f"manifest {spec.text} cannot be read: {_first_line(exc)}") from None
+        yield copy
+
+
+def _csv_error(spec: InputSpec, exc: pa.ArrowException, invalid: list) -> str:
+    if invalid and invalid[0].number is not None:  # number counts the header as row 1; rows count from 1 here
+        row = invalid[0]
+        text = row.text if len(row.text) <= 120 else row.text[:120] + "..."
+        return (f"manifest {spec.text}: row {row.number - 1} has {row.actual_columns} fields, the header has "
+                f"{row.expected_columns} (an unquoted comma?): {text!r}")
+    return f"manifest {spec.text} cannot be parsed: {_first_line(exc)}"
+
+
+def _manifest_batches(spec: InputSpec, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Record batches of the manifest's `path` (and `family`) columns; CSV cells as bytes (never type-inferred),
+    Parquet as stored. A parse error is an InputError naming the row."""
     names = manifest_columns(spec)
     wanted = [c for c in ("path", "family") if c in names]
-    with _open_manifest(spec) as fh:
+    with _native_copy(spec) as local:
         if _is_csv(spec):
-            reader = pa_csv.open_csv(
-                fh,
-                read_options=pa_csv.ReadOptions(block_size=1 << 20, encoding="utf8"),
-                parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-                convert_options=pa_csv.ConvertOptions(column_types={n: pa.binary() for n in names},
-                                                      include_columns=wanted, strings_can_be_null=False,
-                                                      quoted_strings_can_be_null=False),
-            )
-            batches: Iterator[pa.RecordBatch] = iter(reader)
+            invalid: list = []
+
+            def on_invalid(row) -> str:
+                invalid.append(row)
+                return "error"
+
+            try:  # one thread: the invalid row's number is known (it is None with parallel parsing)
+                reader = pa_csv.open_csv(
+                    local,
+                    read_options=pa_csv.ReadOptions(block_size=1 << 20, encoding="utf8", use_threads=False),
+                    parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
+                    convert_options=pa_csv.ConvertOptions(column_types={n: pa.binary() for n in names},
+                                                          include_columns=wanted, strings_can_be_null=False,
+                                                          quoted_strings_can_be_null=False),
+                )
+                with reader:
+                    yield from reader
+            except pa.ArrowException as exc:
+                raise InputError(_csv_error(spec, exc, invalid)) from None
         else:
-            batches = pq.ParquetFile(fh).iter_batches(batch_size=BATCH_ROWS, columns=wanted)
-        for batch in batches:
-            paths = batch.column(batch.schema.get_field_index("path"))
-            if not (pa.types.is_string(paths.type) or pa.types.is_large_string(paths.type)
-                    or pa.types.is_binary(paths.type) or pa.types.is_large_binary(paths.type)):
-                raise InputError(f"manifest {spec.text}: column 'path' holds {paths.type}, not text")
-            fam_idx = batch.schema.get_field_index("family")
-            families = batch.column(fam_idx).to_pylist() if fam_idx >= 0 else [None] * batch.num_rows
-            yield paths.to_pylist(), families
+            try:
+                parquet = pq.ParquetFile(local)
+                _check_types(spec, parquet.schema_arrow)
+                yield from parquet.iter_batches(batch_size=batch_rows, columns=wanted)
+            except (OSError, pa.ArrowException) as exc:
+                raise InputError(f"manifest {spec.text} cannot be read: {_first_line(exc)}") from None
+
+
+def _manifest_cells(spec: InputSpec) -> Iterator[tuple[list, list]]:
+    """(path cells, family cells) per batch."""
+    for batch in _manifest_batches(spec):
+        paths = batch.column(batch.schema.get_field_index("path"))
+        fam_idx = batch.schema.get_field_index("family")
+        families = batch.column(fam_idx).to_pylist() if fam_idx >= 0 else [None] * batch.num_rows
+        yield paths.to_pylist(), families
 
 
 def _as_text(cell) -> str | None:
@@ -166,7 +257,7 @@ def _manifest_rows(spec: InputSpec) -> Iterator[dict]:
     base_remote = spec.text.rsplit("/", 1)[0] if spec.remote else None
     base_local = os.path.dirname(os.path.abspath(os.fsencode(_local(spec.text)))) if not spec.remote else b""
     row_number = 0
-    for paths, families in _manifest_batches(spec):
+    for paths, families in _manifest_cells(spec):
         for cell, fam in zip(paths, families):
             row_number += 1
             family = _as_text(fam) or None

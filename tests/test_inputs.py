@@ -112,3 +112,51 @@ def test_read_labels_for_joins(tmp_path):
     labels = inputs.read_labels(str(manifest))
     assert labels.to_pylist() == [{"path": "007", "family": "0042"}]
     shutil.rmtree(tmp_path)
+
+
+# ---- every manifest check that can fail happens in check_input (before the lock and before Ray) -------------
+
+def test_a_csv_row_with_extra_fields_is_one_line_with_its_row_number(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,family\n/usr/bin/ls,a\n/usr/bin/cat,b,extra\n/usr/bin/cp,c\n")
+    with pytest.raises(inputs.InputError) as info:
+        inputs.check_input(str(manifest))
+    message = str(info.value)
+    assert "row 2" in message and "3 fields" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("column", [pa.array([1, 2], pa.int64()), pa.array([["a"], ["b"]], pa.list_(pa.string())),
+                                    pa.array([1.5, 2.5])])
+def test_a_parquet_path_that_is_not_text_is_refused_by_the_check(tmp_path, column):
+    pq.write_table(pa.table({"path": column}), tmp_path / "m.parquet")
+    with pytest.raises(inputs.InputError, match="column 'path' holds"):
+        inputs.check_input(str(tmp_path / "m.parquet"))
+
+
+def test_a_family_that_is_not_text_is_refused_by_the_check(tmp_path):
+    pq.write_table(pa.table({"path": ["a"], "family": pa.array([[1]], pa.list_(pa.int64()))}), tmp_path / "m.parquet")
+    with pytest.raises(inputs.InputError, match="column 'family' holds"):
+        inputs.check_input(str(tmp_path / "m.parquet"))
+
+
+def test_dictionary_encoded_text_is_text(tmp_path):
+    pd = pytest.importorskip("pandas")
+    for name in ("007", "b"):
+        (tmp_path / name).write_bytes(b"x")
+    frame = pd.DataFrame({"path": pd.Series(["007", "b", "007"], dtype="category"),
+                          "family": pd.Series(["x", "y", "x"], dtype="category")})
+    frame.to_parquet(tmp_path / "m.parquet")
+    assert pa.types.is_dictionary(pq.read_schema(tmp_path / "m.parquet").field("path").type)
+    rows = _listing(str(tmp_path / "m.parquet"))
+    assert [(r["path"], r["family"]) for r in rows] == [("007", "x"), ("b", "y"), ("007", "x")]
+    assert rows[0]["target"] == os.fsencode(str(tmp_path / "007"))
+
+
+def test_a_corrupt_parquet_manifest_is_refused_by_the_check(tmp_path):
+    pq.write_table(pa.table({"path": [f"/data/{i}" for i in range(50_000)]}), tmp_path / "m.parquet",
+                   compression="none")
+    data = bytearray((tmp_path / "m.parquet").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # a damaged page: the footer is intact
+    (tmp_path / "m.parquet").write_bytes(bytes(data))
+    with pytest.raises(inputs.InputError, match="cannot be read"):
+        inputs.check_input(str(tmp_path / "m.parquet"))

@@ -391,3 +391,107 @@ def test_a_symlink_refused_unfollowed_is_embedded_once_symlinks_are_followed(mod
     assert followed.counts["written"] == 1
     err = _table(tmp_path / "out", "errors")
     assert [(r["status"], r["judged_under"]) for r in err] == [("symlink", "input.follow_symlinks=false")]
+
+
+# ---- every input check that can fail happens before the lock and before Ray ------------------------------------
+
+def _bad_csv(path, good_rows=0):
+    with open(path, "w") as fh:
+        fh.write("path,family\n")
+        fh.writelines(f"/data/corpus/file{i:07d}.bin,fam{i % 50}\n" for i in range(good_rows))
+        fh.write("/usr/bin/cat,b,extra\n")
+        fh.writelines(f"/data/corpus/more{i:07d}.bin,fam{i % 50}\n" for i in range(good_rows))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv_extra_field", "parquet_int_path"])
+def test_a_bad_manifest_is_refused_before_the_lock_and_ray_and_blocks_nothing(model_uri, tmp_path, kind):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedlib.inputs import InputError
+
+    if kind == "csv_extra_field":
+        bad, message = _bad_csv(tmp_path / "bad.csv"), "row 1 has 3 fields"
+    else:
+        bad, message = tmp_path / "bad.parquet", "column 'path' holds int64"
+        pq.write_table(pa.table({"path": [1, 2]}), bad)
+    out = tmp_path / "out"
+    started = []
+
+    def start_ray():  # an executor factory, as the jobs pass one: it must never be called
+        started.append(True)
+        return pipeline.LocalExecutor()
+
+    lock = catalog.RootLock(pipeline.Store(str(out)), "holder")
+    lock.acquire()
+    try:  # another run holds the root: the manifest is refused first, by its own fault
+        with pytest.raises(InputError, match=message):
+            _embed(model_uri, bad, out, executor=start_ray)
+    finally:
+        lock.release()
+    with pytest.raises(InputError, match=message):
+        _embed(model_uri, bad, out, executor=start_ray)
+    assert not started
+    assert not (out / "_work").exists() or [d for d in os.listdir(out / "_work") if d != "tmp"] == []
+    src = tmp_path / "in"
+    _corpus(src, 2)
+    (ok,) = _embed(model_uri, src, out)  # another input into the same root is not blocked
+    assert ok.counts["written"] == 2
+
+
+def test_a_manifest_that_breaks_while_listing_leaves_nothing_that_blocks_the_root(model_uri, tmp_path):
+    """The manifest passed the check, then changed before the listing read it (as a file being rewritten can):
+    the run fails with one line and removes its staging, so the next run of another input proceeds."""
+    from embedlib.inputs import InputError
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\n/usr/bin/ls\n/usr/bin/cp\n")
+
+    def start_then_break():  # called after the lock, before the listing
+        _bad_csv(manifest, good_rows=100_000)  # the bad row comes after some listing chunks were written
+        return pipeline.LocalExecutor()
+
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="row 100001 has 3 fields"):
+        _embed(model_uri, manifest, out, executor=start_then_break, cfg=Config(input=InputConfig(shard_size=8192)))
+    assert [d for d in os.listdir(out / "_work") if d != "tmp"] == []
+    src = tmp_path / "in"
+    _corpus(src, 2)
+    (ok,) = _embed(model_uri, src, out)
+    assert ok.counts["written"] == 2
+
+
+def _without_root_privileges(cmd: list[str]) -> list[str]:
+    """cmd as an unprivileged process: root (as in containers) writes through any mode bits."""
+    if os.geteuid() != 0:
+        return cmd
+    capsh = shutil.which("capsh")
+    if capsh is None:
+        pytest.skip("running as root without capsh: no folder can be made unwritable")
+    import shlex
+
+    return [capsh, "--drop=cap_dac_override,cap_dac_read_search,cap_fowner", "--", "-c", shlex.join(cmd)]
+
+
+def test_bad_manifests_and_roots_are_one_line_before_anything_starts(model_uri, tmp_path):
+    big_bad = _bad_csv(tmp_path / "big-bad.csv", good_rows=200_000)  # the error comes mid-stream
+    (tmp_path / "a-file").write_bytes(b"not a folder")
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    locked.chmod(0o555)
+    base = [sys.executable, "-m", "jobs.embed", "--model", model_uri, "--no-progress"]
+    cases = [
+        (base + ["--input", str(big_bad), "--output", str(tmp_path / "o")], "row 200001 has 3 fields"),
+        (base + ["--input", "/usr/bin/ls", "--output", str(tmp_path / "a-file")], "is a file"),
+        (base + ["--input", "/usr/bin/ls", "--output", str(tmp_path / "a-file" / "below")], "is a file"),
+        (_without_root_privileges(base + ["--input", "/usr/bin/ls", "--output", str(locked / "out")]),
+         "cannot be written"),
+    ]
+    for cmd, message in cases:
+        for _ in range(3 if "big-bad" in " ".join(cmd) else 1):  # a streaming reader once crashed at exit
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 2 and message in proc.stderr, (cmd, proc.stderr[-2000:])
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "o" / "_work") or os.listdir(tmp_path / "o" / "_work") in ([], ["tmp"])
+    assert os.listdir(locked) == []
