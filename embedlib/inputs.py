@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import glob as globlib
+import fnmatch
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -330,9 +331,80 @@ def _glob_rows(spec: InputSpec) -> Iterator[dict]:
             uri = f"{protocol}://{path}"
             yield {"path": uri, "target": uri.encode(), "remote": True}
         return
-    for raw in sorted(globlib.glob(os.fsencode(_local(spec.text)), recursive=True)):
-        if not os.path.isdir(raw) or os.path.islink(raw):
-            yield _local_row(os.path.abspath(raw))
+    yield from _glob_local(os.fsencode(_local(spec.text)))
+
+
+_MAGIC = re.compile(rb"[*?[]")
+
+
+def _glob_local(pattern: bytes) -> Iterator[dict]:
+    """Local glob rows as a streaming walk that stays in the tree: the pattern's fixed leading folders are
+    followed as given (the user named them), below them no directory symlink is ever entered (loops, escapes):
+    one that matches the pattern, or that the pattern would go on into, is listed as a row (the hash stage
+    records it as `symlink`), as the folder walk does. Real folders are walked, never listed. Python's glob
+    rules otherwise: `**` is any number of folders, wildcards skip names starting with `.` unless the pattern
+    part does. Order: depth first, the names of each folder sorted by bytes (a folder's entries come where
+    its name sorts). Memory: the sorted names of the folders on the current path, never the whole list."""
+    parts = [p for p in pattern.split(b"/") if p]
+    fixed = 0
+    while fixed < len(parts) and not _MAGIC.search(parts[fixed]):
+        fixed += 1
+    base = os.path.abspath((b"/" if pattern.startswith(b"/") else b"") + b"/".join(parts[:fixed]) or b".")
+    rest = parts[fixed:]
+    if not rest:  # no wildcard: the path itself, when it exists (a real folder is no file to embed)
+        if os.path.lexists(base) and (os.path.islink(base) or not os.path.isdir(base)):
+            yield _local_row(base)
+        return
+    final = len(rest)
+    stack: list[tuple[bytes, frozenset[int], Iterator[tuple[bytes, bool, bool]] | None]] = [
+        (base, _glob_closure(rest, {0}), None)]
+    while stack:
+        folder, states, entries = stack.pop()
+        if entries is None:
+            try:
+                with os.scandir(folder) as it:
+                    entries = iter(sorted((e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in it))
+            except OSError as exc:
+                if folder != base or not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                    yield _local_row(folder, status=schema.STATUS_UNREADABLE,
+                                     reason=f"directory not listed: {exc.strerror or exc}")
+                continue
+        for name, is_dir, is_link in entries:
+            after = _glob_step(rest, states, name)
+            deeper = any(k < final for k in after)
+            path = os.path.join(folder, name)
+            if is_dir:  # a real folder: walked when the pattern goes on, never listed
+                if deeper:
+                    stack += [(folder, states, entries), (path, after, None)]
+                    break
+            elif final in after or (deeper and is_link and os.path.isdir(path)):
+                yield _local_row(path)
+
+
+def _glob_closure(parts: list[bytes], states: set[int]) -> frozenset[int]:
+    """`states` (how many pattern parts are matched) plus those a `**` reaches by matching no folder."""
+    out, todo = set(states), list(states)
+    while todo:
+        k = todo.pop()
+        if k < len(parts) and parts[k] == b"**" and k + 1 not in out:
+            out.add(k + 1)
+            todo.append(k + 1)
+    return frozenset(out)
+
+
+def _glob_step(parts: list[bytes], states: frozenset[int], name: bytes) -> frozenset[int]:
+    """The pattern states after one more path component `name`."""
+    after: set[int] = set()
+    hidden = name.startswith(b".")
+    for k in states:
+        if k == len(parts):
+            continue
+        if parts[k] == b"**":
+            if not hidden:
+                after.add(k)
+        elif (not hidden or parts[k].startswith(b".")) and fnmatch.fnmatchcase(name, parts[k]):
+            after.add(k + 1)
+    return _glob_closure(parts, after)
 
 
 def iter_listing(spec: InputSpec) -> Iterator[dict]:

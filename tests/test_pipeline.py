@@ -495,3 +495,20 @@ def test_bad_manifests_and_roots_are_one_line_before_anything_starts(model_uri, 
             assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
     assert not os.path.exists(tmp_path / "o" / "_work") or os.listdir(tmp_path / "o" / "_work") in ([], ["tmp"])
     assert os.listdir(locked) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_glob_job_over_symlink_loops_ends_and_embeds_nothing_outside_the_tree(model_uri, tmp_path):
+    tree = tmp_path / "tree"
+    files = _corpus(tree / "a" / "b", 2)
+    os.symlink("..", tree / "a" / "up")
+    os.symlink("../..", tree / "a" / "b" / "upup")
+    _corpus(tmp_path / "outside", 1)
+    os.symlink(tmp_path / "outside", tree / "a" / "out")
+    (summary,) = _embed(model_uri, f"{tree}/**", tmp_path / "out", glob=True)
+    emb, err = _accounted(tmp_path / "out")
+    assert sorted(emb) == sorted(files)
+    status = {r["path"]: r["status"] for r in _table(tmp_path / "out", "errors")}
+    assert status == {str(tree / "a" / "up"): "symlink", str(tree / "a" / "b" / "upup"): "symlink",
+                      str(tree / "a" / "out"): "symlink"}
+    assert summary.counts["files_seen"] == 5
