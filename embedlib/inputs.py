@@ -167,38 +167,42 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _native_copy(spec: InputSpec) -> Iterator[str]:
-    """A local name pyarrow opens itself (C++ file I/O). pyarrow's CSV reader reads ahead on a background
-    thread; given a Python file object (a local name that is not UTF-8, or any fsspec remote file), that thread
-    needs the GIL, and one still reading when the interpreter exits aborts the process ("terminate called
-    without an active exception", exit 134, seen after a parse error). Such manifests are copied to a
-    temporary file first, streamed in 1 MiB pieces."""
-    if not spec.remote:
-        local = _local(spec.text)
+def _native_file(spec: InputSpec) -> Iterator[pa.NativeFile]:
+    """The manifest as a file pyarrow reads itself (pa.OSFile: C++ I/O, this exact local name). pyarrow's CSV
+    reader reads ahead on a background thread; given a Python file object (a local name that is not UTF-8, any
+    fsspec remote file), that thread needs the GIL, and one still reading when the interpreter exits aborts
+    the process ("terminate called without an active exception", exit 134, seen after a parse error). Such
+    manifests are copied to a temporary file first, streamed in 1 MiB pieces."""
+    with contextlib.ExitStack() as stack:
         try:
-            local.encode("utf-8")
-        except UnicodeEncodeError:
-            pass
-        else:
-            yield local
-            return
-    suffix = os.path.splitext(spec.text)[1].lower()
-    with tempfile.TemporaryDirectory(prefix="embedlib-manifest-") as tmp:
-        copy = os.path.join(tmp, f"manifest{suffix}")
-        try:
-            with _open_manifest(spec) as src, open(copy, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            local = _local(spec.text) if not spec.remote else None
+            if local is None or not _utf8(local):
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="embedlib-manifest-"))
+                copy = os.path.join(tmp, "manifest" + os.path.splitext(spec.text)[1].lower())
+                with _open_manifest(spec) as src, open(copy, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                local = copy
+            source = stack.enter_context(pa.OSFile(local))
         except OSError as exc:
             raise InputError(f"manifest {spec.text} cannot be read: {_first_line(exc)}") from None
-        yield copy
+        yield source
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _csv_error(spec: InputSpec, exc: pa.ArrowException, invalid: list) -> str:
     if invalid and invalid[0].number is not None:  # number counts the header as row 1; rows count from 1 here
         row = invalid[0]
         text = row.text if len(row.text) <= 120 else row.text[:120] + "..."
+        hint = " (an unquoted comma?)" if row.actual_columns > row.expected_columns else ""
         return (f"manifest {spec.text}: row {row.number - 1} has {row.actual_columns} fields, the header has "
-                f"{row.expected_columns} (an unquoted comma?): {text!r}")
+                f"{row.expected_columns}{hint}: {text!r}")
     return f"manifest {spec.text} cannot be parsed: {_first_line(exc)}"
 
 
@@ -207,7 +211,7 @@ def _manifest_batches(spec: InputSpec, batch_rows: int = BATCH_ROWS) -> Iterator
     Parquet as stored. A parse error is an InputError naming the row."""
     names = manifest_columns(spec)
     wanted = [c for c in ("path", "family") if c in names]
-    with _native_copy(spec) as local:
+    with _native_file(spec) as source:
         if _is_csv(spec):
             invalid: list = []
 
@@ -217,7 +221,7 @@ def _manifest_batches(spec: InputSpec, batch_rows: int = BATCH_ROWS) -> Iterator
 
             try:  # one thread: the invalid row's number is known (it is None with parallel parsing)
                 reader = pa_csv.open_csv(
-                    local,
+                    source,
                     read_options=pa_csv.ReadOptions(block_size=1 << 20, encoding="utf8", use_threads=False),
                     parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
                     convert_options=pa_csv.ConvertOptions(column_types={n: pa.binary() for n in names},
@@ -230,7 +234,7 @@ def _manifest_batches(spec: InputSpec, batch_rows: int = BATCH_ROWS) -> Iterator
                 raise InputError(_csv_error(spec, exc, invalid)) from None
         else:
             try:
-                parquet = pq.ParquetFile(local)
+                parquet = pq.ParquetFile(source)
                 _check_types(spec, parquet.schema_arrow)
                 yield from parquet.iter_batches(batch_size=batch_rows, columns=wanted)
             except (OSError, pa.ArrowException) as exc:

@@ -225,3 +225,16 @@ def test_without_links_a_glob_lists_what_pythons_glob_lists(tmp_path):
         full = f"{tmp_path}/{pattern}"
         want = [p for p in glob.glob(full, recursive=True) if not os.path.isdir(p)]
         assert [r["path"] for r in _listing(full, glob=True)] == sorted(want, key=lambda p: p.split("/")), pattern
+
+
+def test_a_manifest_whose_name_is_not_utf8_is_read_and_checked(tmp_path):
+    (tmp_path / "007").write_bytes(b"x")
+    raw = os.fsencode(str(tmp_path)) + b"/m\xff.csv"
+    with open(raw, "wb") as fh:
+        fh.write(b"path\n007\n")
+    rows = _listing(os.fsdecode(raw))
+    assert [r["target"] for r in rows] == [os.fsencode(str(tmp_path / "007"))]
+    with open(raw, "ab") as fh:
+        fh.write(b"a,b\n")
+    with pytest.raises(inputs.InputError, match="row 2 has 2 fields, the header has 1"):
+        inputs.check_input(os.fsdecode(raw))

@@ -29,7 +29,7 @@ ATOMIC_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss", 
 BUCKET_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss"}  # the first path part is a bucket
 
 
-class RootError(UserError, OSError):
+class RootError(UserError):
     """The output root cannot be used (a file, not writable, a missing bucket): one line for the user."""
 
 
@@ -64,12 +64,13 @@ def _check_local_root(base: str) -> None:
 def _check_remote_root(store: "Store") -> None:
     bucket = store.base.split("/", 1)[0]
     try:
-        if store.protocol in BUCKET_STORES and not store.fs.exists(bucket):
-            raise RootError(f"output root {store.root}: bucket {bucket} does not exist (or is not visible with "
-                            "these credentials)")
-        is_file = store.fs.isfile(store.base)
+        missing = store.protocol in BUCKET_STORES and not store.fs.exists(bucket)
+        is_file = not missing and store.fs.isfile(store.base)
     except OSError as exc:
         raise RootError(f"output root {store.root} cannot be reached: {exc}") from None
+    if missing:
+        raise RootError(f"output root {store.root}: bucket {bucket} does not exist (or is not visible with these "
+                        "credentials)")
     if is_file:
         raise RootError(f"output root {store.root} is a file, not a folder")
 
