@@ -7,6 +7,7 @@ real `python -m jobs.embed` subprocesses.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import signal
@@ -291,7 +292,7 @@ def test_embed_job_can_store_the_new_rows_neighbours(model_uri, tmp_path):
 
 # ---- known means the same file ------------------------------------------------------------------------------------
 
-def _twins(first, second) -> tuple[str, str]:
+def _twins(first, second) -> list[str]:
     """Two files of equal size and mtime, different content (as reproducible builds make them)."""
     data = bytearray(open("/usr/bin/ls", "rb").read())
     with open(first, "wb") as fh:
@@ -301,7 +302,7 @@ def _twins(first, second) -> tuple[str, str]:
         fh.write(data)
     for path in (first, second):
         os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
-    return [__import__("hashlib").sha256(open(p, "rb").read()).hexdigest() for p in (first, second)]
+    return [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in (first, second)]
 
 
 def test_the_same_relative_path_at_two_sites_is_two_files(model_uri, tmp_path):
