@@ -248,6 +248,33 @@ def ray_block_map(fn: Callable, corpus, *args) -> Iterator[Any]:
     yield from map_tasks(fn, [(corpus_ref, g, *args_refs) for g in groups])
 
 
+COORDINATOR_START_S = 300.0  # how long Ray's autoscaling coordinator may take to start (it took 30 s under load)
+
+
+def _warm_autoscaling_coordinator(timeout_s: float = COORDINATOR_START_S) -> None:
+    """Start Ray's AutoscalingCoordinator actor and wait until it answers, before Ray Train needs it.
+
+    Ray Train v2 (ray 2.60) registers its workers' resources with this detached actor from the controller, with
+    a fixed 5 s timeout (train/v2/_internal/execution/scaling_policy/autoscaling_coordinator_client.py,
+    AUTOSCALING_REQUESTS_GET_TIMEOUT_S) and no setting that turns it off, even on a fixed-size local cluster.
+    Its first call creates the actor: a new worker process importing ray.data. That took 1.8 s on the idle
+    2-core machine and 30 s under load, so Train logged "Failed to send resource request ..." with a traceback
+    while training went on and the job exited 0. Started here, the calls Train makes take milliseconds."""
+    import ray
+
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:  # a Ray without it: nothing to start
+        return
+    try:
+        ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote(), timeout=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - Train works without it; say why its own warning may follow
+        log.warning("Ray's autoscaling coordinator did not start within %.0f s (%s); Ray Train may warn that it "
+                    "cannot send resource requests", timeout_s, type(exc).__name__)
+
+
 def train_with_ray(cfg: Config, corpus, probe, document_frequency, storage: str,
                    name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run Ray Train over the corpus's blocks; returns (final model state dict, per-epoch metrics of rank 0).
@@ -272,6 +299,7 @@ def train_with_ray(cfg: Config, corpus, probe, document_frequency, storage: str,
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
+    _warm_autoscaling_coordinator()
     result = trainer.fit()
     if result.error:
         raise result.error

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import socket
+import sys
 from collections import defaultdict
 
 import pytest
@@ -48,9 +49,12 @@ def moto_s3(bucket: str):
                 os.environ[k] = v
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """One real local Ray cluster for the whole session (no dashboard: faster start)."""
+    """A real local Ray cluster for the tests of one module, shut down after them: Ray prints its workers' output
+    and the raylet's error reports (the traceback of an actor a test broke on purpose) on this process's stdout
+    and stderr whenever they arrive, so while it runs here no test may read its own captured output (see
+    _no_ray_while_reading_output). A Ray test parses a command's output from a subprocess instead."""
     import ray
 
     from embedlib import ray_io
@@ -58,6 +62,19 @@ def ray_local():
     ray_io.init_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_while_reading_output(request):
+    """A test that reads its captured output (capsys, capfd) never runs while this process is a Ray driver:
+    what it parsed could be another test's Ray output. Fails such a test at once instead of letting it flake."""
+    if {"capsys", "capfd"} & set(request.fixturenames):
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            pytest.fail("this test reads its captured output while Ray runs in this process (its workers' output "
+                        "and error reports land there at any time): run the command as a subprocess, or use Ray "
+                        "in another module")
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,8 @@ def write_root(root: str, dims: dict[str, int] | None = None) -> FixtureRoot:
         return _unit(centers[version][family] + scale * rng.normal(size=dim_of[version]))
 
     def row(name: str, family: str | None, version: str, run: str, vector: np.ndarray, size: int) -> dict:
-        r = {"sha256": sha(name), "path": f"/corpus/{name}", "path_raw": None, "size_bytes": size,
+        r = {"sha256": sha(name), "path": f"/corpus/{name}", "path_raw": None,
+             "location": f"/corpus/{name}".encode(), "size_bytes": size,
              "mtime_ns": 1_700_000_000_000_000_000 + size, "etag": None,
              "format": "pe" if name.endswith(".exe") else "elf", "family": family, "truncated": size > 60_000,
              "tlsh": None, "ssdeep": None, "model_version": version, "run_id": run}

@@ -169,11 +169,11 @@ def test_unhealthy_checkpoint_is_refused_unless_allowed(embedded, tmp_path):
     assert summary.counts["written"] > 0
 
 
-def test_query_over_the_real_output_root(embedded, capsys):
-    """embedlib.query over what jobs.embed wrote: views, similar() against numpy, jobs.neighbors, --file."""
+def test_query_over_the_real_output_root(embedded):
+    """embedlib.query over what jobs.embed wrote: views, similar() against numpy, jobs.neighbors, --file. The
+    command's output is read from its own process: this one's stdout also carries Ray's output."""
     import numpy as np
 
-    from embedlib.query.cli import main as embedlib_main
     from embedlib.query.neighbors import compute_neighbors
 
     work, _, files, _, summary = embedded
@@ -199,8 +199,10 @@ def test_query_over_the_real_output_root(embedded, capsys):
     assert con.execute("SELECT count(*) FROM neighbors").fetchone()[0] == 3 * emb.num_rows
     assert con.execute("SELECT count(*) FROM attribution").fetchone()[0] == emb.num_rows
     path = emb.column("path").to_pylist()[q]
-    assert embedlib_main(["similar", "--file", path, "-k", "3", "--root", root, "--format", "csv"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    proc = subprocess.run([sys.executable, "-m", "jobs.query", "similar", "--file", path, "-k", "3", "--root", root,
+                           "--format", "csv"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
     assert lines[1].split(",")[2] == shas[q] and float(lines[1].split(",")[1]) < 1e-5  # the file itself
 
 

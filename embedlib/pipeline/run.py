@@ -24,7 +24,7 @@ from embedlib.errors import UserError
 from embedlib.pipeline import catalog, tasks
 from embedlib.pipeline.catalog import JobIdentity, RootLock, chunk_name, work
 from embedlib.pipeline.stages import Counts
-from embedlib.pipeline.store import WORK, Store
+from embedlib.pipeline.store import WORK, Store, check_root
 from embedlib.pipeline.tasks import Target
 
 
@@ -80,10 +80,12 @@ def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor
     """Finish any interrupted run of this same job in `root`, then run once more over the input.
 
     Everything that can be refused is refused before `executor` is called (when it is a factory, e.g. one that
-    starts Ray): a missing input, catalog.RunInProgress when another run holds the root, and
-    catalog.UnfinishedRunMismatch when an interrupted run of another job waits there (unless
-    abandon_unfinished: then its partial output is deleted)."""
+    starts Ray): before the lock, a missing input, a manifest that cannot be read through (inputs.check_input)
+    and an output root no run could write (store.check_root); then catalog.RunInProgress when another run
+    holds the root, and catalog.UnfinishedRunMismatch when an interrupted run of another job waits there
+    (unless abandon_unfinished: then its partial output is deleted)."""
     spec = inputs.check_input(identity.input, identity.glob)
+    check_root(root)
     store = Store(root)
     if store.exists("_run.json") or store.exists("_inputs.parquet"):
         raise OldLayout(f"{store.root} was written by embedlib 0.1 (one run per folder); write to a new output root")
@@ -93,6 +95,9 @@ def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor
         store.clean_temporaries()
         for run_id in set(catalog.finished_runs(store)) & set(store.listdir(WORK)):
             store.remove(work(run_id))  # killed after its runs row, before its staging was removed
+        for name in store.listdir(WORK):
+            if name != "tmp" and not store.exists(work(name, "run.json")):
+                store.remove(work(name))  # killed while listing, before its run.json: nothing else was written
         resume = []
         for run_id, info in catalog.unfinished_runs(store):
             if identity.same_as(info["identity"]):
@@ -127,31 +132,45 @@ def _bar(progress: bool, desc: str, total: int | None) -> tqdm:
                 file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=False)
 
 
+def _list(store: Store, run_id: str, spec: inputs.InputSpec, shard_size: int, progress: bool) -> dict:
+    """List the input into _work/<run>/listing/ chunk files (from scratch: a partial listing of a killed run is
+    discarded). When the listing fails (the manifest changed since it was checked, a store stopped answering),
+    the run's staging is removed, so nothing it leaves blocks the root: nothing else was written yet."""
+    store.remove(work(run_id, "listing"))
+    chunks = files = 0
+    try:
+        with _bar(progress, "listing", None) as bar:
+            for table in inputs.listing_batches(spec, shard_size):
+                store.write_ipc(work(run_id, "listing", chunk_name(chunks, "arrow")), table)
+                chunks, files = chunks + 1, files + table.num_rows
+                bar.update(table.num_rows)
+    except BaseException as exc:
+        store.remove(work(run_id))
+        if isinstance(exc, OSError):
+            raise inputs.InputError(f"input {spec.text} could not be listed: {exc}") from None
+        raise
+    listing = {"chunks": chunks, "files": files, "shard_size": shard_size}
+    store.write_json(work(run_id, "listing", "_done.json"), listing)
+    return listing
+
+
 def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.InputSpec, target: Target,
              executor: Executor, shard_size: int, progress: bool, config_json: dict | None) -> RunSummary:
     started = time.perf_counter()
     info = store.read_json(work(run_id, "run.json"))
     resumed = info is not None
-    if not resumed:
-        info = {"identity": asdict(identity), "started": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "raster": target.config.to_dict()["raster"], "config": config_json or {}}
-        store.write_json(work(run_id, "run.json"), info)
     phases: dict[str, float] = {}
     root = store.root
     shard_size = max(1, shard_size)
 
     t = time.perf_counter()
     listing = store.read_json(work(run_id, "listing", "_done.json"))
-    if listing is None:  # (re)list from scratch: a partial listing of a killed run is discarded
-        store.remove(work(run_id, "listing"))
-        chunks = files = 0
-        with _bar(progress, "listing", None) as bar:
-            for table in inputs.listing_batches(spec, shard_size):
-                store.write_ipc(work(run_id, "listing", chunk_name(chunks, "arrow")), table)
-                chunks, files = chunks + 1, files + table.num_rows
-                bar.update(table.num_rows)
-        listing = {"chunks": chunks, "files": files, "shard_size": shard_size}
-        store.write_json(work(run_id, "listing", "_done.json"), listing)
+    if listing is None:
+        listing = _list(store, run_id, spec, shard_size, progress)
+    if not resumed:  # only a listed run is a run: one that failed or was killed while listing blocks nothing
+        info = {"identity": asdict(identity), "started": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "raster": target.config.to_dict()["raster"], "config": config_json or {}}
+        store.write_json(work(run_id, "run.json"), info)
     shard_size = listing["shard_size"]  # a resumed run keeps the chunking it started with
     phases["list"] = time.perf_counter() - t
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 import uuid
 from typing import Any
 
@@ -19,11 +20,59 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from embedlib.errors import UserError
 from embedlib.sources import split_uri, uri_protocol
 
 WORK = "_work"
 TEMP = f"{WORK}/tmp"
 ATOMIC_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss", "memory"}
+BUCKET_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss"}  # the first path part is a bucket
+
+
+class RootError(UserError):
+    """The output root cannot be used (a file, not writable, a missing bucket): one line for the user."""
+
+
+def check_root(root: str) -> None:
+    """Refuse, in one line, an output root that no run could write: a file (or a folder inside one), a folder
+    this process cannot create or write in, a bucket that does not exist. Called before the root's lock is
+    taken (which would otherwise fail with a traceback). Locally it creates the root and writes and removes
+    one empty temporary file: what the run does next anyway, and the only check that root, ACLs and read-only
+    mounts cannot fool."""
+    store = Store(root)
+    if store.local:
+        _check_local_root(store.base)
+    else:
+        _check_remote_root(store)
+
+
+def _check_local_root(base: str) -> None:
+    existing = base
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == base else f"is inside {existing}, which is a file"
+        raise RootError(f"output root {base} {what}, not a folder")
+    try:
+        os.makedirs(base, exist_ok=True)
+        with tempfile.TemporaryFile(dir=base, prefix="._embedlib-probe-"):
+            pass
+    except OSError as exc:
+        raise RootError(f"output root {base} cannot be written: {exc.strerror or exc}") from None
+
+
+def _check_remote_root(store: "Store") -> None:
+    bucket = store.base.split("/", 1)[0]
+    try:
+        missing = store.protocol in BUCKET_STORES and not store.fs.exists(bucket)
+        is_file = not missing and store.fs.isfile(store.base)
+    except OSError as exc:
+        raise RootError(f"output root {store.root} cannot be reached: {exc}") from None
+    if missing:
+        raise RootError(f"output root {store.root}: bucket {bucket} does not exist (or is not visible with these "
+                        "credentials)")
+    if is_file:
+        raise RootError(f"output root {store.root} is a file, not a folder")
 
 
 class Store:

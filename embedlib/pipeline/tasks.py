@@ -61,29 +61,35 @@ def _duckdb(temp_dir: str) -> duckdb.DuckDBPyConnection:
 
 def _register(con, store: Store, name: str, files: list[str], fmt: str, empty: pa.Schema,
               columns: list[str] | None = None) -> None:
-    """Expose exact files (never a glob: roots may be named `run[1]`) to DuckDB as a view `name`."""
+    """Expose exact files (never a glob: roots may be named `run[1]`) to DuckDB as a view `name`. With
+    `columns`, their types come from `empty`, and a file written before a column existed (an older schema
+    version) gives nulls for it."""
+    wanted = pa.schema([empty.field(c) for c in columns]) if columns else None
     if files:
-        ds = pads.dataset([store.path(f) for f in files], format=fmt, filesystem=store.arrow_filesystem())
+        ds = pads.dataset([store.path(f) for f in files], schema=wanted, format=fmt,
+                          filesystem=store.arrow_filesystem())
         con.register(name, ds.scanner(columns=columns) if columns else ds)
     else:
-        con.register(name, (empty.empty_table().select(columns) if columns else empty.empty_table()))
+        con.register(name, wanted.empty_table() if wanted else empty.empty_table())
 
 
 # ---- match: what earlier runs knew about the listed paths ----------------------------------------------------
 
 def match_task(root: str, run_id: str, table: str, chunks: int) -> dict:
-    """Join the listing with the latest known state of each path in earlier runs (table + errors), and write
-    one known/NNNNNN.arrow per listing chunk (schema.LISTING + schema.KNOWN), in listing order."""
+    """Join the listing with the latest known state of each file in earlier runs (table + errors), by its exact
+    identity (`location`), and write one known/NNNNNN.arrow per listing chunk (schema.LISTING + schema.KNOWN),
+    in listing order."""
     store = Store(root)
     prior = [f for f in catalog.table_files(store, table, exclude_run=run_id)]
     prior_errors = catalog.table_files(store, "errors", exclude_run=run_id)
     listing = [work(run_id, "listing", chunk_name(i, "arrow")) for i in range(chunks)]
-    cols = ["path", "size_bytes", "mtime_ns", "etag", "sha256", "model_version", "run_id"]
+    cols = ["location", "size_bytes", "mtime_ns", "etag", "sha256", "model_version", "run_id"]
     with tempfile.TemporaryDirectory() as tmp:
         con = _duckdb(tmp)
         _register(con, store, "listing", listing, "ipc", schema.LISTING)
         _register(con, store, "prior_written", prior, "parquet", schema.embeddings_schema(1), cols)
-        _register(con, store, "prior_errors", prior_errors, "parquet", schema.ERRORS, cols + ["status"])
+        _register(con, store, "prior_errors", prior_errors, "parquet", schema.ERRORS,
+                  cols + ["status", "judged_under"])
         reader = con.execute(sql_text("pipeline_match"), {"shard_size": _shard_size(store, run_id)}) \
             .to_arrow_reader(65536)
         _write_by_chunk(store, run_id, "known", reader, chunks)
