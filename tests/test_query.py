@@ -79,8 +79,10 @@ def test_views_follow_the_layout(con, fx):
     cols = [r[0] for r in con.execute("DESCRIBE embeddings").fetchall()]
     assert "run" not in cols and cols[-1] == "embedding"  # no hive column added from the path
     assert con.execute("SELECT count(*) FROM embedding_duplicates").fetchone()[0] == 0
-    # the unfinished run's staging file and the lock are invisible
-    assert con.execute("SELECT count(*) FROM embeddings_all WHERE run_id = $r", {"r": qf.RUN_UNFINISHED}).fetchone()[0] == 0
+    # the unfinished run's Parquet parts (every table), staging files and the lock are invisible
+    for table in ("embeddings_all", "errors", "neighbors_all", "attribution"):
+        assert con.execute(f"SELECT count(*) FROM {table} WHERE run_id = $r", {"r": qf.RUN_UNFINISHED}).fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM embeddings_all WHERE path LIKE '/corpus/ghost%'").fetchone()[0] == 0
 
 
 def test_embeddings_match_what_was_written(con, fx):

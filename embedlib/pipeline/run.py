@@ -12,6 +12,8 @@ names), then a new run picks up whatever the input gained meanwhile.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -113,6 +115,13 @@ def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor
         lock.release()
 
 
+def _test_kill_point(point: str) -> None:
+    """Tests kill a real job at an exact moment: EMBEDLIB_TEST_KILL_AT=commit SIGKILLs this process right
+    before it writes its runs row (every part written, nothing committed)."""
+    if os.environ.get("EMBEDLIB_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def abandon(store: Store, run_id: str, info: dict) -> None:
     """Delete an interrupted run's partial output: its partitions and its staging."""
     ident = info["identity"]
@@ -195,6 +204,7 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
     for marker in tasks.marker_counts(store, run_id, "written"):
         totals.add(marker)
     finished = dt.datetime.now(dt.timezone.utc)
+    _test_kill_point("commit")
     store.write_parquet(catalog.runs_part(run_id), catalog.runs_row(run_id, info, totals.as_dict(), finished))
     store.remove(work(run_id))
     return RunSummary(run_id, store.root, resumed, totals.as_dict(), time.perf_counter() - started, phases)

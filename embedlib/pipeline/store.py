@@ -27,9 +27,13 @@ ATOMIC_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss", 
 
 
 class Store:
-    def __init__(self, root: str, temp: str = TEMP) -> None:
+    def __init__(self, root: str, temp: str = TEMP, fs: Any = None) -> None:
+        """`fs`: an fsspec filesystem already opened for `root` (the query layer's, with its storage options)."""
         self.temp = temp  # where local writes are staged before their rename (inside the root)
         protocol = uri_protocol(root)
+        if fs is not None:
+            fs_protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+            protocol = None if fs_protocol in ("file", "local") else (protocol or fs_protocol)
         self.protocol = protocol or "file"
         self.local = protocol in (None, "file")
         if self.local:
@@ -37,7 +41,7 @@ class Store:
             self.fs = None
             self.root = self.base
         else:
-            self.fs, path = split_uri(root)
+            self.fs, path = split_uri(root) if fs is None else (fs, fs._strip_protocol(root))
             self.base = path.rstrip("/")
             self.root = f"{self.protocol}://{self.base}"
 

@@ -1,0 +1,92 @@
+"""The output root as a table: a run is visible only once committed (its runs row), whatever its parts.
+
+Real `python -m jobs.embed` processes, SIGKILLed at an exact point by the driver's test hook
+(EMBEDLIB_TEST_KILL_AT=commit: every part written, no runs row), then every view of `embedlib.query.connect`
+is compared with what the committed runs say they wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from embedlib import query
+from embedlib.pipeline import catalog
+from embedlib.pipeline.store import Store
+
+from test_pipeline import REPO, _corpus, model_uri  # noqa: F401  (model_uri is a fixture)
+
+
+def embed_job(model: str, src, out, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("EMBEDLIB_TEST_KILL_AT", None)
+    if kill_at:
+        env["EMBEDLIB_TEST_KILL_AT"] = kill_at
+    return subprocess.run([sys.executable, "-m", "jobs.embed", "--model", model, "--input", str(src), "--output",
+                           str(out), "--executor", "local", "--no-progress", "--set", "input.shard_size=2", *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+
+def neighbors_job(out, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.neighbors", "--root", str(out), *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def check_views_equal_committed(root: str) -> dict[str, int]:
+    """Every view counts exactly the rows of the committed runs (by the runs rows' own counts)."""
+    con = query.connect(root)
+    runs = {r[0]: r[1:] for r in con.execute(
+        "SELECT run_id, model_version, embedded, duplicates, failed FROM runs").fetchall()}
+    assert set(runs) == set(catalog.finished_runs(Store(root)))
+    version = con.execute("SELECT model_version FROM embedlib_settings").fetchone()[0]
+    embedded = sum(e for v, e, _, _ in runs.values() if v == version)
+    errors = sum(d + f for _, _, d, f in runs.values())
+    for table in ("embeddings_all", "errors"):
+        by_run = dict(con.execute(f"SELECT run_id, count(*) FROM {table} GROUP BY ALL").fetchall())
+        assert set(by_run) <= set(runs), (table, by_run)
+    assert con.execute("SELECT count(*), count(DISTINCT sha256) FROM embeddings").fetchone() == (embedded, embedded)
+    assert con.execute("SELECT count(*) FROM errors").fetchone()[0] == errors
+    for run_id, _, e, d, f, rows, error_rows in con.execute(
+            "SELECT run_id, model_version, embedded, duplicates, failed, embedded_rows, error_rows FROM run_counts"
+    ).fetchall():
+        assert (rows, error_rows) == (e, d + f), run_id
+    for view in ("family_counts", "format_counts", "size_distribution"):
+        assert con.execute(f"SELECT sum(files) FROM {view}").fetchone()[0] == embedded, view
+    assert (con.execute("SELECT coalesce(sum(files), 0) FROM error_counts").fetchone()[0]) == errors
+    assert con.execute("SELECT count(*) FROM embedding_duplicates").fetchone()[0] == 0
+    missing = dict(con.execute("SELECT name, reason FROM embedlib_missing").fetchall())
+    if "neighbors_all" not in missing:
+        covered = {r[0] for r in con.execute("SELECT DISTINCT run_id FROM neighbors_all").fetchall()}
+        assert covered <= set(runs)
+        # the attribution view lists exactly the files with stored neighbours, all of committed runs
+        assert con.execute("SELECT count(*) FROM attribution WHERE run_id NOT IN (SELECT run_id FROM runs)"
+                           ).fetchone()[0] == 0
+    con.close()
+    return {"runs": len(runs), "embedded": embedded, "errors": errors}
+
+
+def test_a_run_killed_before_its_runs_row_is_invisible_until_finished(model_uri, tmp_path):  # noqa: F811
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    _corpus(a, 3)
+    _corpus(b, 7)  # the same 3 contents (known: duplicates) and 4 new ones
+    first = embed_job(model_uri, a, out)
+    assert first.returncode == 0, first.stderr
+    killed = embed_job(model_uri, b, out, kill_at="commit")
+    assert killed.returncode == -9, killed.stderr
+    (run_b,) = [r for r, _ in catalog.unfinished_runs(Store(str(out)))]
+    written = list((out / "embeddings").rglob(f"run={run_b}/*.parquet"))
+    assert written and list((out / "errors").rglob(f"run={run_b}/*.parquet"))  # its parts are all there
+    assert check_views_equal_committed(str(out)) == {"runs": 1, "embedded": 3, "errors": 0}
+    nb = neighbors_job(out, "-k", "2")  # only committed runs get (and are) neighbours
+    assert nb.returncode == 0, nb.stderr
+    con = query.connect(str(out))
+    assert con.execute("SELECT count(*), count(DISTINCT neighbor) FROM neighbors").fetchone() == (3 * 2, 3)
+    con.close()
+    check_views_equal_committed(str(out))
+
+    again = embed_job(model_uri, b, out)  # finishes the killed run, then a new run finds nothing new
+    assert again.returncode == 0, again.stderr
+    assert f"run {run_b} (resumed)" in again.stdout
+    counts = check_views_equal_committed(str(out))
+    assert counts == {"runs": 3, "embedded": 7, "errors": 3}
