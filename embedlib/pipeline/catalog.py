@@ -28,30 +28,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import socket
-import threading
-import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from embedlib import __version__, schema
 from embedlib.errors import UserError
+from embedlib.pipeline.lease import LOCK, LeaseLost, RootLock, RunInProgress  # noqa: F401 (the catalog's API)
 from embedlib.pipeline.store import WORK, Store
 
-LOCK = "_lock.json"
 COMMITS = "commits"
 VERSION_KEYS = {"embeddings": "model_version", "samples": "views_version", "neighbors": "model_version"}
 TABLES = ("embeddings", "samples", "errors", "runs", "neighbors")
-
-
-class RunInProgress(UserError, RuntimeError):
-    """Another run holds the root's lock."""
-
-    exit_code = 75  # EX_TEMPFAIL: a scheduler may simply try again later
 
 
 class UnfinishedRunMismatch(UserError, RuntimeError):
@@ -246,79 +236,3 @@ def runs_row(run_id: str, info: dict, counts: dict[str, int], finished: dt.datet
         "config": json.dumps(info.get("config", {}), sort_keys=True),
     }
     return schema.rows_table([row], schema.RUNS)
-
-
-# ---- the lock ----------------------------------------------------------------------------------------------
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass
-class RootLock:
-    """One run at a time per root. Locally an flock (the kernel drops it when the process dies, even by
-    SIGKILL); on object stores a JSON lease with a heartbeat, taken over when its holder is gone (same host,
-    dead pid) or silent for `stale_after` seconds."""
-
-    store: Store
-    run_id: str
-    stale_after: float = 600.0
-    heartbeat_every: float = 30.0
-    _fh: Any = field(default=None, repr=False)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def _info(self) -> dict:
-        return {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-
-    def acquire(self) -> None:
-        if self.store.local:
-            import fcntl
-
-            os.makedirs(self.store.base, exist_ok=True)
-            fh = open(self.store.path(LOCK), "a+")
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "another process"
-                fh.close()
-                raise RunInProgress(f"another run is writing to {self.store.root} ({holder}); try again later")
-            fh.seek(0)
-            fh.truncate()
-            fh.write(json.dumps(self._info()))
-            fh.flush()
-            self._fh = fh
-            return
-        holder = self.store.read_json(LOCK)
-        if holder and not self._stale(holder):
-            raise RunInProgress(f"another run is writing to {self.store.root} (run {holder.get('run_id')} on "
-                                f"{holder.get('host')}, pid {holder.get('pid')}, alive "
-                                f"{time.time() - holder.get('heartbeat', 0):.0f} s ago); try again later")
-        self.store.write_json(LOCK, self._info())
-        time.sleep(1.0)  # two starters at once: the later write wins, the other sees it and backs off
-        if (self.store.read_json(LOCK) or {}).get("run_id") != self.run_id:
-            raise RunInProgress(f"another run took the lock of {self.store.root} at the same moment; try again later")
-        threading.Thread(target=self._beat, daemon=True).start()
-
-    def _stale(self, holder: dict) -> bool:
-        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
-            return True
-        return time.time() - float(holder.get("heartbeat", 0)) > self.stale_after
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_every):
-            self.store.write_json(LOCK, self._info())
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._fh is not None:
-            self._fh.close()  # the flock goes with the descriptor; the file stays, harmlessly
-            self._fh = None
-        elif (self.store.read_json(LOCK) or {}).get("run_id") == self.run_id:
-            self.store.remove(LOCK)

@@ -109,7 +109,7 @@ def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor
                     "its partial output")
         if callable(executor) and not hasattr(executor, "write"):
             executor = executor()
-        return [_execute(store, run_id, identity, spec, target, executor, shard_size, progress, config_json)
+        return [_execute(store, run_id, identity, spec, target, executor, shard_size, progress, config_json, lock)
                 for run_id in resume + [lock.run_id]]
     finally:
         lock.release()
@@ -137,7 +137,10 @@ def _bar(progress: bool, desc: str, total: int | None) -> tqdm:
 
 
 def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.InputSpec, target: Target,
-             executor: Executor, shard_size: int, progress: bool, config_json: dict | None) -> RunSummary:
+             executor: Executor, shard_size: int, progress: bool, config_json: dict | None,
+             lock: RootLock) -> RunSummary:
+    """One run from wherever it stopped to its runs row. The lease is checked between tasks and phases and right
+    before the commit: a run that lost it stops (LeaseLost) and commits nothing."""
     started = time.perf_counter()
     info = store.read_json(work(run_id, "run.json"))
     resumed = info is not None
@@ -156,6 +159,7 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
         chunks = files = 0
         with _bar(progress, "listing", None) as bar:
             for table in inputs.listing_batches(spec, shard_size):
+                lock.check()
                 store.write_ipc(work(run_id, "listing", chunk_name(chunks, "arrow")), table)
                 chunks, files = chunks + 1, files + table.num_rows
                 bar.update(table.num_rows)
@@ -164,6 +168,7 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
     shard_size = listing["shard_size"]  # a resumed run keeps the chunking it started with
     phases["list"] = time.perf_counter() - t
 
+    lock.check()
     t = time.perf_counter()
     matched = bool(catalog.table_files(store, target.table, exclude_run=run_id)
                    or catalog.table_files(store, "errors", exclude_run=run_id))
@@ -179,10 +184,12 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
         bar.update(listing["files"] - sum(min(shard_size, listing["files"] - i * shard_size) for i in todo))
         for counts in executor.map(tasks.hash_task, [(root, run_id, i, target.config, matched, target.version)
                                                     for i in todo]):
+            lock.check()
             bar.update(counts["files_seen"])
     phases["hash"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    lock.check()
     plan = store.read_json(work(run_id, "plan", "_done.json"))
     if plan is None:
         plan = executor.run_one(tasks.plan_task, root, run_id, target.table, target.version, listing["chunks"],
@@ -194,6 +201,7 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
     todo = [j for j in range(plan["chunks"]) if chunk_name(j, "json") not in done]
     with _bar(progress, "embedding" if target.table == "embeddings" else "views", plan.get("planned")) as bar:
         for counts in executor.write(root, run_id, todo, target):
+            lock.check()
             bar.update(counts["written"] + counts["failed"])
     phases["write"] = time.perf_counter() - t
 
@@ -205,6 +213,7 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
         totals.add(marker)
     finished = dt.datetime.now(dt.timezone.utc)
     _test_kill_point("commit")
+    lock.check(commit=True)
     store.write_parquet(catalog.runs_part(run_id), catalog.runs_row(run_id, info, totals.as_dict(), finished))
     store.remove(work(run_id))
     return RunSummary(run_id, store.root, resumed, totals.as_dict(), time.perf_counter() - started, phases)

@@ -5,6 +5,10 @@ that no `*.parquet` glob of a table folder matches) and renamed into place; obje
 publish an object only once its upload completes, so it is written in place. Temporary files a killed run
 left behind are removed by the next run (`clean_temporaries`). Paths are used as given: a root named
 `o'brien run` or `run[1]` is a name, never a pattern.
+
+Conditional writes (the root's lease, embedlib/pipeline/lease.py) exist where the backend can refuse a write
+atomically: S3 (`If-None-Match: *` to create, `If-Match: <ETag>` to replace or delete). Elsewhere they raise
+NoConditionalWrites, one line naming the backend.
 """
 
 from __future__ import annotations
@@ -19,11 +23,21 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from embedlib.errors import UserError
 from embedlib.sources import split_uri, uri_protocol
 
 WORK = "_work"
 TEMP = f"{WORK}/tmp"
 ATOMIC_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss", "memory"}
+CONDITIONAL_WRITES = {"s3", "s3a"}  # backends whose conditional writes this module implements (and tests)
+
+
+class ConditionFailed(Exception):
+    """A conditional write or delete found the object changed since its token was read (or gone)."""
+
+
+class NoConditionalWrites(UserError, RuntimeError):
+    """The backend cannot refuse a write atomically, which a lease on it needs."""
 
 
 class Store:
@@ -138,6 +152,70 @@ class Store:
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+    # -- conditional writes (object stores; the lease) ------------------------------------------------------
+    def _s3(self, rel: str) -> tuple[str, str]:
+        if self.protocol not in CONDITIONAL_WRITES:
+            raise NoConditionalWrites(
+                f"{self.root}: the {self.protocol}:// backend has no conditional writes here, which the root's "
+                "lease needs; use a local path or an s3:// root")
+        bucket, key, _ = self.fs.split_path(self.path(rel))
+        return bucket, key
+
+    def _s3_call(self, method: str, rel: str, **kwargs) -> dict:
+        """One S3 call; a failed precondition (412, or 409 for a concurrent conditional write) is
+        ConditionFailed, a create over an existing object FileExistsError."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.fs.call_s3(method, **kwargs)
+        except (ClientError, OSError) as exc:
+            cause = exc if isinstance(exc, ClientError) else exc.__cause__
+            error = getattr(cause, "response", {}).get("Error", {}) if cause is not None else {}
+            if error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                if "IfNoneMatch" in kwargs:
+                    raise FileExistsError(self.uri(rel)) from None
+                raise ConditionFailed(error.get("Message", "precondition failed")) from None
+            if isinstance(exc, FileExistsError) and "IfNoneMatch" in kwargs:
+                raise
+            if error.get("Code") in ("NoSuchKey", "404") and "IfMatch" in kwargs:
+                raise ConditionFailed("the object is gone") from None
+            raise
+
+    def create_exclusive(self, rel: str, data: bytes) -> str:
+        """Write `rel` only if no object has that name; returns its token (ETag). FileExistsError otherwise."""
+        bucket, key = self._s3(rel)
+        out = self._s3_call("put_object", rel, Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        self.fs.invalidate_cache(self.path(rel))
+        return out["ETag"]
+
+    def replace_if(self, rel: str, data: bytes, token: str) -> str:
+        """Overwrite `rel` only if it still has `token`; returns the new token. ConditionFailed otherwise."""
+        bucket, key = self._s3(rel)
+        out = self._s3_call("put_object", rel, Bucket=bucket, Key=key, Body=data, IfMatch=token)
+        self.fs.invalidate_cache(self.path(rel))
+        return out["ETag"]
+
+    def remove_if(self, rel: str, token: str) -> None:
+        """Delete `rel` only if it still has `token`. ConditionFailed otherwise."""
+        bucket, key = self._s3(rel)
+        self._s3_call("delete_object", rel, Bucket=bucket, Key=key, IfMatch=token)
+        self.fs.invalidate_cache(self.path(rel))
+
+    def read_versioned(self, rel: str) -> tuple[bytes, str] | None:
+        """(content, token) of `rel` read in one request, or None when it does not exist."""
+        bucket, key = self._s3(rel)
+        from fsspec.asyn import sync
+
+        async def get() -> tuple[bytes, str]:
+            out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            async with out["Body"] as body:
+                return await body.read(), out["ETag"]
+
+        try:
+            return sync(self.fs.loop, get)
+        except FileNotFoundError:
+            return None
 
     # -- deletion -----------------------------------------------------------------------------------------
     def remove(self, rel: str) -> None:
