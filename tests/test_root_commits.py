@@ -90,3 +90,40 @@ def test_a_run_killed_before_its_runs_row_is_invisible_until_finished(model_uri,
     assert f"run {run_b} (resumed)" in again.stdout
     counts = check_views_equal_committed(str(out))
     assert counts == {"runs": 3, "embedded": 7, "errors": 3}
+
+
+def test_an_unfinished_run_of_another_input_is_parked_then_reconciled(model_uri, tmp_path):  # noqa: F811
+    """Run B is killed before its commit; run C of another input proceeds (B parked, said in one line) and
+    commits contents B had written; B's own command resumes it and drops what C committed meanwhile."""
+    b, c, out = tmp_path / "b", tmp_path / "c", tmp_path / "out"
+    files_b = _corpus(b, 5)
+    files_c = _corpus(c, 7)[2:]  # contents 2..6: 2, 3 and 4 are B's too
+    for name in sorted(os.listdir(c)):
+        if str(c / name) not in files_c:
+            os.remove(c / name)
+    killed = embed_job(model_uri, b, out, kill_at="commit")
+    assert killed.returncode == -9
+    (run_b,) = [r for r, _ in catalog.unfinished_runs(Store(str(out)))]
+
+    other = embed_job(model_uri, c, out)
+    assert other.returncode == 0, other.stderr
+    (line,) = [ln for ln in other.stderr.splitlines() if ln.startswith("parked run")]
+    assert run_b in line and f"embed of {b}" in line
+    command = line.split("resume it with: ", 1)[1]
+    assert command.startswith(f"python -m jobs.embed --model {model_uri} --input {b} --output {out}")
+    assert check_views_equal_committed(str(out)) == {"runs": 1, "embedded": 5, "errors": 0}
+
+    resumed = subprocess.run(command.replace("python", sys.executable, 1), shell=True, cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"run {run_b} (resumed): 5 files seen, 0 known from earlier runs, 2 embedded, 3 duplicates" in resumed.stdout
+    assert check_views_equal_committed(str(out)) == {"runs": 3, "embedded": 7, "errors": 3}
+    con = query.connect(str(out))
+    shas = [r[0] for r in con.execute("SELECT sha256 FROM embeddings_all").fetchall()]
+    assert len(shas) == len(set(shas)) == 7  # no content twice in the version
+    dups = con.execute("SELECT path, reason FROM errors WHERE run_id = $r ORDER BY path", {"r": run_b}).fetchall()
+    assert [p for p, _ in dups] == sorted(files_b[2:5])
+    assert all("while this run was unfinished" in reason for _, reason in dups)
+    by_path = dict(con.execute("SELECT path, run_id FROM embeddings").fetchall())
+    assert {by_path[f] for f in files_b[:2]} == {run_b} and set(files_c) <= set(by_path)
+    con.close()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -35,17 +36,12 @@ from typing import Any
 import pyarrow as pa
 
 from embedlib import __version__, schema
-from embedlib.errors import UserError
 from embedlib.pipeline.lease import LOCK, LeaseLost, RootLock, RunInProgress  # noqa: F401 (the catalog's API)
 from embedlib.pipeline.store import WORK, Store
 
 COMMITS = "commits"
 VERSION_KEYS = {"embeddings": "model_version", "samples": "views_version", "neighbors": "model_version"}
 TABLES = ("embeddings", "samples", "errors", "runs", "neighbors")
-
-
-class UnfinishedRunMismatch(UserError, RuntimeError):
-    """An interrupted run of another job waits in the root: finishing ours first would mix them."""
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -221,6 +217,25 @@ def read_runs(store: Store, snap: Snapshot | None = None) -> pa.Table:
     if not tables:
         return schema.RUNS.empty_table()
     return pa.concat_tables(tables, promote_options="permissive").sort_by("run_id")
+
+
+def resume_command(info: dict, root: str) -> str:
+    """The command that resumes the run described by `info` (its run.json): the one recorded when it started,
+    else one rebuilt from its identity (job, input, settings; the model for embed runs)."""
+    if info.get("command"):
+        return info["command"]
+    ident = info["identity"]
+    args = ["python", "-m", f"jobs.{ident['job']}"]
+    if ident["job"] == "embed":
+        args += ["--model", str(info.get("config", {}).get("model", "MODEL"))]
+    args += ["--input", ident["input"], *(["--glob"] if ident.get("glob") else []), "--output", root]
+    from embedlib.config import InputConfig
+
+    default = InputConfig()
+    for key, value in sorted(ident.get("settings", {}).items()):
+        if getattr(default, key, value) != value:
+            args += ["--set", f"input.{key}={json.dumps(value) if isinstance(value, bool) else value}"]
+    return shlex.join(args)
 
 
 def runs_row(run_id: str, info: dict, counts: dict[str, int], finished: dt.datetime) -> pa.Table:

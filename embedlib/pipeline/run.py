@@ -6,7 +6,9 @@ embedlib/ray_io.py), and keeps only counts: its memory does not grow with the nu
 
 Reruns: the root's lock makes runs one at a time (a second one refuses, exit 75). An interrupted run of the
 same job is finished first (its tasks with completion markers are kept, the others redone under the same
-names), then a new run picks up whatever the input gained meanwhile.
+names), then a new run picks up whatever the input gained meanwhile. An interrupted run of another job or input
+is parked, not in the way: it resumes when its own command runs again, reconciled with what was committed
+meanwhile.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from embedlib import inputs
 from embedlib.errors import UserError
 from embedlib.pipeline import catalog, tasks
 from embedlib.pipeline.catalog import JobIdentity, RootLock, chunk_name, work
+from embedlib.pipeline.lease import announce
 from embedlib.pipeline.stages import Counts
 from embedlib.pipeline.store import WORK, Store
 from embedlib.pipeline.tasks import Target
@@ -78,13 +81,14 @@ class OldLayout(UserError):
 
 def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor | Callable[[], Executor], *,
             shard_size: int = 256, progress: bool = True, abandon_unfinished: bool = False,
-            config_json: dict | None = None) -> list[RunSummary]:
+            config_json: dict | None = None, command: str | None = None) -> list[RunSummary]:
     """Finish any interrupted run of this same job in `root`, then run once more over the input.
 
+    An interrupted run of another job or input is parked: left unfinished and invisible (its own command resumes
+    it later), announced in one line on stderr; with abandon_unfinished its partial output is deleted instead.
     Everything that can be refused is refused before `executor` is called (when it is a factory, e.g. one that
-    starts Ray): a missing input, catalog.RunInProgress when another run holds the root, and
-    catalog.UnfinishedRunMismatch when an interrupted run of another job waits there (unless
-    abandon_unfinished: then its partial output is deleted)."""
+    starts Ray): a missing input, and catalog.RunInProgress when another run holds the root. `command` is
+    recorded in the run's run.json: what a later run names as the command that resumes it."""
     spec = inputs.check_input(identity.input, identity.glob)
     store = Store(root)
     if store.exists("_run.json") or store.exists("_inputs.parquet"):
@@ -103,13 +107,12 @@ def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor
                 abandon(store, run_id, info)
             else:
                 other = info["identity"]
-                raise catalog.UnfinishedRunMismatch(
-                    f"run {run_id} ({other['job']} of {other['input']}, version {other['version']}) was interrupted "
-                    f"in {store.root}: run that command again to finish it, or pass --abandon-unfinished to delete "
-                    "its partial output")
+                announce(f"parked run {run_id} ({other['job']} of {other['input']}, version {other['version']}): "
+                         f"it stays unfinished and invisible; resume it with: {catalog.resume_command(info, store.root)}")
         if callable(executor) and not hasattr(executor, "write"):
             executor = executor()
-        return [_execute(store, run_id, identity, spec, target, executor, shard_size, progress, config_json, lock)
+        meta = {"config": config_json or {}, "command": command}
+        return [_execute(store, run_id, identity, spec, target, executor, shard_size, progress, meta, lock)
                 for run_id in resume + [lock.run_id]]
     finally:
         lock.release()
@@ -137,16 +140,16 @@ def _bar(progress: bool, desc: str, total: int | None) -> tqdm:
 
 
 def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.InputSpec, target: Target,
-             executor: Executor, shard_size: int, progress: bool, config_json: dict | None,
-             lock: RootLock) -> RunSummary:
+             executor: Executor, shard_size: int, progress: bool, meta: dict, lock: RootLock) -> RunSummary:
     """One run from wherever it stopped to its runs row. The lease is checked between tasks and phases and right
-    before the commit: a run that lost it stops (LeaseLost) and commits nothing."""
+    before the commit: a run that lost it stops (LeaseLost) and commits nothing. A resumed run is reconciled
+    with what other runs committed meanwhile before it commits (tasks.reconcile_task)."""
     started = time.perf_counter()
     info = store.read_json(work(run_id, "run.json"))
     resumed = info is not None
     if not resumed:
         info = {"identity": asdict(identity), "started": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "raster": target.config.to_dict()["raster"], "config": config_json or {}}
+                "raster": target.config.to_dict()["raster"], "config": meta["config"], "command": meta["command"]}
         store.write_json(work(run_id, "run.json"), info)
     phases: dict[str, float] = {}
     root = store.root
@@ -205,12 +208,21 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
             bar.update(counts["written"] + counts["failed"])
     phases["write"] = time.perf_counter() - t
 
+    dropped = 0
+    if resumed:
+        lock.check()
+        reconciled = store.read_json(work(run_id, "reconcile", "_done.json"))
+        if reconciled is None:
+            reconciled = executor.run_one(tasks.reconcile_task, root, run_id, target.table, target.version)
+        dropped = reconciled["dropped"]
+
     totals = Counts(files_seen=listing["files"])
     for marker in tasks.marker_counts(store, run_id, "hashed"):
         totals.add({k: v for k, v in marker.items() if k != "files_seen"})
     totals.add({k: plan[k] for k in ("skipped_known", "duplicates")})
     for marker in tasks.marker_counts(store, run_id, "written"):
         totals.add(marker)
+    totals.add({"written": -dropped, "duplicates": dropped})
     finished = dt.datetime.now(dt.timezone.utc)
     _test_kill_point("commit")
     lock.check(commit=True)
