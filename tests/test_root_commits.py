@@ -91,6 +91,16 @@ def test_a_run_killed_before_its_runs_row_is_invisible_until_finished(model_uri,
     counts = check_views_equal_committed(str(out))
     assert counts == {"runs": 3, "embedded": 7, "errors": 3}
 
+    # jobs.neighbors without --run covers every committed run of the version that has none: the resumed one
+    # (the latest run, which found nothing new, needs none)
+    nb = neighbors_job(out, "-k", "2")
+    assert nb.returncode == 0, nb.stderr
+    assert nb.stdout.startswith(f"neighbors: 4 rows of run {run_b} x 7 rows of model version"), nb.stdout
+    con = query.connect(str(out))
+    assert con.execute("SELECT count(*), count(DISTINCT sha256) FROM neighbors").fetchone() == (7 * 2, 7)
+    con.close()
+    assert "nothing to do" in neighbors_job(out).stdout
+
 
 def test_an_unfinished_run_of_another_input_is_parked_then_reconciled(model_uri, tmp_path):  # noqa: F811
     """Run B is killed before its commit; run C of another input proceeds (B parked, said in one line) and
@@ -126,4 +136,27 @@ def test_an_unfinished_run_of_another_input_is_parked_then_reconciled(model_uri,
     assert all("while this run was unfinished" in reason for _, reason in dups)
     by_path = dict(con.execute("SELECT path, run_id FROM embeddings").fetchall())
     assert {by_path[f] for f in files_b[:2]} == {run_b} and set(files_c) <= set(by_path)
+    con.close()
+
+
+def test_neighbors_take_the_lease_and_commit_a_rewrite_whole(model_uri, tmp_path):  # noqa: F811
+    src, out = tmp_path / "in", tmp_path / "out"
+    _corpus(src, 4)
+    assert embed_job(model_uri, src, out, "--neighbors", "3").returncode == 0
+    (run,) = catalog.finished_runs(Store(str(out)))
+    with catalog.RootLock(Store(str(out)), "holder"):
+        busy = neighbors_job(out, "--run", run)
+    assert busy.returncode == 75 and len(busy.stderr.strip().splitlines()) == 1 and "another run" in busy.stderr
+    env = dict(os.environ, EMBEDLIB_TEST_KILL_AT="neighbors-commit")
+    killed = subprocess.run([sys.executable, "-m", "jobs.neighbors", "--root", str(out), "--run", run, "-k", "1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert killed.returncode == -9
+    assert len(list((out / "neighbors").rglob("*.parquet"))) == 2  # the new parts are there, uncommitted
+    con = query.connect(str(out))
+    assert con.execute("SELECT count(*), max(rank) FROM neighbors").fetchone() == (4 * 3, 3)  # the old ones, whole
+    con.close()
+    again = neighbors_job(out, "--run", run, "-k", "1")
+    assert again.returncode == 0, again.stderr
+    con = query.connect(str(out))
+    assert con.execute("SELECT count(*), max(rank) FROM neighbors").fetchone() == (4, 1)  # the new ones, whole
     con.close()

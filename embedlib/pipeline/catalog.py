@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shlex
+import signal
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -182,6 +184,24 @@ def snapshot(store: Store, tables: tuple[str, ...] = TABLES) -> Snapshot:
     files = {t: tuple(sorted(f for f in listed[t] if visible(f))) for t in tables if t in listed}
     present = frozenset(f for fs in listed.values() for f in fs)
     return Snapshot(records=records, runs=frozenset(r for r in runs if r), files=files, present=present)
+
+
+def kill_point(point: str) -> None:
+    """Tests kill a real job at an exact moment: EMBEDLIB_TEST_KILL_AT=<point> SIGKILLs this process there
+    (`commit`: a run right before its runs row; `neighbors-commit`, `compact-commit`: right before a record)."""
+    if os.environ.get("EMBEDLIB_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_commit(store: Store, commit_id: str, kind: str, added: dict[str, dict], removed: list[str],
+                 runs: list[str] | tuple[str, ...] = ()) -> dict:
+    """Publish a commit: one record, written after every file it adds (so a reader sees all of them or none).
+    added: relative path -> {"rows": n, "runs": [run ids whose rows it holds]}; removed: the files it supersedes
+    (deleted later, after a grace period); runs: the run ids whose runs rows its added runs files hold."""
+    record = {"commit": commit_id, "kind": kind, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+              "added": added, "removed": sorted(removed), "runs": sorted(runs)}
+    store.write_json(commit_record(commit_id), record)
+    return record
 
 
 def table_files(store: Store, table: str, version: str | None = None, exclude_run: str | None = None) -> list[str]:

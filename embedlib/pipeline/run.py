@@ -14,8 +14,6 @@ meanwhile.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -118,13 +116,6 @@ def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor
         lock.release()
 
 
-def _test_kill_point(point: str) -> None:
-    """Tests kill a real job at an exact moment: EMBEDLIB_TEST_KILL_AT=commit SIGKILLs this process right
-    before it writes its runs row (every part written, nothing committed)."""
-    if os.environ.get("EMBEDLIB_TEST_KILL_AT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def abandon(store: Store, run_id: str, info: dict) -> None:
     """Delete an interrupted run's partial output: its partitions and its staging."""
     ident = info["identity"]
@@ -224,7 +215,7 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
         totals.add(marker)
     totals.add({"written": -dropped, "duplicates": dropped})
     finished = dt.datetime.now(dt.timezone.utc)
-    _test_kill_point("commit")
+    catalog.kill_point("commit")
     lock.check(commit=True)
     store.write_parquet(catalog.runs_part(run_id), catalog.runs_row(run_id, info, totals.as_dict(), finished))
     store.remove(work(run_id))
