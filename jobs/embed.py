@@ -7,8 +7,8 @@ Each run embeds only contents not yet embedded with this model in OUTPUT (unchan
 re-read), writes OUTPUT/embeddings/model_version=V/run=R/, OUTPUT/errors/run=R/ and a summary row in
 OUTPUT/runs/. A killed run is finished by running the same command again; an unfinished run of another input
 is parked (one line names the command that resumes it) and does not block this one. A second run started
-while one is in progress exits with code 75, as does a run that lost the root's lease (rerun it later). Refuses a checkpoint whose BatchNorm health check failed unless
---allow-unhealthy-model.
+while one is in progress exits with code 75, as does a run that lost the root's lease (rerun it later).
+Refuses a checkpoint whose BatchNorm health check failed unless --allow-unhealthy-model.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def test_persistent_errors_stop_the_run_before_it_commits(s3, model_uri, tmp_pat
 def test_a_dead_holder_is_taken_over_at_once(s3, tmp_path, capfd):
     root = "s3://bucket/dead"
     env = dict(os.environ, FSSPEC_S3=json.dumps(s3_config()))
-    script = ("import sys, time; from embedlib.pipeline.lease import RootLock; from embedlib.pipeline.store import Store;"
+    script = ("import time; from embedlib.pipeline.lease import RootLock; from embedlib.pipeline.store import Store;"
               f"RootLock(Store({root!r}), 'killed').acquire(); print('held', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"

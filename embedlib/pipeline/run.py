@@ -105,8 +105,9 @@ def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor
                 abandon(store, run_id, info)
             else:
                 other = info["identity"]
+                resume_with = catalog.resume_command(info, store.root)
                 announce(f"parked run {run_id} ({other['job']} of {other['input']}, version {other['version']}): "
-                         f"it stays unfinished and invisible; resume it with: {catalog.resume_command(info, store.root)}")
+                         f"it stays unfinished and invisible; resume it with: {resume_with}")
         if callable(executor) and not hasattr(executor, "write"):
             executor = executor()
         meta = {"config": config_json or {}, "command": command}

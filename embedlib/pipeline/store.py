@@ -99,6 +99,17 @@ class Store:
             out = [p[len(self.base) + 1:] for p in self.fs.find(full) if p.endswith(suffix)]
         return sorted(out)
 
+    def size(self, rel: str) -> int:
+        return os.path.getsize(self.path(rel)) if self.local else int(self.fs.size(self.path(rel)))
+
+    def modified(self, rel: str) -> float:
+        """When `rel` was last written (seconds since the epoch, the backend's clock)."""
+        if self.local:
+            return os.path.getmtime(self.path(rel))
+        info = self.fs.info(self.path(rel))
+        stamp = info.get("LastModified") or info.get("mtime") or info.get("updated")
+        return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+
     def read_bytes(self, rel: str) -> bytes:
         if self.local:
             with open(self.path(rel), "rb") as fh:

@@ -45,8 +45,9 @@ class NeighborsResult:
         if not self.runs:
             return (f"neighbors: every committed run of model version {self.model_version} already has neighbours; "
                     "nothing to do")
+        names = self.runs if len(self.runs) <= 4 else [*self.runs[:2], "...", self.runs[-1]]
         which = (f"run {self.runs[0]}" if len(self.runs) == 1
-                 else f"{len(self.runs)} runs without neighbours ({', '.join(self.runs)})")
+                 else f"{len(self.runs)} runs without neighbours ({', '.join(names)})")
         return (f"neighbors: {self.queries} rows of {which} x {self.corpus} rows of model version "
                 f"{self.model_version}, k={self.k} ({self.metric}, {self.backend}) -> {len(self.parts)} part(s) "
                 f"in {self.seconds:.1f} s")
