@@ -160,3 +160,38 @@ def test_neighbors_take_the_lease_and_commit_a_rewrite_whole(model_uri, tmp_path
     con = query.connect(str(out))
     assert con.execute("SELECT count(*), max(rank) FROM neighbors").fetchone() == (4, 1)  # the new ones, whole
     con.close()
+
+
+def test_a_reconcile_redone_after_a_kill_drops_the_same_rows(model_uri, tmp_path, monkeypatch):  # noqa: F811
+    """The rows to drop are decided once: a reconcile redone after its parts were rewritten (killed before its
+    marker) records the same duplicates instead of finding nothing left to drop and losing them."""
+    from embedlib import checkpoint
+    from embedlib.pipeline import tasks
+
+    from test_pipeline import _embed
+
+    b, c, out = tmp_path / "b", tmp_path / "c", tmp_path / "out"
+    _corpus(b, 3)
+    _corpus(c, 3)  # the same contents under other paths
+
+    def die(point):
+        if point == "commit":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(catalog, "kill_point", die)
+    try:
+        _embed(model_uri, b, out)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    (run_b,) = [r for r, _ in catalog.unfinished_runs(Store(str(out)))]
+    _embed(model_uri, c, out)
+    version = checkpoint.load_meta(model_uri)["model_version"]
+    first = tasks.reconcile_task(str(out), run_b, "embeddings", version)
+    again = tasks.reconcile_task(str(out), run_b, "embeddings", version)
+    assert first == again == {"dropped": 3}
+    store = Store(str(out))
+    (errors,) = store.find(f"errors/run={run_b}", ".parquet")
+    assert store.read_parquet(errors).column("status").to_pylist() == ["duplicate"] * 3
+    parts = store.find(f"embeddings/model_version={version}/run={run_b}", ".parquet")
+    assert sum(store.read_parquet(p).num_rows for p in parts) == 0
