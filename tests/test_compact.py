@@ -140,3 +140,24 @@ def test_compaction_on_s3():
         assert summary.rewritten == 11 and answers(out.root) == before
         assert compact.compact(out.root, target_mb=1, grace_seconds=0).deleted == 11
         assert answers(out.root) == before
+
+
+def test_rewritten_files_are_near_the_target_size(tmp_path):
+    """20 nightly runs (bench/compaction.py's writer) into files of equal rows, about --target-mb each."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_compaction", os.path.join(REPO, "bench", "compaction.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    root = str(tmp_path / "nightly")
+    sha = bench.build(root, nights=20, rows=50, dim=64)
+    store = Store(root)
+    total = sum(store.size(f) for f in catalog.table_files(store, "embeddings"))
+    con = query.connect(root)
+    before = con.execute("SELECT * FROM similar($s, 10)", {"s": sha}).fetchall()
+    compact.compact(root, target_mb=total / 4 / 2**20)
+    files = catalog.table_files(store, "embeddings")
+    rows = [store.read_parquet(f).num_rows for f in files]
+    assert len(files) == 4 and max(rows) - min(rows) <= 1 and sum(rows) == 20 * 50
+    assert all(0.5 < store.size(f) / (total / 4) < 1.5 for f in files)
+    assert query.connect(root).execute("SELECT * FROM similar($s, 10)", {"s": sha}).fetchall() == before

@@ -34,6 +34,7 @@ from embedlib.pipeline.lease import RootLock
 from embedlib.pipeline.store import Store
 
 TARGET_MB = 128  # rewritten files aim at this size: few enough files per query, small enough to stream
+ROW_GROUP_MB = 8  # DuckDB scans a Parquet file's row groups in parallel: several per file keep every core busy
 GRACE_SECONDS = 24 * 3600  # superseded files stay readable this long: longer than any query or materialisation
 GROUPS = ("embeddings", "neighbors", "errors", "runs")  # samples (training corpora) are left as they are
 
@@ -149,8 +150,10 @@ def rewrite(store: Store, snap: Snapshot, files: list[str], folder: str, target_
     schemas = [pads.dataset([store.path(f)], format="parquet", filesystem=fs).schema for f in files]
     unified = pa.unify_schemas(schemas, promote_options="permissive").with_metadata(schemas[-1].metadata)
     data = pads.dataset([store.path(f) for f in files], format="parquet", filesystem=fs, schema=unified)
-    total_bytes = sum(store.size(f) for f in files)
-    rows_per_file = max(1, target_bytes * max(1, data.count_rows()) // max(1, total_bytes))
+    total_bytes, total_rows = sum(store.size(f) for f in files), max(1, data.count_rows())
+    n_files = max(1, round(total_bytes / target_bytes))  # files of equal rows, each near the target size
+    rows_per_file = -(-total_rows // n_files)
+    rows_per_group = max(1024, rows_per_file * ROW_GROUP_MB * 2**20 // max(1, total_bytes // n_files))
     added: dict[str, dict] = {}
     pending: list[pa.RecordBatch] = []
     count = 0
@@ -160,7 +163,7 @@ def rewrite(store: Store, snap: Snapshot, files: list[str], folder: str, target_
         table = pa.Table.from_batches(pending, schema=unified)
         out, rest = table.slice(0, n_rows), table.slice(n_rows)
         rel = f"{folder}/part-{len(added):06d}.parquet"
-        store.write_parquet(rel, out)
+        store.write_parquet(rel, out, row_group_size=rows_per_group)
         runs = sorted(pc.unique(out.column("run_id")).to_pylist()) if "run_id" in out.column_names else []
         added[rel] = {"rows": out.num_rows, "runs": runs}
         pending, count = rest.to_batches(), rest.num_rows

@@ -150,9 +150,9 @@ class Store:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, dest)
 
-    def write_parquet(self, rel: str, table: pa.Table) -> None:
+    def write_parquet(self, rel: str, table: pa.Table, row_group_size: int | None = None) -> None:
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
         self.write_bytes(rel, buf.getvalue())
 
     def write_ipc(self, rel: str, table: pa.Table) -> None:
