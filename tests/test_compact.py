@@ -132,8 +132,8 @@ def test_the_pipeline_goes_on_over_a_compacted_root(model_uri, tmp_path):  # noq
 
 
 def test_compaction_on_s3():
-    with moto_s3("bucket"):
-        out = qf.write_root("s3://bucket/c")
+    with moto_s3("compact"):
+        out = qf.write_root("s3://compact/c")
         compute_neighbors(out.root, k=3)  # under the lease, on S3
         before = answers(out.root)
         summary = compact.compact(out.root, target_mb=1)

@@ -26,7 +26,7 @@ from test_pipeline import REPO, _cfg, _corpus, model_uri  # noqa: F401  (model_u
 
 @pytest.fixture(scope="module")
 def s3():
-    with moto_s3("bucket") as fs:
+    with moto_s3("lease") as fs:
         yield fs
 
 
@@ -54,7 +54,7 @@ def slow_uploads(store: Store, seconds: float) -> None:
 
 
 def test_two_runs_racing_for_the_lease_exactly_one_wins(s3):
-    root = "s3://bucket/race"
+    root = "s3://lease/race"
     slow, fast = Store(root), Store(root)
     slow_uploads(slow, 1.5)  # the old write-sleep(1)-read-back protocol let both win here
     results: dict[str, object] = {}
@@ -84,7 +84,7 @@ def test_two_runs_racing_for_the_lease_exactly_one_wins(s3):
 
 
 def test_heartbeat_survives_transient_errors(s3, monkeypatch):
-    store = Store("s3://bucket/transient")
+    store = Store("s3://lease/transient")
     lock = RootLock(store, "steady", stale_after=3.0, heartbeat_every=0.2)
     lock.acquire()
     real = Store.replace_if
@@ -107,7 +107,7 @@ def test_heartbeat_survives_transient_errors(s3, monkeypatch):
 
 
 def test_a_late_heartbeat_never_recreates_a_released_lease(s3, monkeypatch):
-    store = Store("s3://bucket/late")
+    store = Store("s3://lease/late")
     lock = RootLock(store, "late", stale_after=5.0, heartbeat_every=0.05)
     lock.acquire()
     real = Store.replace_if
@@ -130,7 +130,7 @@ def test_persistent_errors_stop_the_run_before_it_commits(s3, model_uri, tmp_pat
     monkeypatch.setattr(lease, "HEARTBEAT_SECONDS", 0.2)
     src = tmp_path / "in"
     _corpus(src, 6)
-    root = "s3://bucket/persistent"
+    root = "s3://lease/persistent"
     real_replace, real_hash = Store.replace_if, tasks.hash_task
 
     def down(self, rel, data, token):
@@ -156,7 +156,7 @@ def test_persistent_errors_stop_the_run_before_it_commits(s3, model_uri, tmp_pat
 
 
 def test_a_dead_holder_is_taken_over_at_once(s3, tmp_path, capfd):
-    root = "s3://bucket/dead"
+    root = "s3://lease/dead"
     env = dict(os.environ, FSSPEC_S3=json.dumps(s3_config()))
     script = ("import time; from embedlib.pipeline.lease import RootLock; from embedlib.pipeline.store import Store;"
               f"RootLock(Store({root!r}), 'killed').acquire(); print('held', flush=True); time.sleep(600)")
@@ -169,12 +169,12 @@ def test_a_dead_holder_is_taken_over_at_once(s3, tmp_path, capfd):
     lock = RootLock(Store(root), "next")
     lock.acquire()
     assert time.monotonic() - started < 5
-    assert f"took over the lease of s3://bucket/dead from run killed: its process {proc.pid}" in capfd.readouterr().err
+    assert f"took over the lease of s3://lease/dead from run killed: its process {proc.pid}" in capfd.readouterr().err
     lock.release()
 
 
 def test_an_earlier_attempt_of_the_same_owner_is_taken_over(s3, monkeypatch):
-    root = "s3://bucket/owner"
+    root = "s3://lease/owner"
     body = {"run_id": "attempt-1", "host": "raycluster-head-gone", "pid": 7, "heartbeat": time.time(),
             "owner": "nightly-embed-2026-11-24", "lease_id": "x", "seq": 3}
     Store(root).create_exclusive(lease.LOCK, json.dumps(body).encode())
@@ -188,7 +188,7 @@ def test_an_earlier_attempt_of_the_same_owner_is_taken_over(s3, monkeypatch):
 
 
 def test_a_silent_holder_is_taken_over_after_the_lease(s3):
-    root = "s3://bucket/silent"
+    root = "s3://lease/silent"
     body = {"run_id": "silent", "host": "elsewhere", "pid": 7, "heartbeat": time.time() - 601, "lease_id": "y"}
     Store(root).create_exclusive(lease.LOCK, json.dumps(body).encode())
     with RootLock(Store(root), "next"):
