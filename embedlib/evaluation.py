@@ -59,14 +59,16 @@ class Gallery:
 # ---------------------------------------------------------------------------------------------------
 
 def read_embeddings(root: str) -> pa.Table:
-    """The embeddings of an output root's latest model version (the one its latest finished run wrote)."""
+    """The embeddings of an output root's latest model version (the one its latest finished run wrote): its
+    committed files. A bare table without runs (a study's output, e.g. bench/retrieval_study.py) is read whole."""
     from embedlib.pipeline import catalog
     from embedlib.pipeline.store import Store
 
     store = Store(root)
     runs = catalog.read_runs(store).sort_by("run_id").to_pylist()
     version = runs[-1]["model_version"] if runs else None
-    files = [store.path(f) for f in catalog.table_files(store, "embeddings", version)]
+    committed = catalog.table_files(store, "embeddings", version) if runs else store.find("embeddings", ".parquet")
+    files = [store.path(f) for f in committed]
     columns = ["sha256", "path", "family", "tlsh", "ssdeep", "embedding"]
     return pads.dataset(files, filesystem=store.arrow_filesystem(), format="parquet",
                         partitioning=None).to_table(columns=columns)

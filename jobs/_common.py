@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from typing import Callable
 
@@ -33,6 +34,12 @@ def load_config(args: argparse.Namespace, base: config.Config | None = None) -> 
         return config.load(args.config, args.overrides, base=base)
     except FileNotFoundError as exc:
         raise config.ConfigError(f"config file {exc.filename} does not exist") from None
+
+
+def command_line(job: str, argv: list[str] | None) -> str:
+    """How this job was started, as a shell command (recorded so that a parked run names what resumes it)."""
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", "-m", job, *(a for a in args if a != "--abandon-unfinished")])
 
 
 def setup_logging() -> None:

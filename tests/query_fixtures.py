@@ -1,8 +1,8 @@
 """A small but realistic output root in the pipeline's layout, with schema.py's columns, written through the
 pipeline's own atomic Store (tests/test_end_to_end.py queries a root that jobs.embed really wrote; this one
 adds what a single real run cannot: several runs, two model versions of different sizes, chosen vectors):
-three finished runs under two model versions, errors, runs rows, a staging folder of an unfinished run and a
-lock file (both must be ignored).
+three finished runs under two model versions, errors, runs rows, and an unfinished run (whole Parquet parts in
+every table, staging files, a lock file, no runs row): readers must not see any of it.
 
   R1  model mv-a (D=6)   30 files of 3 families, errors: empty, duplicate
   R2  model mv-b (D=8)   the same 30 contents re-embedded under mv-b (beta-07 now among gamma), 6 new (two part
@@ -151,7 +151,22 @@ def write_root(root: str, dims: dict[str, int] | None = None) -> FixtureRoot:
     ], RUN3)
     write_run(RUN3, MV_B, 3, len(r3), 2, 2)
 
-    # An unfinished run: staging files (never *.parquet) and a lock; both must be invisible to the views.
+    # An unfinished run: whole Parquet parts in every table (one content already written by R2, two new ones),
+    # staging files and a lock, but no runs row. None of it may be visible to any reader.
+    ghost = [dict(out.rows[MV_B][sha(names[0][0])], run_id=RUN_UNFINISHED)]
+    ghost += [{**ghost[0], "sha256": sha(f"ghost-{j}"), "path": f"/corpus/ghost-{j}"} for j in range(2)]
+    flat = np.concatenate([vec(MV_B, "alpha") for _ in ghost]).astype(np.float32)
+    cols = {k: [r[k] for r in ghost] for k in ghost[0]}
+    cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim_of[MV_B])
+    store.write_parquet(f"embeddings/model_version={MV_B}/run={RUN_UNFINISHED}/part-000000.parquet",
+                        pa.Table.from_pydict(cols, schema=embeddings_schema(dim_of[MV_B], MV_B)))
+    store.write_parquet(f"errors/run={RUN_UNFINISHED}/part-read-000000.parquet", pa.Table.from_pylist(
+        [{k: None for k in schema.ERRORS.names} | {"path": "/corpus/ghost.bin", "status": "empty", "reason": "0 bytes",
+                                                   "model_version": MV_B, "run_id": RUN_UNFINISHED}],
+        schema=schema.ERRORS))
+    store.write_parquet(f"neighbors/model_version={MV_B}/run={RUN_UNFINISHED}/part-000000.parquet", pa.Table.from_pylist(
+        [{"sha256": sha("ghost-0"), "rank": 1, "neighbor": sha(names[0][0]), "distance": 0.5, "metric": "cosine",
+          "model_version": MV_B, "run_id": RUN_UNFINISHED}], schema=schema.NEIGHBORS))
     store.write_bytes(f"_work/{RUN_UNFINISHED}/run.json", json.dumps({"run_id": RUN_UNFINISHED}).encode())
     store.write_bytes(f"_work/{RUN_UNFINISHED}/plan/000000.arrow", b"staging, never *.parquet")
     store.write_bytes("_lock.json", json.dumps({"run_id": RUN_UNFINISHED}).encode())

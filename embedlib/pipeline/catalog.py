@@ -1,8 +1,11 @@
-"""The run catalog of an output root: where each table's files go, which runs exist, who runs now.
+"""The run catalog of an output root: where each table's files go, which of them readers may see, who runs now.
 
   ROOT/<table>/<key>=<version>/run=<R>/part-NNNNNN.parquet  embeddings (key model_version) or samples (views_version)
   ROOT/errors/run=<R>/part-<stage>-NNNNNN.parquet          stage: read (listing + hashing), dup (plan), write
-  ROOT/runs/<R>.parquet                                    one summary row, written when run R finishes
+  ROOT/runs/<R>.parquet                                    one summary row, written when run R finishes: its commit
+  ROOT/neighbors/model_version=<V>/run=<R>/commit=<W>/...  jobs.neighbors' parts, committed by commits/<W>.json
+  ROOT/<table>/.../commit=<W>/part-NNNNNN.parquet          jobs.compact's rewritten parts, committed by commits/<W>.json
+  ROOT/commits/<W>.json                                    a commit record: files it adds, files it supersedes
   ROOT/_work/<R>/run.json                                  an unfinished run: what it is, for resuming it
   ROOT/_work/<R>/{listing,known,hashed,plan}/NNNNNN.arrow  staging between stages (never *.parquet)
   ROOT/_work/<R>/{hashed,written}/NNNNNN.json              per-task completion markers with counts
@@ -11,6 +14,14 @@
 A run finishes in order: listing -> match (known paths) -> hash -> plan -> write -> runs row. Every task's
 output has a deterministic name, so a task redone after a kill overwrites its own files: nothing is
 duplicated, and nothing is lost, because a run is only finished when its runs row exists.
+
+What readers see (`snapshot`, the one definition every reader uses: the pipeline's match and plan, the query
+views, jobs.neighbors, compaction): a Parquet file is visible when its owner is committed and no committed
+record supersedes it. The owner is the innermost `commit=<W>` folder (committed when commits/<W>.json exists),
+else the `run=<R>` folder or runs/<R>.parquet (committed when runs/<R>.parquet exists or a record lists R
+among the runs whose rows it holds). A snapshot reads the records first, then runs/, then the tables: a
+file written before its commit is always listed when its commit is, so a reader sees a whole commit or none.
+Superseded files stay until a later job deletes them after a grace period (embedlib/pipeline/compact.py).
 """
 
 from __future__ import annotations
@@ -18,31 +29,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
-import threading
-import time
+import shlex
+import signal
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from embedlib import __version__, schema
-from embedlib.errors import UserError
+from embedlib.pipeline.lease import LOCK, LeaseLost, RootLock, RunInProgress  # noqa: F401 (the catalog's API)
 from embedlib.pipeline.store import WORK, Store
 
-LOCK = "_lock.json"
-VERSION_KEYS = {"embeddings": "model_version", "samples": "views_version"}
-
-
-class RunInProgress(UserError, RuntimeError):
-    """Another run holds the root's lock."""
-
-    exit_code = 75  # EX_TEMPFAIL: a scheduler may simply try again later
-
-
-class UnfinishedRunMismatch(UserError, RuntimeError):
-    """An interrupted run of another job waits in the root: finishing ours first would mix them."""
+COMMITS = "commits"
+VERSION_KEYS = {"embeddings": "model_version", "samples": "views_version", "neighbors": "model_version"}
+TABLES = ("embeddings", "samples", "errors", "runs", "neighbors")
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -94,20 +95,126 @@ def run_of(rel: str) -> str | None:
     for part in rel.split("/"):
         if part.startswith("run="):
             return part[4:]
-    return rel.rsplit("/", 1)[-1][: -len(".parquet")] if rel.startswith("runs/") else None
+    parts = rel.split("/")
+    return parts[1][: -len(".parquet")] if len(parts) == 2 and parts[0] == "runs" else None
+
+
+def owner_of(rel: str) -> tuple[str, str] | None:
+    """Who commits a table file: ("commit", W) for the innermost `commit=<W>` folder, else ("run", R)."""
+    folders = rel.split("/")[:-1]
+    for part in reversed(folders):
+        if part.startswith("commit="):
+            return "commit", part[len("commit="):]
+    run = run_of(rel)
+    return ("run", run) if run else None
+
+
+def version_of(rel: str) -> str | None:
+    """The `<key>=<version>` folder value of a versioned table's file (None for errors and runs)."""
+    table, _, rest = rel.partition("/")
+    key = VERSION_KEYS.get(table)
+    head = rest.split("/", 1)[0]
+    return head[len(key) + 1:] if key and head.startswith(key + "=") else None
+
+
+def commit_record(commit_id: str) -> str:
+    return f"{COMMITS}/{commit_id}.json"
+
+
+def _is_data_file(rel: str) -> bool:
+    base = rel.rsplit("/", 1)[-1]
+    return base.endswith(".parquet") and not base.startswith((".", "_"))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The committed state of a root at one moment (see the module docstring). Paths are relative to the root."""
+
+    records: dict[str, dict]  # commit id -> its record
+    runs: frozenset[str]  # committed run ids
+    files: dict[str, tuple[str, ...]]  # table -> visible Parquet files, sorted
+    present: frozenset[str]  # every Parquet file listed, visible or not (superseded, uncommitted)
+
+    def table_files(self, table: str, version: str | None = None, exclude_run: str | None = None) -> list[str]:
+        """Visible files of `table` (of one version when given; errors and runs have none), without the files
+        of run `exclude_run` (a run never sees its own, uncommitted, parts as known)."""
+        files = self.files.get(table, ())
+        if version is not None and table in VERSION_KEYS:
+            files = tuple(f for f in files if version_of(f) == version)
+        return [f for f in files if exclude_run is None or owner_of(f) != ("run", exclude_run)]
+
+    def runs_in(self, rel: str) -> list[str]:
+        """The run ids whose rows a visible file holds (a run's own file: that run; a commit's: its record)."""
+        kind, name = owner_of(rel) or ("", "")
+        if kind == "run":
+            return [name]
+        return list(self.records.get(name, {}).get("added", {}).get(rel, {}).get("runs", []))
+
+
+def read_records(store: Store) -> dict[str, dict]:
+    """Every commit record of the root, by commit id."""
+    out = {}
+    for name in store.listdir(COMMITS):
+        if name.endswith(".json") and not name.startswith((".", "_")):
+            record = store.read_json(f"{COMMITS}/{name}")
+            if record is not None:
+                out[name[: -len(".json")]] = record
+    return out
+
+
+def snapshot(store: Store, tables: tuple[str, ...] = TABLES) -> Snapshot:
+    """What readers may see now: records first, then runs/, then the tables (the order makes it consistent)."""
+    records = read_records(store)
+    run_files = [f for f in store.find("runs", ".parquet") if _is_data_file(f)]
+    runs = {run_of(f) for f in run_files if owner_of(f) == ("run", run_of(f))}
+    runs |= {r for rec in records.values() for r in rec.get("runs", [])}
+    superseded = {rel for rec in records.values() for rel in rec.get("removed", [])}
+    listed = {"runs": run_files}
+    for table in tables:
+        if table != "runs":
+            listed[table] = [f for f in store.find(table, ".parquet") if _is_data_file(f)]
+
+    def visible(rel: str) -> bool:
+        owner = owner_of(rel)
+        if owner is None or rel in superseded:
+            return False
+        kind, name = owner
+        return name in records if kind == "commit" else name in runs
+
+    files = {t: tuple(sorted(f for f in listed[t] if visible(f))) for t in tables if t in listed}
+    present = frozenset(f for fs in listed.values() for f in fs)
+    return Snapshot(records=records, runs=frozenset(r for r in runs if r), files=files, present=present)
+
+
+def kill_point(point: str) -> None:
+    """Tests kill a real job at an exact moment: EMBEDLIB_TEST_KILL_AT=<point> SIGKILLs this process there
+    (`commit`: a run right before its runs row; `neighbors-commit`, `compact-commit`: right before a record)."""
+    if os.environ.get("EMBEDLIB_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_commit(store: Store, commit_id: str, kind: str, added: dict[str, dict], removed: list[str],
+                 runs: list[str] | tuple[str, ...] = ()) -> dict:
+    """Publish a commit: one record, written after every file it adds (so a reader sees all of them or none).
+    added: relative path -> {"rows": n, "runs": [run ids whose rows it holds]}; removed: the files it supersedes
+    (deleted later, after a grace period); runs: the run ids whose runs rows its added runs files hold."""
+    record = {"commit": commit_id, "kind": kind, "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+              "added": added, "removed": sorted(removed), "runs": sorted(runs)}
+    store.write_json(commit_record(commit_id), record)
+    return record
 
 
 def table_files(store: Store, table: str, version: str | None = None, exclude_run: str | None = None) -> list[str]:
-    """Relative paths of a table's Parquet files (of one version when given), without those of `exclude_run`."""
-    folder = table if version is None or table == "errors" else f"{table}/{VERSION_KEYS[table]}={version}"
-    files = store.find(folder, ".parquet")
-    return files if exclude_run is None else [p for p in files if run_of(p) != exclude_run]
+    """Relative paths of a table's committed Parquet files (of one version when given), without those of
+    `exclude_run`: the files of an unfinished, killed or parked run are never counted."""
+    return snapshot(store, (table,)).table_files(table, version, exclude_run)
 
 
 # ---- runs --------------------------------------------------------------------------------------------------
 
 def finished_runs(store: Store) -> list[str]:
-    return [name[: -len(".parquet")] for name in store.listdir("runs") if name.endswith(".parquet")]
+    """The committed runs of the root, sorted."""
+    return sorted(snapshot(store, ("runs",)).runs)
 
 
 def unfinished_runs(store: Store) -> list[tuple[str, dict]]:
@@ -123,9 +230,32 @@ def unfinished_runs(store: Store) -> list[tuple[str, dict]]:
     return sorted(out)
 
 
-def read_runs(store: Store) -> pa.Table:
-    tables = [store.read_parquet(f"runs/{r}.parquet") for r in finished_runs(store)]
-    return pa.concat_tables(tables) if tables else schema.RUNS.empty_table()
+def read_runs(store: Store, snap: Snapshot | None = None) -> pa.Table:
+    """The runs table: one row per committed run, sorted by run id."""
+    snap = snap or snapshot(store, ("runs",))
+    tables = [store.read_parquet(f) for f in snap.table_files("runs")]
+    if not tables:
+        return schema.RUNS.empty_table()
+    return pa.concat_tables(tables, promote_options="permissive").sort_by("run_id")
+
+
+def resume_command(info: dict, root: str) -> str:
+    """The command that resumes the run described by `info` (its run.json): the one recorded when it started,
+    else one rebuilt from its identity (job, input, settings; the model for embed runs)."""
+    if info.get("command"):
+        return info["command"]
+    ident = info["identity"]
+    args = ["python", "-m", f"jobs.{ident['job']}"]
+    if ident["job"] == "embed":
+        args += ["--model", str(info.get("config", {}).get("model", "MODEL"))]
+    args += ["--input", ident["input"], *(["--glob"] if ident.get("glob") else []), "--output", root]
+    from embedlib.config import InputConfig
+
+    default = InputConfig()
+    for key, value in sorted(ident.get("settings", {}).items()):
+        if getattr(default, key, value) != value:
+            args += ["--set", f"input.{key}={json.dumps(value) if isinstance(value, bool) else value}"]
+    return shlex.join(args)
 
 
 def runs_row(run_id: str, info: dict, counts: dict[str, int], finished: dt.datetime) -> pa.Table:
@@ -141,79 +271,3 @@ def runs_row(run_id: str, info: dict, counts: dict[str, int], finished: dt.datet
         "config": json.dumps(info.get("config", {}), sort_keys=True),
     }
     return schema.rows_table([row], schema.RUNS)
-
-
-# ---- the lock ----------------------------------------------------------------------------------------------
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@dataclass
-class RootLock:
-    """One run at a time per root. Locally an flock (the kernel drops it when the process dies, even by
-    SIGKILL); on object stores a JSON lease with a heartbeat, taken over when its holder is gone (same host,
-    dead pid) or silent for `stale_after` seconds."""
-
-    store: Store
-    run_id: str
-    stale_after: float = 600.0
-    heartbeat_every: float = 30.0
-    _fh: Any = field(default=None, repr=False)
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def _info(self) -> dict:
-        return {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-
-    def acquire(self) -> None:
-        if self.store.local:
-            import fcntl
-
-            os.makedirs(self.store.base, exist_ok=True)
-            fh = open(self.store.path(LOCK), "a+")
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip() or "another process"
-                fh.close()
-                raise RunInProgress(f"another run is writing to {self.store.root} ({holder}); try again later")
-            fh.seek(0)
-            fh.truncate()
-            fh.write(json.dumps(self._info()))
-            fh.flush()
-            self._fh = fh
-            return
-        holder = self.store.read_json(LOCK)
-        if holder and not self._stale(holder):
-            raise RunInProgress(f"another run is writing to {self.store.root} (run {holder.get('run_id')} on "
-                                f"{holder.get('host')}, pid {holder.get('pid')}, alive "
-                                f"{time.time() - holder.get('heartbeat', 0):.0f} s ago); try again later")
-        self.store.write_json(LOCK, self._info())
-        time.sleep(1.0)  # two starters at once: the later write wins, the other sees it and backs off
-        if (self.store.read_json(LOCK) or {}).get("run_id") != self.run_id:
-            raise RunInProgress(f"another run took the lock of {self.store.root} at the same moment; try again later")
-        threading.Thread(target=self._beat, daemon=True).start()
-
-    def _stale(self, holder: dict) -> bool:
-        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
-            return True
-        return time.time() - float(holder.get("heartbeat", 0)) > self.stale_after
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_every):
-            self.store.write_json(LOCK, self._info())
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._fh is not None:
-            self._fh.close()  # the flock goes with the descriptor; the file stays, harmlessly
-            self._fh = None
-        elif (self.store.read_json(LOCK) or {}).get("run_id") == self.run_id:
-            self.store.remove(LOCK)

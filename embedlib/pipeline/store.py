@@ -5,6 +5,10 @@ that no `*.parquet` glob of a table folder matches) and renamed into place; obje
 publish an object only once its upload completes, so it is written in place. Temporary files a killed run
 left behind are removed by the next run (`clean_temporaries`). Paths are used as given: a root named
 `o'brien run` or `run[1]` is a name, never a pattern.
+
+Conditional writes (the root's lease, embedlib/pipeline/lease.py) exist where the backend can refuse a write
+atomically: S3 (`If-None-Match: *` to create, `If-Match: <ETag>` to replace or delete). Elsewhere they raise
+NoConditionalWrites, one line naming the backend.
 """
 
 from __future__ import annotations
@@ -75,10 +79,25 @@ def _check_remote_root(store: "Store") -> None:
         raise RootError(f"output root {store.root} is a file, not a folder")
 
 
+CONDITIONAL_WRITES = {"s3", "s3a"}  # backends whose conditional writes this module implements (and tests)
+
+
+class ConditionFailed(Exception):
+    """A conditional write or delete found the object changed since its token was read (or gone)."""
+
+
+class NoConditionalWrites(UserError, RuntimeError):
+    """The backend cannot refuse a write atomically, which a lease on it needs."""
+
+
 class Store:
-    def __init__(self, root: str, temp: str = TEMP) -> None:
+    def __init__(self, root: str, temp: str = TEMP, fs: Any = None) -> None:
+        """`fs`: an fsspec filesystem already opened for `root` (the query layer's, with its storage options)."""
         self.temp = temp  # where local writes are staged before their rename (inside the root)
         protocol = uri_protocol(root)
+        if fs is not None:
+            fs_protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+            protocol = None if fs_protocol in ("file", "local") else (protocol or fs_protocol)
         self.protocol = protocol or "file"
         self.local = protocol in (None, "file")
         if self.local:
@@ -86,7 +105,7 @@ class Store:
             self.fs = None
             self.root = self.base
         else:
-            self.fs, path = split_uri(root)
+            self.fs, path = split_uri(root) if fs is None else (fs, fs._strip_protocol(root))
             self.base = path.rstrip("/")
             self.root = f"{self.protocol}://{self.base}"
 
@@ -130,6 +149,17 @@ class Store:
             out = [p[len(self.base) + 1:] for p in self.fs.find(full) if p.endswith(suffix)]
         return sorted(out)
 
+    def size(self, rel: str) -> int:
+        return os.path.getsize(self.path(rel)) if self.local else int(self.fs.size(self.path(rel)))
+
+    def modified(self, rel: str) -> float:
+        """When `rel` was last written (seconds since the epoch, the backend's clock)."""
+        if self.local:
+            return os.path.getmtime(self.path(rel))
+        info = self.fs.info(self.path(rel))
+        stamp = info.get("LastModified") or info.get("mtime") or info.get("updated")
+        return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+
     def read_bytes(self, rel: str) -> bytes:
         if self.local:
             with open(self.path(rel), "rb") as fh:
@@ -170,9 +200,9 @@ class Store:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, dest)
 
-    def write_parquet(self, rel: str, table: pa.Table) -> None:
+    def write_parquet(self, rel: str, table: pa.Table, row_group_size: int | None = None) -> None:
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
         self.write_bytes(rel, buf.getvalue())
 
     def write_ipc(self, rel: str, table: pa.Table) -> None:
@@ -183,6 +213,70 @@ class Store:
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+    # -- conditional writes (object stores; the lease) ------------------------------------------------------
+    def _s3(self, rel: str) -> tuple[str, str]:
+        if self.protocol not in CONDITIONAL_WRITES:
+            raise NoConditionalWrites(
+                f"{self.root}: the {self.protocol}:// backend has no conditional writes here, which the root's "
+                "lease needs; use a local path or an s3:// root")
+        bucket, key, _ = self.fs.split_path(self.path(rel))
+        return bucket, key
+
+    def _s3_call(self, method: str, rel: str, **kwargs) -> dict:
+        """One S3 call; a failed precondition (412, or 409 for a concurrent conditional write) is
+        ConditionFailed, a create over an existing object FileExistsError."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.fs.call_s3(method, **kwargs)
+        except (ClientError, OSError) as exc:
+            cause = exc if isinstance(exc, ClientError) else exc.__cause__
+            error = getattr(cause, "response", {}).get("Error", {}) if cause is not None else {}
+            if error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                if "IfNoneMatch" in kwargs:
+                    raise FileExistsError(self.uri(rel)) from None
+                raise ConditionFailed(error.get("Message", "precondition failed")) from None
+            if isinstance(exc, FileExistsError) and "IfNoneMatch" in kwargs:
+                raise
+            if error.get("Code") in ("NoSuchKey", "404") and "IfMatch" in kwargs:
+                raise ConditionFailed("the object is gone") from None
+            raise
+
+    def create_exclusive(self, rel: str, data: bytes) -> str:
+        """Write `rel` only if no object has that name; returns its token (ETag). FileExistsError otherwise."""
+        bucket, key = self._s3(rel)
+        out = self._s3_call("put_object", rel, Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        self.fs.invalidate_cache(self.path(rel))
+        return out["ETag"]
+
+    def replace_if(self, rel: str, data: bytes, token: str) -> str:
+        """Overwrite `rel` only if it still has `token`; returns the new token. ConditionFailed otherwise."""
+        bucket, key = self._s3(rel)
+        out = self._s3_call("put_object", rel, Bucket=bucket, Key=key, Body=data, IfMatch=token)
+        self.fs.invalidate_cache(self.path(rel))
+        return out["ETag"]
+
+    def remove_if(self, rel: str, token: str) -> None:
+        """Delete `rel` only if it still has `token`. ConditionFailed otherwise."""
+        bucket, key = self._s3(rel)
+        self._s3_call("delete_object", rel, Bucket=bucket, Key=key, IfMatch=token)
+        self.fs.invalidate_cache(self.path(rel))
+
+    def read_versioned(self, rel: str) -> tuple[bytes, str] | None:
+        """(content, token) of `rel` read in one request, or None when it does not exist."""
+        bucket, key = self._s3(rel)
+        from fsspec.asyn import sync
+
+        async def get() -> tuple[bytes, str]:
+            out = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+            async with out["Body"] as body:
+                return await body.read(), out["ETag"]
+
+        try:
+            return sync(self.fs.loop, get)
+        except FileNotFoundError:
+            return None
 
     # -- deletion -----------------------------------------------------------------------------------------
     def remove(self, rel: str) -> None:

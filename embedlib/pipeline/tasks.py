@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from embedlib import schema, views
@@ -193,6 +194,49 @@ def plan_task(root: str, run_id: str, target_table: str, version: str, hashed_ch
         _write_errors(store, run_id, "dup", n_dup, dups)
     result = {**counts.as_dict(), "chunks": n_plan, "planned": n_planned}
     store.write_json(work(run_id, "plan", "_done.json"), result)
+    return result
+
+
+# ---- reconcile: a resumed run against what others committed meanwhile -----------------------------------------
+
+def reconcile_task(root: str, run_id: str, table: str, version: str) -> dict:
+    """A resumed run's rows whose content another run committed under `version` while this one was unfinished
+    (parked, killed): dropped from its parts and recorded as `duplicate` error rows, so no sha256 appears twice
+    in a version. The rows to drop are decided once (reconcile/drop.arrow) before any part is rewritten, so a
+    kill anywhere in here redoes exactly the same work. Returns {"dropped": n}, also written as the marker."""
+    store = Store(root)
+    own = store.find(f"{table}/{catalog.VERSION_KEYS[table]}={version}/run={run_id}", ".parquet")
+    decided = work(run_id, "reconcile", "drop.arrow")
+    if store.exists(decided):
+        drop = store.read_ipc(decided)
+    else:
+        done = catalog.table_files(store, table, version, exclude_run=run_id)
+        drop = pa.table({"sha256": pa.array([], pa.string())})
+        if own and done:
+            head = pads.dataset([store.path(own[0])], format="parquet", filesystem=store.arrow_filesystem()).schema
+            columns = [c for c in head.names if c != "embedding" and not c.startswith("view_")]
+            with tempfile.TemporaryDirectory() as tmp:
+                con = _duckdb(tmp)
+                _register(con, store, "own", own, "parquet", head, columns)
+                _register(con, store, "done", done, "parquet", schema.embeddings_schema(1),
+                          ["sha256", "path", "run_id"])
+                drop = con.execute(sql_text("pipeline_reconcile")).to_arrow_table()
+                con.close()
+        store.write_ipc(decided, drop)
+    rows = drop.to_pylist()
+    tag = RunTag(version, run_id)
+    _write_errors(store, run_id, "reconcile", 0, [
+        error_row(r, schema.STATUS_DUPLICATE, f"same content as {r['same_as']} (committed by run {r['by_run']} "
+                  "while this run was unfinished)", tag) for r in rows])
+    if rows:
+        shas = pa.array(sorted({r["sha256"] for r in rows}), pa.string())
+        for rel in own:
+            part = store.read_parquet(rel)
+            kept = part.filter(pc.invert(pc.is_in(part.column("sha256"), value_set=shas)))
+            if kept.num_rows != part.num_rows:
+                store.write_parquet(rel, kept)
+    result = {"dropped": len(rows)}
+    store.write_json(work(run_id, "reconcile", "_done.json"), result)
     return result
 
 

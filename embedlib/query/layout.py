@@ -1,10 +1,12 @@
-"""What an output root holds, found by listing it with fsspec: never by a glob, never by pasting it into SQL.
+"""What an output root holds for readers: exactly the committed files (embedlib.pipeline.catalog.snapshot, the
+one definition the pipeline uses too), found by listing, never by a glob, never by pasting a path into SQL.
 
-  ROOT/embeddings/model_version=<V>/run=<R>/part-<NNNNNN>.parquet
-  ROOT/errors/run=<R>/part-<stage>-<NNNNNN>.parquet
-  ROOT/runs/<R>.parquet
-  ROOT/neighbors/model_version=<V>/run=<R>/part-<NNNNNN>.parquet
-  ROOT/_work/..., ROOT/_lock.json, temporary names: ignored (they never end in .parquet or start with . or _)
+  ROOT/embeddings/model_version=<V>/run=<R>/part-<NNNNNN>.parquet    visible once runs/<R>.parquet exists
+  ROOT/errors/run=<R>/part-<stage>-<NNNNNN>.parquet                  likewise
+  ROOT/runs/<R>.parquet                                              the commit of run R
+  ROOT/neighbors/model_version=<V>/run=<R>/commit=<W>/part-<N>.parquet  visible once commits/<W>.json exists
+  ROOT/<table>/.../commit=<W>/part-<N>.parquet                       compacted parts, likewise
+  ROOT/_work/..., ROOT/_lock.json, temporary names, the parts of unfinished or parked runs: never seen
 
 DuckDB treats [ ] * ? in read_parquet paths as glob syntax even in an explicit list of files (a file
 `part-00000[1].parquet` silently matched `part-000001.parquet`). `duckdb_path` escapes each of those
@@ -24,6 +26,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedlib.pipeline import catalog
+from embedlib.pipeline.store import Store
 from embedlib.query.errors import QueryError
 
 TABLES = ("embeddings", "errors", "runs", "neighbors")
@@ -38,17 +42,6 @@ def duckdb_path(uri: str) -> str:
 def duckdb_safe(uri: str) -> bool:
     """False when DuckDB cannot be given this exact file name (glob characters and a backslash together)."""
     return "\\" not in uri or not _GLOB.search(uri)
-
-
-def _partition_value(part: str, key: str) -> str | None:
-    """`key=value` folder names hold the value as it is (embedlib.pipeline.catalog writes them so)."""
-    return part[len(key) + 1:] if part.startswith(key + "=") else None
-
-
-def is_data_file(name: str) -> bool:
-    """Finished Parquet files only: temporary names never end in .parquet, hidden or _names are not data."""
-    base = posixpath.basename(name)
-    return base.endswith(".parquet") and not base.startswith((".", "_"))
 
 
 @dataclass
@@ -91,7 +84,7 @@ def open_root(root: str, storage_options: dict | None = None, must_exist: bool =
 
 @dataclass
 class Listing:
-    """Every finished Parquet file under a root, by table (and model version where the table has one)."""
+    """Every committed Parquet file under a root, by table (and model version where the table has one)."""
 
     root: Root
     embeddings: dict[str, list[str]] = field(default_factory=dict)  # model version -> files
@@ -99,48 +92,41 @@ class Listing:
     errors: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     runs_of_version: dict[str, set[str]] = field(default_factory=dict)  # model version -> run ids embedded
+    snapshot: catalog.Snapshot | None = None  # what the lists were taken from (relative paths)
 
     @property
     def empty(self) -> bool:
         return not (self.embeddings or self.errors or self.runs or self.neighbors)
 
 
-def _find(root: Root, table: str) -> list[str]:
-    top = root.join(table)
-    try:
-        if not root.fs.isdir(top):
-            return []
-        return sorted(p for p in root.fs.find(top) if is_data_file(p))
-    except FileNotFoundError:
-        return []
+def store_of(root: Root) -> Store:
+    """The pipeline's filesystem layer over the same filesystem (and storage options) as `root`."""
+    return Store(root.path) if root.local else Store(root.uri(root.path), fs=root.fs)
 
 
 def list_root(root: Root) -> Listing:
-    out = Listing(root=root)
+    """The committed files of every table (catalog.snapshot), as full paths of `root.fs`."""
+    snap = catalog.snapshot(store_of(root), ("embeddings", "errors", "runs", "neighbors"))
+    out = Listing(root=root, snapshot=snap)
     for table in ("embeddings", "neighbors"):
-        for path in _find(root, table):
-            parts = posixpath.relpath(path, root.join(table)).split("/")
-            version = _partition_value(parts[0], "model_version") if len(parts) == 3 else None
-            run = _partition_value(parts[1], "run") if len(parts) == 3 else None
-            if version is None or run is None:
+        for rel in snap.table_files(table):
+            version = catalog.version_of(rel)
+            if version is None:
                 continue  # not in the layout: not ours
-            getattr(out, table).setdefault(version, []).append(path)
+            getattr(out, table).setdefault(version, []).append(root.join(rel))
             if table == "embeddings":
-                out.runs_of_version.setdefault(version, set()).add(run)
-    out.errors = _find(root, "errors")
-    out.runs = [p for p in _find(root, "runs") if posixpath.dirname(p) == root.join("runs")]
+                out.runs_of_version.setdefault(version, set()).update(snap.runs_in(rel))
+    out.errors = [root.join(rel) for rel in snap.table_files("errors")]
+    out.runs = [root.join(rel) for rel in snap.table_files("runs")]
     return out
 
 
 def read_runs(listing: Listing) -> pa.Table | None:
-    """The runs table (one small file per finished run), or None when no run has finished."""
+    """The runs table (one row per committed run), or None when no run has finished."""
     if not listing.runs:
         return None
-    tables = []
-    for path in listing.runs:
-        with listing.root.fs.open(path, "rb") as fh:
-            tables.append(pq.read_table(fh))
-    return pa.concat_tables(tables, promote_options="permissive")
+    runs = catalog.read_runs(store_of(listing.root), listing.snapshot)
+    return runs if runs.num_rows else None
 
 
 def current_model_version(listing: Listing) -> str:
