@@ -6,8 +6,8 @@
 Each run embeds only contents not yet embedded with this model in OUTPUT (unchanged files are not even
 re-read), writes OUTPUT/embeddings/model_version=V/run=R/, OUTPUT/errors/run=R/ and a summary row in
 OUTPUT/runs/. A killed run is finished by running the same command again. A second run started while one is
-in progress exits with code 75. Refuses a checkpoint whose BatchNorm health check failed unless
---allow-unhealthy-model.
+in progress exits with code 75. Refuses a checkpoint whose training record (epochs that ran no step or
+skipped training rows) or BatchNorm health check failed unless --allow-unhealthy-model.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--glob", action="store_true", help="take --input as a glob pattern (e.g. '/data/**/*.exe')")
     parser.add_argument("--output", required=True, help="output root (local or s3://...): runs accumulate there")
     parser.add_argument("--allow-unhealthy-model", action="store_true",
-                        help="embed even if the checkpoint failed its BatchNorm health check")
+                        help="embed even if the checkpoint failed its health check (training record, BatchNorm)")
     parser.add_argument("--abandon-unfinished", action="store_true",
                         help="delete the partial output of an interrupted run of ANOTHER job in --output")
     parser.add_argument("--neighbors", type=int, default=0, metavar="K",
