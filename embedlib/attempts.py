@@ -46,10 +46,11 @@ def fingerprint(config: dict[str, Any], corpus_fingerprint: str) -> str:
 
 def choose(storage: str, base: str, fp: str) -> Attempt:
     """The attempt to run: the latest one of (base, fp) if it did not finish, else a new one."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", base):
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?", base):  # "weekly-": a name left half-made
         from embedlib.errors import UserError
 
-        raise UserError(f"training run name {base!r}: use letters, digits, '.', '_' and '-' only")
+        raise UserError(f"training run name {base!r}: use letters, digits, '.', '_' and '-', beginning and ending "
+                        "with a letter or digit")
     store = Store(storage)
     prefix = f"{base}-{fp}-"
     numbers = sorted(int(n[len(prefix):-len(".json")]) for n in store.listdir(RECORDS)
