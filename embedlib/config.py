@@ -119,6 +119,7 @@ class EmbedConfig:
     # "auto": GPU actors if the cluster has GPUs when the job starts; "true": always ask for a GPU per actor
     # (an autoscaler then starts GPU nodes, even from zero); "false": CPU actors.
     use_gpu: str = "auto"
+    gpu_wait_seconds: float = 600.0  # how long GPU actors may wait to be placed (an autoscaler adding GPU nodes)
     allow_unhealthy_model: bool = False  # refuse checkpoints whose BN health check failed unless set
 
 

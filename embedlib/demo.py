@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedlib import corpus, health, pipeline, ray_io, training
+from embedlib import corpus, health, labels, pipeline, ray_io, training
 from embedlib.config import Config
 from embedlib.errors import UserError
 from embedlib.pipeline import catalog
@@ -70,9 +70,12 @@ def run_demo(work: str, cfg: Config, limit: int = 0, examples=DEFAULT_EXAMPLES,
     say("[3/6] train (Ray Train, then precise BN and the BN health check)")
     for stale in (paths.model, paths.ray):  # a fresh model each run: the demo shows training every time
         shutil.rmtree(stale, ignore_errors=True)
-    meta = training.train(paths.corpus, paths.model, cfg,
-                          fit=lambda c, corp, probe, df: ray_io.train_with_ray(c, corp, probe, df, paths.ray, "demo"),
-                          block_map=ray_io.ray_block_map, say=lambda line: say("      " + line))
+    meta = training.train(paths.corpus, paths.model, cfg, fit=ray_io.train_with_ray, block_map=ray_io.block_map(),
+                          storage=paths.ray, name="demo", labels=labels.for_training(paths.manifest, paths.corpus, cfg),
+                          say=lambda line: say("      " + line))
+    if not meta["training"]["healthy"]:
+        raise DemoError("the model's training record says it did not really train:\n"
+                        + health.describe_training(meta["training"]))
     if not meta["bn_health"]["healthy"]:
         raise DemoError("the trained model failed its BatchNorm health check even after precise BN:\n"
                         + health.describe(meta["bn_health"]))

@@ -53,6 +53,6 @@ class Embedder:
 
 
 @functools.lru_cache(maxsize=2)
-def cached_embedder(model_uri: str, threads: int | None = None) -> Embedder:
+def cached_embedder(model_uri: str, threads: int | None = None, device: str | None = None) -> Embedder:
     """One Embedder per model and process: Ray reuses worker processes, so tasks load a checkpoint once."""
-    return Embedder(model_uri, threads=threads)
+    return Embedder(model_uri, device=device, threads=threads)

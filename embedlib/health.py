@@ -34,21 +34,74 @@ class UnhealthyModelError(UserError, RuntimeError):
 
 
 def check_health(meta: dict, allow_unhealthy: bool) -> str | None:
-    """Refuse (or, when allowed, warn about) a checkpoint whose BN health check failed.
-    Returns the warning text when there is one."""
+    """Refuse (or, when allowed, warn about) a checkpoint whose training did not happen as recorded or whose BN
+    health check failed. Returns the warning text when there is one."""
+    problems = []
+    trained = meta.get("training") or training_report(meta.get("history"), meta.get("train_files"),
+                                                        (meta.get("config") or {}).get("train", {}))
+    if not trained["healthy"]:
+        problems.append("training: " + "; ".join(trained["problems"]))
     report = meta.get("bn_health")
     if report is None:
-        text = "checkpoint has no BN health report: its eval mode was never checked against training"
-    elif report.get("healthy"):
+        problems.append("checkpoint has no BN health report: its eval mode was never checked against training")
+    elif not report.get("healthy"):
+        problems.append(describe(report))
+    if not problems:
         return None
-    else:
-        text = describe(report)
+    text = "\n".join(problems)
     if not allow_unhealthy:
         raise UnhealthyModelError(
-            f"model {meta.get('model_version')} failed its BatchNorm health check; recalibrate it "
-            "(python -m jobs.recalibrate) or pass --allow-unhealthy-model to embed anyway.\n" + text)
+            f"model {meta.get('model_version')} failed its health check (training record or BatchNorm); retrain it, "
+            "recalibrate it (python -m jobs.recalibrate) or pass --allow-unhealthy-model to embed anyway.\n" + text)
     log.warning("embedding with an unhealthy model:\n%s", text)
     return text
+
+
+def training_report(history: list[dict] | None, train_rows: int | None, train_cfg: dict) -> dict:
+    """What training did, epoch by epoch, and whether that is training at all. Unhealthy when an epoch is missing,
+    ran 0 steps, or trained on fewer samples than the training set holds beyond the one stated reason: each rank
+    drops the rows past its last full batch, and the last `train_rows % world` rows sit out (fewer than
+    world x (batch + 1) rows in all). Pure: reads the recorded numbers."""
+    epochs = int(train_cfg.get("epochs", 0) or 0)
+    history = list(history or [])
+    problems: list[str] = []
+    if not history:
+        problems.append("the checkpoint records no training epoch: it was never trained (or predates training "
+                        "records)")
+    if train_rows is None:
+        problems.append("the checkpoint does not record its training set size")
+    if history and len({int(m["epoch"]) for m in history}) < epochs:
+        problems.append(f"{len(history)} of {epochs} epochs recorded")
+    per_epoch = []
+    for m in history:
+        world = int(m.get("world") or train_cfg.get("num_workers") or 1)
+        batch = int(m.get("batch_rows") or train_cfg.get("batch_size") or 1)
+        allowed = world * (batch + 1)  # the stated reason: rounding each rank's share to whole batches
+        samples, steps = int(m.get("samples_all_ranks", 0)), int(m.get("steps", 0))
+        per_epoch.append({"epoch": int(m["epoch"]), "steps": steps, "samples": samples,
+                          "loss": m.get("loss"), "world": world, "batch_rows": batch})
+        if steps <= 0 or samples <= 0:
+            problems.append(f"epoch {int(m['epoch']) + 1} ran {steps} steps on {samples} samples")
+        elif train_rows is not None and samples < train_rows - allowed:
+            problems.append(f"epoch {int(m['epoch']) + 1} trained on {samples} samples of {train_rows} training rows "
+                            f"(rounding to whole batches explains at most {allowed})")
+        if m.get("loss") is not None and not math.isfinite(float(m["loss"])):
+            problems.append(f"epoch {int(m['epoch']) + 1} has a non-finite loss")
+        if m.get("steps_min_rank") is not None and int(m["steps_min_rank"]) != steps:
+            problems.append(f"epoch {int(m['epoch']) + 1}: ranks ran different step counts "
+                            f"({m['steps_min_rank']} to {steps})")
+    return {"train_rows": train_rows, "epochs": epochs, "per_epoch": per_epoch, "problems": problems,
+            "healthy": not problems}
+
+
+def describe_training(report: dict) -> str:
+    """One line per problem, or the totals, for the end of training and before embedding."""
+    if not report["healthy"]:
+        return "training record: FAILED\n" + "\n".join(f"  problem: {p}" for p in report["problems"])
+    steps = sum(e["steps"] for e in report["per_epoch"])
+    samples = [e["samples"] for e in report["per_epoch"]]
+    return (f"training record: OK: {len(samples)} epochs, {steps} steps, {min(samples)} to {max(samples)} samples per "
+            f"epoch of {report['train_rows']} training rows")
 
 
 def _predict(net: "nn.Module", batches: list, train_mode: bool) -> tuple["torch.Tensor", "torch.Tensor"]:

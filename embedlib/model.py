@@ -232,3 +232,19 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def batch_norms(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
     return [(n, m) for n, m in unwrap(model).named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def bn_stages(model: nn.Module) -> list[list[str]]:
+    """The BN layers in groups that can be recalibrated in one pass: stage k holds the k-th BN layer of every
+    view's encoder. Encoders read only their own view, so no layer of a stage feeds another; a layer outside
+    the encoders is a stage of its own, after them (nothing is assumed about what it reads)."""
+    net = unwrap(model)
+    names = [n for n, _ in batch_norms(net)]
+    encoders = getattr(net, "encoders", None)
+    per_encoder: list[list[str]] = []
+    if isinstance(encoders, nn.ModuleDict):
+        per_encoder = [[n for n in names if n.startswith(f"encoders.{view}.")] for view in encoders]
+    inside = {n for layers in per_encoder for n in layers}
+    depth = max((len(layers) for layers in per_encoder), default=0)
+    stages = [[layers[k] for layers in per_encoder if k < len(layers)] for k in range(depth)]
+    return stages + [[n] for n in names if n not in inside]

@@ -19,6 +19,7 @@ from collections import Counter, deque
 from typing import Any, Callable, Iterator
 
 from embedlib.config import Config
+from embedlib.errors import UserError
 from embedlib.pipeline import tasks
 from embedlib.pipeline.tasks import Target
 
@@ -123,7 +124,8 @@ class RayExecutor:
     def write(self, root: str, run_id: str, todo: list[int], target: Target) -> Iterator[dict]:
         gpus = cluster_gpus()
         use_gpu = self.cfg.embed.use_gpu == "true" or (self.cfg.embed.use_gpu == "auto" and gpus > 0)
-        actors = self.cfg.embed.num_actors or (gpus if use_gpu else 0)
+        # use_gpu=true asks for GPU actors even when the cluster has no GPU yet (an autoscaler may add some)
+        actors = self.cfg.embed.num_actors or (max(1, gpus) if use_gpu else 0)
         if target.table != "embeddings" or not actors:
             yield from self.map(_write_task_one_thread, [(root, run_id, t, target) for t in todo])
             return
@@ -142,6 +144,9 @@ class RayExecutor:
         actor_cls = ray.remote(EmbedActor).options(num_gpus=1 if use_gpu else 0, num_cpus=1, max_restarts=0,
                                                   max_task_retries=0)
         actors = [actor_cls.remote(target.model_uri, use_gpu) for _ in range(n_actors)]
+        if use_gpu:
+            actors = self._placed(actors, n_actors)
+            n_actors = len(actors)
         load = _remote(tasks.load_views)
         pending = deque(todo)
         running: dict[Any, tuple[int, int, Any]] = {}  # ObjectRef of the write call -> (task, slot, actor)
@@ -191,6 +196,28 @@ class RayExecutor:
             deaths_in_a_row = 0
             yield result
 
+    def _placed(self, actors: list, wanted: int) -> list:
+        """The GPU actors that the cluster placed within embed.gpu_wait_seconds (an autoscaler may be adding GPU
+        nodes meanwhile); GpuUnavailable when none was, instead of waiting forever for actors that never start."""
+        import ray
+
+        wait = self.cfg.embed.gpu_wait_seconds
+        pings = {a.ready.remote(): a for a in actors}
+        ready, _ = ray.wait(list(pings), num_returns=len(pings), timeout=wait)
+        placed = [pings[r] for r in ready]
+        for a in actors:
+            if a not in placed:
+                ray.kill(a, no_restart=True)
+        if not placed:
+            raise GpuUnavailable(
+                f"embed.use_gpu={self.cfg.embed.use_gpu}: no embedding actor with a GPU could be placed within "
+                f"{wait:g} s (the cluster has {cluster_gpus()} GPUs now); add GPU nodes, set embed.use_gpu=auto "
+                "(CPU tasks when the cluster has no GPU) or raise embed.gpu_wait_seconds")
+        if len(placed) < wanted:
+            log.warning("%d of %d GPU embedding actors were placed within %g s: embedding with %d", len(placed),
+                        wanted, wait, len(placed))
+        return placed
+
     @staticmethod
     def _drain(running: dict, pending: deque) -> Iterator[dict]:
         """The results of the write calls still in flight; a chunk whose actor died goes back to pending."""
@@ -209,6 +236,10 @@ def _write_task_one_thread(root: str, run_id: str, task: int, target: Target) ->
     return tasks.write_task(root, run_id, task, target, threads=1)
 
 
+class GpuUnavailable(UserError, RuntimeError):
+    """GPU embedding actors were asked for and none could be placed in time."""
+
+
 class EmbedActor:
     """Holds the model on its device; embeds the views CPU tasks computed and writes the chunk's files."""
 
@@ -216,6 +247,10 @@ class EmbedActor:
         from embedlib.embedder import Embedder
 
         self.embedder = Embedder(model_uri, device="cuda" if use_gpu else "cpu", threads=None if use_gpu else 1)
+
+    def ready(self) -> bool:
+        """Answers once the actor is placed and its model loaded."""
+        return True
 
     def write(self, root: str, run_id: str, task: int, target: Target, loaded: tuple) -> dict:
         return tasks.store_written(root, run_id, task, target, *loaded, embed=self.embedder.embed_views)
@@ -234,6 +269,17 @@ def executor_factory(cfg: Config, address: str | None = None) -> Callable[[], Ra
 # ---------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------
+
+def block_map(address: str | None = None) -> Callable[..., Iterator[Any]]:
+    """ray_block_map on the cluster at `address` (or RAY_ADDRESS, or a local one), started at its first use: a
+    training that is refused before it reads the corpus never starts Ray."""
+
+    def mapped(fn: Callable, corpus, *args) -> Iterator[Any]:
+        init_ray(address)
+        return ray_block_map(fn, corpus, *args)
+
+    return mapped
+
 
 def ray_block_map(fn: Callable, corpus, *args) -> Iterator[Any]:
     """training.BlockMap over Ray tasks: groups of blocks, results as they complete (driver memory: one
@@ -278,13 +324,16 @@ def _warm_autoscaling_coordinator(timeout_s: float = COORDINATOR_START_S) -> Non
 def train_with_ray(cfg: Config, corpus, probe, document_frequency, storage: str,
                    name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run Ray Train over the corpus's blocks; returns (final model state dict, per-epoch metrics of rank 0).
-    `probe` (rows from training.collect_probe) is measured every epoch. Resumes `name` under `storage` when a
-    previous run of the same name left checkpoints."""
+    `probe` (rows from training.probe_and_frequencies) is measured every epoch. Ray Train resumes `name` under
+    `storage` when a previous run of that name left checkpoints: embedlib.attempts names runs so that only an
+    interrupted attempt of the same training is resumed."""
     import ray.train
     import torch
     from ray.train.torch import TorchTrainer
 
     from embedlib.train_loop import ray_worker
+
+    init_ray()  # a no-op when the job's block map already started or joined Ray
 
     trainer = TorchTrainer(
         train_loop_per_worker=ray_worker,

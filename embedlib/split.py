@@ -40,10 +40,12 @@ class SplitRule:
 
     families: tuple[str, ...]  # class index -> family (families with >= min_family_size training files)
     holdout_fraction: float
-    probe_fraction: float  # of training files, by bucket(sha256, "probe"): the BN health probe
-    precise_fraction: float  # of training files, by bucket(sha256, "precise-bn"): the precise-BN sample
+    probe_fraction: float  # of statistics rows, by bucket(sha256, "probe"): the BN health probe
+    precise_fraction: float  # of statistics rows, by bucket(sha256, "precise-bn"): the precise-BN sample
     train_files: int = 0
     holdout_files: int = 0
+    unseen_fraction: float = 0.0  # families kept out of training (is_unseen_family)
+    statistics_files: int = 0  # rows that make the population statistics (in_statistics)
     index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -54,10 +56,22 @@ class SplitRule:
         return self.index.get(family, -1) if family else -1
 
     def role(self, sha256: str, family: str | None) -> str:
-        """'train', 'holdout' or 'none' (no class)."""
+        """'train' or 'holdout' (a file of a class), 'unlabelled' (no family), 'unseen' (of a family kept out of
+        training), or 'other' (of a family too small to be a class)."""
+        if not family:
+            return "unlabelled"
+        if is_unseen_family(family, self.unseen_fraction):
+            return "unseen"
         if self.label(family) < 0:
-            return "none"
+            return "other"
         return "holdout" if is_holdout(sha256, self.holdout_fraction) else "train"
+
+    def in_statistics(self, sha256: str, family: str | None) -> bool:
+        """Whether a row counts in the population statistics (the sketches' document frequencies, BatchNorm's
+        precise statistics, the health probe): every file but held-out ones and those of families kept out of
+        training. Unlabelled files count: the statistics need no labels, and they are what gets embedded."""
+        role = self.role(sha256, family)
+        return role in ("train", "unlabelled") or (role == "other" and not is_holdout(sha256, self.holdout_fraction))
 
     def in_probe(self, sha256: str) -> bool:
         return bucket(sha256, "probe") < self.probe_fraction
@@ -75,17 +89,19 @@ def training_family_counts(rows: Iterable[tuple[str, str | None]], holdout_fract
 
 
 def make_rule(train_counts: Counter, cfg: Config, holdout_files: int = 0,
-              classes: list[str] | None = None) -> SplitRule:
+              classes: list[str] | None = None, statistics_files: int | None = None) -> SplitRule:
     """Classes are the families with at least train.min_family_size training files (or `classes`, fixed: a
-    checkpoint's); the probe and the precise-BN sample are uniform over training files (by hash), sized by
+    checkpoint's); the probe and the precise-BN sample are uniform over the statistics rows (by hash), sized by
     train.probe_samples and train.precise_bn_max_samples."""
     if classes is None:
         classes = sorted(f for f, n in train_counts.items() if n >= cfg.train.min_family_size)
     classes = tuple(classes)
     n_train = sum(train_counts[f] for f in classes) or sum(train_counts.values())
-    probe = min(1.0, cfg.train.probe_samples / n_train) if n_train else 0.0
-    precise = min(1.0, cfg.train.precise_bn_max_samples / n_train) if n_train else 0.0
-    return SplitRule(classes, cfg.train.holdout_fraction, probe, precise, n_train, holdout_files)
+    n_stats = statistics_files if statistics_files is not None else n_train
+    probe = min(1.0, cfg.train.probe_samples / n_stats) if n_stats else 0.0
+    precise = min(1.0, cfg.train.precise_bn_max_samples / n_stats) if n_stats else 0.0
+    return SplitRule(classes, cfg.train.holdout_fraction, probe, precise, n_train, holdout_files,
+                     cfg.train.unseen_family_fraction, n_stats)
 
 
 @dataclass(frozen=True)
@@ -110,7 +126,7 @@ def make_split(sha256s: list[str], families: list[str | None], cfg: Config) -> S
     train, holdout = {}, {}
     for s, f in zip(sha256s, families):
         role = rule.role(s, f)
-        if role != "none":
+        if role in ("train", "holdout"):
             (train if role == "train" else holdout)[s] = rule.label(f)
     probe = {s: c for s, c in train.items() if rule.in_probe(s)}
     return Split(rule, train, holdout, probe)

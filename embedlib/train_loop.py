@@ -207,6 +207,8 @@ def _probe_share(probe: tuple[dict, np.ndarray], rank: int, world: int, batch_si
     """This rank's share of the probe, the same number of batches on every rank, so that train-mode passes
     through SyncBatchNorm meet on every rank (or on none, when the probe is smaller than a batch per rank)."""
     views, labels = probe
+    labelled = labels >= 0  # accuracy needs a class; unlabelled probe rows serve the BN statistics only
+    views, labels = {k: v[labelled] for k, v in views.items()}, labels[labelled]
     per_rank = (len(labels) // world) // batch_size * batch_size
     if not per_rank:
         return []
@@ -237,12 +239,22 @@ def new_model(cfg: Config, n_classes: int, document_frequency: dict | None = Non
     return model
 
 
+def batch_rows(cfg: Config) -> int:
+    """Rows per training batch and rank: train.batch_size, or P x K with the pk sampler."""
+    return cfg.train.pk_families * cfg.train.pk_files if cfg.train.sampler == "pk" else cfg.train.batch_size
+
+
+def uses_logits(cfg: Config) -> bool:
+    """Whether train.loss reads the classifier (class directions): supcon alone trains the embedding only."""
+    return cfg.train.loss != "supcon"
+
+
 def ray_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train loop: DDP (SyncBatchNorm only on GPUs), equal steps on every rank, a checkpoint per epoch."""
     import ray.train
     import ray.train.torch
 
-    from embedlib.dataset import epoch_shares, shuffled_batches, steps_per_epoch
+    from embedlib.dataset import epoch_shares, rows_per_rank, shuffled_batches, steps_per_epoch
 
     _quiet_ray_train()
     cfg = config_from_json(loop_config["config"])
@@ -255,12 +267,15 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
     model = new_model(cfg, len(corpus.rule.families), loop_config.get("document_frequency"))
     if cfg.train.use_gpu and world > 1 and cfg.model.norm.startswith("batch"):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # raises on CPU: GPU only
-    model = ray.train.torch.prepare_model(model)
+    # a loss that never reads the classifier leaves the class directions without a gradient: DDP must know
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": not uses_logits(cfg)})
     device = ray.train.torch.get_device()
     optimizer = make_optimizer(model, cfg)
-    bs = cfg.train.batch_size
-    steps = [steps_per_epoch(corpus, world, e, cfg.train.seed, bs) for e in range(cfg.train.epochs)]
-    scheduler = make_scheduler(optimizer, cfg, sum(steps))
+    bs = batch_rows(cfg)
+    steps = steps_per_epoch(corpus, world, bs)  # every rank computes the same number, without asking
+    if steps < 1:
+        raise ValueError(f"{corpus.train_rows} training rows on {world} workers make no batch of {bs}")
+    scheduler = make_scheduler(optimizer, cfg, steps * cfg.train.epochs)
 
     start_epoch, history = 0, []  # rank 0's per-epoch metrics, kept in the checkpoint across resumes
     resume = ray.train.get_checkpoint()
@@ -273,19 +288,22 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"] + 1, state.get("history", [])
 
-    probe = _probe_share(loop_config["probe"], rank, world, bs, device)
+    probe = _probe_share(loop_config["probe"], rank, world, cfg.train.batch_size, device)
+    pk = (cfg.train.pk_families, cfg.train.pk_files) if cfg.train.sampler == "pk" else None
     for epoch in range(start_epoch, cfg.train.epochs):
         started = time.perf_counter()
         share = epoch_shares(corpus, world, epoch, cfg.train.seed)[rank]
-        pk = (cfg.train.pk_families, cfg.train.pk_files) if cfg.train.sampler == "pk" else None
         batches = ((to_device({k: torch.from_numpy(v) for k, v in views.items()}, device),
                     torch.from_numpy(labels).to(device))
-                   for views, labels in shuffled_batches(corpus, share, bs, steps[epoch], cfg.train.shuffle_buffer,
+                   for views, labels in shuffled_batches(corpus, share, bs, steps, cfg.train.shuffle_buffer,
                                                          seed=cfg.train.seed * 1_000_003 + epoch * 1009 + rank, pk=pk))
         stats = train_epoch(model, batches, optimizer, cfg, scheduler)
-        loss_sum, correct, samples = _all_reduce([stats["loss_sum"], stats["correct"], stats["samples"]], device)
-        metrics = {"epoch": epoch, "steps": steps[epoch], "samples_all_ranks": int(samples),
-                   "loss": loss_sum / max(samples, 1), "train_mode_accuracy": correct / max(samples, 1)}
+        loss_sum, correct, samples, steps_min, steps_max = _all_reduce(
+            [stats["loss_sum"], stats["correct"], stats["samples"]], device) + _steps_range(stats["steps"], device)
+        metrics = {"epoch": epoch, "steps": int(steps_max), "steps_min_rank": int(steps_min), "world": world,
+                   "rows_per_rank": rows_per_rank(corpus, world), "batch_rows": bs,
+                   "samples_all_ranks": int(samples), "loss": loss_sum / max(samples, 1),
+                   "train_mode_accuracy": correct / max(samples, 1)}
         if probe:
             tm = correct_count(model, probe, train_mode=True)
             em = correct_count(model, probe, train_mode=False)
@@ -306,6 +324,13 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+
+
+def _steps_range(steps: int, device: torch.device) -> list[float]:
+    """(fewest, most) steps any rank ran this epoch: equal by construction, recorded so a checkpoint proves it."""
+    low = _all_reduce([float(steps)], device, op="min")
+    high = _all_reduce([-float(steps)], device, op="min")
+    return [low[0], -high[0]]
 
 
 def describe_epoch(m: dict[str, Any], epochs: int) -> str:

@@ -8,7 +8,8 @@ re-read), writes OUTPUT/embeddings/model_version=V/run=R/, OUTPUT/errors/run=R/ 
 OUTPUT/runs/. A killed run is finished by running the same command again; an unfinished run of another input
 is parked (one line names the command that resumes it) and does not block this one. A second run started
 while one is in progress exits with code 75, as does a run that lost the root's lease (rerun it later).
-Refuses a checkpoint whose BatchNorm health check failed unless --allow-unhealthy-model.
+Refuses a checkpoint whose training record (epochs that ran no step or skipped training rows) or BatchNorm
+health check failed unless --allow-unhealthy-model.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--glob", action="store_true", help="take --input as a glob pattern (e.g. '/data/**/*.exe')")
     parser.add_argument("--output", required=True, help="output root (local or s3://...): runs accumulate there")
     parser.add_argument("--allow-unhealthy-model", action="store_true",
-                        help="embed even if the checkpoint failed its BatchNorm health check")
+                        help="embed even if the checkpoint failed its health check (training record, BatchNorm)")
     parser.add_argument("--abandon-unfinished", action="store_true",
                         help="delete the partial output of unfinished runs of OTHER jobs or inputs in --output "
                              "(by default they are parked: left for their own command to resume)")

@@ -125,3 +125,40 @@ def bad_inputs(tmp_path):
     paths["fifo"] = d / "fifo"
     os.mkfifo(paths["fifo"])
     return d, {k: str(v) for k, v in paths.items()}
+
+
+def trained_checkpoint(path: str, cfg, seed: int = 0, rows: int = 64, epochs: int = 2) -> dict:
+    """A small checkpoint that really trained, in this process, on `rows` synthetic files of 2 families (random
+    sketch counts, one family's buckets shifted), with its true training record, precise BN and health report:
+    pipeline and query tests need a model that passes the health gate, not a good one."""
+    import numpy as np
+
+    from embedlib import checkpoint, health
+    from embedlib.precise_bn import precise_statistics
+    from embedlib.train_loop import batches_of, make_optimizer, new_model, set_seed, train_epoch
+    from embedlib.views import view_specs
+
+    set_seed(seed)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(rows) % 2
+    views = {}
+    for name, (shape, dtype) in view_specs(cfg).items():
+        counts = rng.integers(0, 3, (rows, *shape))
+        counts[labels == 1, ..., : shape[-1] // 2] += 2
+        views[name] = counts.astype(dtype)
+    model = new_model(cfg, 2)
+    optimizer = make_optimizer(model, cfg)
+    batch = 16
+    history = []
+    for epoch in range(epochs):
+        stats = train_epoch(model, batches_of(views, labels, batch, shuffle=True, seed=epoch, drop_last=True),
+                            optimizer, cfg)
+        history.append({"epoch": epoch, "steps": stats["steps"], "samples_all_ranks": stats["samples"],
+                        "loss": stats["loss"], "world": 1, "batch_rows": batch})
+    precise_statistics(model, lambda: (b for b, _ in batches_of(views, labels, batch)))
+    model.eval()
+    probe = list(batches_of(views, labels, batch, shuffle=True, seed=seed, drop_last=True))
+    train_cfg = dict(cfg.to_dict()["train"], epochs=epochs, num_workers=1, batch_size=batch)
+    extra = {"history": history, "train_files": rows, "training": health.training_report(history, rows, train_cfg),
+             "bn_health": health.bn_health(model, probe, cfg.health), "note": "trained on synthetic rows (tests)"}
+    return checkpoint.save(path, model, cfg, ["a", "b"], extra)

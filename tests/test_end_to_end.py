@@ -41,9 +41,8 @@ def trained(ray_local, small_corpus, tmp_path_factory):
     manifest = corpus.write_manifest(small_corpus, str(work / "train.csv"))
     executor = ray_io.RayExecutor(cfg)
     (summary,) = pipeline.rasterize_files(manifest, str(work / "corpus"), cfg, executor=executor, progress=False)
-    meta = training.train(str(work / "corpus"), str(work / "model"), cfg,
-                          fit=lambda c, corp, probe, df: ray_io.train_with_ray(c, corp, probe, df, str(work / "ray"), "e2e"),
-                          block_map=ray_io.ray_block_map)
+    meta = training.train(str(work / "corpus"), str(work / "model"), cfg, fit=ray_io.train_with_ray,
+                          block_map=ray_io.ray_block_map, storage=str(work / "ray"), name="e2e")
     return work, cfg, meta, summary
 
 
@@ -162,7 +161,7 @@ def test_unhealthy_checkpoint_is_refused_unless_allowed(embedded, tmp_path):
     sick = dict(ckpt.meta, bn_health={"healthy": False, "problems": ["eval-mode accuracy 0.33 is 0.54 below ..."]})
     extra = {k: v for k, v in sick.items() if k not in ("config", "families")}
     checkpoint.save(str(tmp_path / "sick"), ckpt.model, ckpt.config, ckpt.families, extra)
-    with pytest.raises(UnhealthyModelError, match="failed its BatchNorm health check"):
+    with pytest.raises(UnhealthyModelError, match="failed its health check"):
         pipeline.embed_files(str(tmp_path / "sick"), manifest, str(tmp_path / "out"), cfg, progress=False)
     (summary,) = pipeline.embed_files(str(tmp_path / "sick"), manifest, str(tmp_path / "out"), cfg, progress=False,
                                       allow_unhealthy=True)

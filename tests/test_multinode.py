@@ -47,7 +47,7 @@ EXCLUDES = [".venv", ".git", "runs", "out", ".pytest_cache", "*.egg-info", "__py
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 TINY = ["raster.size=32", "model.channels=[8, 16, 16, 32]", "model.embedding_dim=32", "model.skip_dim=16",
         "model.hidden=16", "views.buckets=256", "train.epochs=2",
-        "train.batch_size=16", "train.num_workers=2", "train.cpus_per_worker=1", "train.min_family_size=3",
+        "train.batch_size=8", "train.num_workers=2", "train.cpus_per_worker=1", "train.min_family_size=3",
         "train.holdout_fraction=0.2", "train.probe_samples=64", "input.shard_size=8"]
 
 

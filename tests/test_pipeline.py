@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 import torch
+from conftest import trained_checkpoint
 
-from embedlib import checkpoint, pipeline, schema
+from embedlib import pipeline, schema
 from embedlib.config import Config, InputConfig, ModelConfig, ViewsConfig
-from embedlib.train_loop import new_model
 from embedlib.pipeline import catalog
 from embedlib.pipeline.stages import embed_batch
 
@@ -34,11 +34,11 @@ SMALL_MODEL = ModelConfig(embedding_dim=24, skip_dim=16, hidden=16)
 
 @pytest.fixture(scope="module")
 def model_uri(tmp_path_factory) -> str:
-    """A tiny checkpoint (random weights: these tests are about the pipeline, not the model)."""
+    """A tiny checkpoint trained on synthetic rows (these tests are about the pipeline, not the model)."""
     path = str(tmp_path_factory.mktemp("model") / "model")
     torch.manual_seed(0)
     cfg = Config(views=SMALL_VIEWS, model=SMALL_MODEL)
-    checkpoint.save(path, new_model(cfg, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
+    trained_checkpoint(path, cfg, seed=0)
     return path
 
 
@@ -163,7 +163,7 @@ def test_a_second_model_version_gets_its_own_rows(model_uri, tmp_path):
     other = str(tmp_path / "model2")
     torch.manual_seed(1)
     cfg = Config(views=SMALL_VIEWS, model=SMALL_MODEL)
-    checkpoint.save(other, new_model(cfg, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
+    trained_checkpoint(other, cfg, seed=1)
     src = tmp_path / "in"
     _corpus(src, 4)
     _embed(model_uri, src, tmp_path / "out")

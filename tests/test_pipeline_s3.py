@@ -5,12 +5,11 @@ from __future__ import annotations
 
 
 import pytest
-from conftest import moto_s3
+from conftest import moto_s3, trained_checkpoint
 import torch
 
-from embedlib import checkpoint, pipeline
+from embedlib import pipeline
 from embedlib.config import Config, InputConfig, ModelConfig, ViewsConfig
-from embedlib.train_loop import new_model
 from embedlib.pipeline import catalog
 from embedlib.pipeline.store import Store
 
@@ -24,7 +23,7 @@ def s3():
 def test_manifest_inputs_and_output_on_s3_with_a_rerun_that_skips_everything(s3, tmp_path):
     torch.manual_seed(0)
     cfg = Config(views=ViewsConfig(buckets=256), model=ModelConfig(embedding_dim=24, skip_dim=16, hidden=16))
-    checkpoint.save("s3://bucket/model", new_model(cfg, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
+    trained_checkpoint("s3://bucket/model", cfg, seed=0)
     names = ["ls", "cat", "cp", "mv"]
     for name in names:
         s3.put(f"/usr/bin/{name}", f"bucket/in/{name}")

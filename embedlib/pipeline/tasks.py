@@ -279,7 +279,7 @@ def write_task(root: str, run_id: str, task: int, target: Target, threads: int =
     if target.table == "embeddings":
         from embedlib.embedder import cached_embedder
 
-        embed = cached_embedder(target.model_uri, threads).embed_views
+        embed = cached_embedder(target.model_uri, threads, device="cpu").embed_views  # the CPU path, even beside a GPU
     return store_written(root, run_id, task, target, *load_views(root, run_id, task, target), embed=embed)
 
 
