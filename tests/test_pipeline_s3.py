@@ -72,9 +72,8 @@ def test_a_missing_bucket_or_an_object_as_the_root_is_one_line_before_the_lock(s
 
     import fsspec
 
-    torch.manual_seed(0)
     cfg = Config(views=ViewsConfig(buckets=256), model=ModelConfig(embedding_dim=24, skip_dim=16, hidden=16))
-    checkpoint.save(str(tmp_path / "model"), new_model(cfg, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
+    trained_checkpoint(str(tmp_path / "model"), cfg, seed=0)
     s3.pipe("bucket/an-object", b"not a folder")
     env = {**os.environ, "FSSPEC_S3_ENDPOINT_URL": fsspec.config.conf["s3"]["endpoint_url"]}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
