@@ -49,8 +49,9 @@ class Counts:
 
 
 def location(row: dict) -> bytes | None:
-    """The exact identity a staging row's file is known by in the written tables: what it opens (`target`)."""
-    return row.get("target") or None
+    """The exact identity a row's file is known by in the written tables: what a staging row opens (`target`),
+    or the `location` of a row already written (a resumed run's rows that reconcile turns into duplicates)."""
+    return row.get("target") or row.get("location") or None
 
 
 def judged_under(status: str | None, cfg: InputConfig) -> str | None:
