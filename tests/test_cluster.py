@@ -478,18 +478,6 @@ def worst_case_seconds(spec: dict[str, Any]) -> int:
     return (spec["activeDeadlineSeconds"] + spec.get("ttlSecondsAfterFinished", 0)) * (spec.get("backoffLimit", 0) + 1)
 
 
-# -- jobs the manifests run that land in another branch ---------------------------------------------------
-
-# `python -m jobs.X` that a manifest or cluster/README.md may name before jobs/X.py exists on this branch
-# (issue 17: jobs.compact is written in parallel). Until it lands, the checks that need the module skip those
-# commands and test_pending_jobs_have_landed says so; once it lands they are checked like every other job.
-PENDING_JOBS = {"compact": "issue 17 item 4 (compaction and retention)"}
-
-
-def landed(command: Command) -> bool:
-    return (REPO / "jobs" / f"{command.module}.py").is_file() or command.module not in PENDING_JOBS
-
-
 # =========================================================================================================
 # Tests
 # =========================================================================================================
@@ -576,16 +564,13 @@ def test_kuberay_names() -> None:
 
 def test_entrypoint_modules_exist() -> None:
     for job, command in entrypoint_commands():
-        if not landed(command):
-            continue
         path = REPO / "jobs" / f"{command.module}.py"
         assert path.is_file(), f"{job.where}: `python -m jobs.{command.module}` but {path} does not exist"
 
 
 def test_entrypoints_parse_with_the_jobs_own_parsers() -> None:
     for job, command in entrypoint_commands():
-        if landed(command):
-            parse_with_job_parser(command)
+        parse_with_job_parser(command)
 
 
 def test_entrypoint_configs_and_overrides_load() -> None:
@@ -1053,8 +1038,6 @@ def test_readme_commands() -> None:
     modules = {c.module for c in commands}
     assert {"rasterize", "train", "embed", "recalibrate"} <= modules, f"README shows {modules}"
     for command in commands:
-        if not landed(command):
-            continue
         assert (REPO / "jobs" / f"{command.module}.py").is_file(), f"README: jobs/{command.module}.py does not exist"
         parse_with_job_parser(command)
         if command.module != "query":
@@ -1158,8 +1141,7 @@ def test_every_rayjob_hands_its_name_to_the_driver_as_lease_owner(tmp_path: Path
         assert OWNER_VAR not in (runtime_env.get("env_vars") or {}), f"{where}: {OWNER_VAR} belongs in the entrypoint"
         command = job_commands(shlex.join(words))
         assert command and words[:3] == ["python", "-m", f"jobs.{command[0].module}"], f"{where}: {words[:4]}"
-        if landed(command[0]):
-            parse_with_job_parser(command[0])
+        parse_with_job_parser(command[0])
     # Without the submitter's variable (another submission mode, a hand-made pod) the owner is empty, never
     # a literal "${EMBEDLIB_LEASE_OWNER}": the library must treat an empty owner as none.
     where, spec, name = specs[0]
@@ -1262,11 +1244,3 @@ def test_kuberay_helm_values_turn_on_raycronjob() -> None:
     gates = {g["name"]: g["enabled"] for g in values["featureGates"]}
     assert gates == {"RayClusterStatusConditions": True, "RayJobDeletionPolicy": True, "RayMultiHostIndexing": True,
                      "RayServiceIncrementalUpgrade": False, "RayCronJob": True}, gates
-
-
-def test_pending_jobs_have_landed() -> None:
-    missing = sorted(f"jobs.{m} ({why})" for m, why in PENDING_JOBS.items() if not (REPO / "jobs" / f"{m}.py").is_file())
-    used = {c.module for _, c in entrypoint_commands()} | {c.module for c in readme_commands()}
-    assert set(PENDING_JOBS) <= used, f"PENDING_JOBS lists jobs no manifest runs: {set(PENDING_JOBS) - used}"
-    if missing:
-        pytest.skip(f"not on this branch yet, so its arguments are unchecked: {', '.join(missing)}")

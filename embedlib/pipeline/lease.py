@@ -144,8 +144,8 @@ class RootLock:
             if why is None:
                 raise RunInProgress(
                     f"another run is writing to {self.store.root} (run {holder.get('run_id')} on {holder.get('host')}, "
-                    f"pid {holder.get('pid')}, alive {time.time() - float(holder.get('heartbeat', 0)):.0f} s ago); "
-                    "try again later")
+                    f"pid {holder.get('pid')}, owner {holder.get('owner') or 'none'}, alive "
+                    f"{time.time() - float(holder.get('heartbeat', 0)):.0f} s ago); try again later")
             try:
                 self._token = self.store.replace_if(LOCK, body, token)
             except ConditionFailed:
