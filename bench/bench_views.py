@@ -26,11 +26,11 @@ from embedlib.config import Config  # noqa: E402
 
 def sample_paths(manifest: str | None, n: int) -> list[str]:
     if manifest:
-        from embedlib.sources import read_manifest
+        from embedlib.files.sources import read_manifest
 
         paths = [f.path for f in read_manifest(manifest)]
     else:
-        from embedlib.corpus import system_executables
+        from embedlib.files.corpus import system_executables
 
         paths = [f.path for f in system_executables(["/usr/bin"])]
     return paths[:: max(1, len(paths) // n)][:n]

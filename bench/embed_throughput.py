@@ -35,10 +35,14 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from embedlib import corpus, inputs, views  # noqa: E402
+from embedlib import views
+
+from embedlib.files import corpus
+
+from embedlib.files import inputs  # noqa: E402
 from embedlib.config import Config  # noqa: E402
-from embedlib.inputs import InputFile  # noqa: E402
-from embedlib.sources import read_path  # noqa: E402
+from embedlib.files.inputs import InputFile  # noqa: E402
+from embedlib.files.sources import read_path  # noqa: E402
 
 
 def pick_files(source: str, n: int) -> list[str]:
@@ -73,7 +77,7 @@ def raw_reads(files: list[str]) -> None:
 def plain_loop(files: list[str], model: str, cfg: Config) -> None:
     import torch
 
-    from embedlib.embedder import Embedder
+    from embedlib.model.embedder import Embedder
 
     torch.set_num_threads(os.cpu_count() or 1)
     embedder = Embedder(model, device="cpu")
@@ -143,7 +147,7 @@ def model_flops_per_file(model: str, files: list[str]) -> tuple[float, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from embedlib.embedder import Embedder
+    from embedlib.model.embedder import Embedder
 
     torch.set_num_threads(os.cpu_count() or 1)
     embedder = Embedder(model, device="cpu")
@@ -209,8 +213,8 @@ def main() -> None:
     if model is None:
         import torch
 
-        from embedlib import checkpoint
-        from embedlib.model import build_model
+        from embedlib.model import checkpoint
+        from embedlib.model.network import build_model
 
         torch.manual_seed(0)
         model = os.path.join(work, "model")

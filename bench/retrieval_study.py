@@ -4,7 +4,7 @@
   nice -n 10 python bench/retrieval_study.py baselines --cache C
   nice -n 10 python bench/retrieval_study.py train --cache C --variant full --out runs/study/full
 
-The protocol is embedlib.retrieval's (family-disjoint split by family-name hash, held-out files of trained
+The protocol is embedlib.eval.retrieval's (family-disjoint split by family-name hash, held-out files of trained
 families by sha256 hash, whole gallery, "all" and "other-programs" modes). Everything runs on 2 threads.
 """
 
@@ -23,7 +23,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from embedlib import retrieval, views  # noqa: E402
+from embedlib import views
+
+from embedlib.eval import retrieval  # noqa: E402
 
 import study_cache  # noqa: E402
 
@@ -258,10 +260,13 @@ def train_variant(c: Corpus, v: Variant, arrays: dict[str, np.ndarray], say=prin
     """Train on the 'train' role files; precise BN over shuffled training files; returns (model, log)."""
     import torch
 
-    from embedlib import health, precise_bn
+    from embedlib.train import health
+
+    from embedlib.train import precise_bn
     from embedlib.config import HealthConfig
-    from embedlib.model import batch_norms, build_model
-    from embedlib.train_loop import make_optimizer, pk_batches, set_seed, train_epoch
+    from embedlib.model.network import batch_norms, build_model
+    from embedlib.train.dataset import pk_batches
+    from embedlib.train.loop import make_optimizer, set_seed, train_epoch
 
     torch.set_num_threads(v.threads)
     cfg = v.config()
@@ -322,7 +327,9 @@ def export(c: Corpus, v: Variant, model, log: dict, vectors: np.ndarray, out: st
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from embedlib import checkpoint, schema
+    from embedlib import schema
+
+    from embedlib.model import checkpoint
 
     cfg = v.config()
     model_dir = os.path.abspath(os.path.join(out, "model"))

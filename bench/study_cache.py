@@ -32,9 +32,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from embedlib import raster, views  # noqa: E402
+from embedlib import views
+
+from embedlib.views import raster  # noqa: E402
 from embedlib.config import Config, InputConfig, ViewsConfig  # noqa: E402
-from embedlib.sources import read_file, read_manifest, sniff_format  # noqa: E402
+from embedlib.files.sources import read_file, read_manifest, sniff_format  # noqa: E402
 
 ELF_MACHINES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390", 40: "arm", 62: "amd64", 183: "arm64",
                 243: "riscv64", 258: "loong64", 2: "sparc", 43: "sparc64", 50: "ia64", 15: "hppa", 4: "m68k",

@@ -23,7 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import retrieval_study as rs  # noqa: E402
 import token_cache  # noqa: E402
 
-from embedlib import metrics, retrieval, views  # noqa: E402
+from embedlib import views
+
+from embedlib.eval import metrics
+
+from embedlib.eval import retrieval  # noqa: E402
 
 
 def attach_tokens(c: rs.Corpus, tokens_dir: str) -> None:

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from embedlib import views  # noqa: E402
 from embedlib.config import Config, InputConfig, ViewsConfig  # noqa: E402
-from embedlib.sources import read_file  # noqa: E402
+from embedlib.files.sources import read_file  # noqa: E402
 
 
 def _words(arr, s, e):

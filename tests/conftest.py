@@ -11,8 +11,8 @@ from collections import defaultdict
 
 import pytest
 
-from embedlib import corpus
-from embedlib.inputs import InputFile
+from embedlib.files import corpus
+from embedlib.files.inputs import InputFile
 
 
 @contextlib.contextmanager
@@ -22,7 +22,7 @@ def moto_s3(bucket: str):
     import fsspec
     from moto.server import ThreadedMotoServer
 
-    from embedlib import sources
+    from embedlib.files import sources
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -133,9 +133,11 @@ def trained_checkpoint(path: str, cfg, seed: int = 0, rows: int = 64, epochs: in
     pipeline and query tests need a model that passes the health gate, not a good one."""
     import numpy as np
 
-    from embedlib import checkpoint, health
-    from embedlib.precise_bn import precise_statistics
-    from embedlib.train_loop import batches_of, make_optimizer, new_model, set_seed, train_epoch
+    from embedlib.model import checkpoint
+
+    from embedlib.train import health
+    from embedlib.train.precise_bn import precise_statistics
+    from embedlib.train.loop import batches_of, make_optimizer, new_model, set_seed, train_epoch
     from embedlib.views import view_specs
 
     set_seed(seed)

@@ -17,9 +17,10 @@ import pytest
 
 from conftest import moto_s3
 from embedlib import pipeline
-from embedlib.pipeline import lease, tasks
-from embedlib.pipeline.lease import LeaseLost, RootLock, RunInProgress
-from embedlib.pipeline.store import NoConditionalWrites, Store
+from embedlib.pipeline import tasks
+from embedlib.root import lease
+from embedlib.root.lease import LeaseLost, RootLock, RunInProgress
+from embedlib.root.store import NoConditionalWrites, Store
 
 from test_pipeline import REPO, _cfg, _corpus, model_uri  # noqa: F401  (model_uri is a fixture)
 
@@ -158,7 +159,7 @@ def test_persistent_errors_stop_the_run_before_it_commits(s3, model_uri, tmp_pat
 def test_a_dead_holder_is_taken_over_at_once(s3, tmp_path, capfd):
     root = "s3://lease/dead"
     env = dict(os.environ, FSSPEC_S3=json.dumps(s3_config()))
-    script = ("import time; from embedlib.pipeline.lease import RootLock; from embedlib.pipeline.store import Store;"
+    script = ("import time; from embedlib.root.lease import RootLock; from embedlib.root.store import Store;"
               f"RootLock(Store({root!r}), 'killed').acquire(); print('held', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"

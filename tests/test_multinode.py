@@ -35,8 +35,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from embedlib import corpus
-from embedlib.inputs import InputFile
+from embedlib.files import corpus
+from embedlib.files.inputs import InputFile
 from conftest import pick_families
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

@@ -9,7 +9,8 @@ Every SQL statement lives in embedlib/query/sql/; parameters are bound, never pa
 
 from embedlib.query.analytics import (ask, attribution, explain, near_duplicate_groups, run_sql,
                                       similar, similar_to_vector, stored_neighbors)
-from embedlib.query.connect import connect, open_database, sql_text
+from embedlib.query.connect import connect, open_database
+from embedlib.sql import sql_text
 from embedlib.query.errors import QueryError
 from embedlib.query.fmt import format_rows
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-from importlib import resources
 
 import duckdb
 import pyarrow as pa
@@ -25,11 +24,10 @@ import pyarrow.fs as pafs
 
 import embedlib
 from embedlib import schema
+from embedlib.sql import create_statement, requires, sql_text, statement
 from embedlib.query import layout
 from embedlib.query.errors import DUCKDB_ERRORS, QueryError, translate
 
-SQL_PACKAGE = "embedlib.query.sql"
-_PLACEHOLDER = re.compile(r"@(NAME|VARIABLE|DIM|METRIC|M|EF_CONSTRUCTION|EF|KEY)@")
 _CREATES = re.compile(r"CREATE OR REPLACE (?:VIEW|MACRO|TABLE) \"?(\w+)", re.I)
 
 # Objects built from the sources, in order: (name, SQL file of its SELECT, sources it reads).
@@ -44,44 +42,6 @@ BASES = (
 # Views and macros over the bases, in order. Each file says what it needs in a `-- requires:` line.
 DERIVED = ("helpers", "labelled_files", "neighbors", "attribution", "counts", "error_counts", "run_counts",
            "duplicates", "similar", "near_duplicates", "drift", "drift_versions")
-
-
-def _read(name: str) -> str:
-    return resources.files(SQL_PACKAGE).joinpath(f"{name}.sql").read_text()
-
-
-def _fill(text: str, fill: dict[str, int | str]) -> str:
-    """@NAME@ placeholders filled. Only sizes and identifiers that we computed are ever filled in; user values
-    are bound as $parameters."""
-
-    def sub(m: re.Match) -> str:
-        value = fill[m.group(1).lower()]
-        if not isinstance(value, int) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(f"refusing to fill @{m.group(1)}@ with {value!r}")
-        return str(value)
-
-    return _PLACEHOLDER.sub(sub, text)
-
-
-def sql_text(file: str, **fill: int | str) -> str:
-    """The text of sql/<file>.sql with its placeholders filled."""
-    return _fill(_read(file), fill)
-
-
-def statement(section: str, **fill: int | str) -> str:
-    """One `-- name:` section of sql/internal.sql, placeholders filled."""
-    sections = re.split(r"^-- name: (\w+)\n", _read("internal"), flags=re.M)
-    return _fill(dict(zip(sections[1::2], sections[2::2]))[section].strip(), fill)
-
-
-def create_statement(kind: str, name: str, select: str) -> str:
-    """CREATE OR REPLACE VIEW|TABLE name AS <one of our own SELECTs>."""
-    return sql_text(kind, name=name).replace("@SELECT@", select.strip().rstrip(";"))
-
-
-def requires(name: str) -> list[str]:
-    m = re.search(r"^-- requires: (.*)$", _read(name), flags=re.M)
-    return [x.strip() for x in m.group(1).split(",")] if m else []
 
 
 def _register_source(con: duckdb.DuckDBPyConnection, root: layout.Root, name: str, files: list[str],

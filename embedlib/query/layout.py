@@ -1,4 +1,4 @@
-"""What an output root holds for readers: exactly the committed files (embedlib.pipeline.catalog.snapshot, the
+"""What an output root holds for readers: exactly the committed files (embedlib.root.catalog.snapshot, the
 one definition the pipeline uses too), found by listing, never by a glob, never by pasting a path into SQL.
 
   ROOT/embeddings/model_version=<V>/run=<R>/part-<NNNNNN>.parquet    visible once runs/<R>.parquet exists
@@ -26,8 +26,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedlib.pipeline import catalog
-from embedlib.pipeline.store import Store
+from embedlib.root import catalog
+from embedlib.root.store import Store
 from embedlib.query.errors import QueryError
 
 TABLES = ("embeddings", "errors", "runs", "neighbors")

@@ -1,17 +1,19 @@
 """Batch nearest neighbours: the k nearest of every row of a run, against the whole table of its model version,
 written as ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet (schema.NEIGHBORS) under the
-root's lease, and committed by ROOT/commits/W.json (embedlib.pipeline.catalog): readers see a whole rewrite or
+root's lease, and committed by ROOT/commits/W.json (embedlib.root.catalog): readers see a whole rewrite or
 none of it.
 
 `knn` is pure (arrays in, arrays out) and works in blocks, so memory stays at block_rows x corpus_block
 distances whatever the corpus size: a BLAS matmul per block on the CPU (numpy), or torch on a GPU. Ties are
 broken by the neighbour's sha256 (the corpus is sorted by it), as the SQL macros do. The fan-out over Ray
-tasks lives in embedlib/ray_io.py (knn_ray) and calls the same `knn` on slices of the queries.
+tasks lives in embedlib/ray_io/knn.py (knn_ray), handed in by the job, and calls the same `knn` on slices of the
+queries.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedlib import schema
-from embedlib.pipeline import catalog
-from embedlib.pipeline.lease import RootLock
+from embedlib.root import catalog
+from embedlib.root.lease import RootLock
 from embedlib.query import layout
 from embedlib.query.errors import QueryError
 
@@ -244,15 +246,15 @@ def runs_without_neighbors(listing: layout.Listing, version: str) -> list[str]:
 
 def compute_neighbors(root: str, run: str | None = None, model_version: str | None = None, k: int = 10,
                       metric: str = "cosine", backend: str | None = None, block_rows: int = 2048,
-                      corpus_block: int = 16384, rows_per_part: int = 100_000, ray_tasks: int = 0,
-                      ray_address: str | None = None) -> NeighborsResult:
+                      corpus_block: int = 16384, rows_per_part: int = 100_000,
+                      fan_out: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None) -> NeighborsResult:
     """The k nearest rows of model version V for every row of run R (with `run`: that committed run, V its
     version unless given; without: every committed run of V, the current version unless given, that has no
     neighbours yet, resumed runs included), written under the root's lease and committed as one record:
     ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet + ROOT/commits/W.json. A recomputed run's
     earlier neighbours are superseded in the same commit: a reader sees the old ones or the new ones, never
-    half. ray_tasks > 0 fans the queries out over that many Ray tasks (ray_io.knn_ray). Remote roots use
-    fsspec's configuration (credentials, endpoint), as the pipeline does."""
+    half. `fan_out` computes `knn` elsewhere, with its arguments (e.g. over Ray tasks: ray_io.knn_ray). Remote
+    roots use fsspec's configuration (credentials, endpoint), as the pipeline does."""
     t0 = time.perf_counter()
     if not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise QueryError(f"k must be a whole number between 1 and {MAX_K} (got {k!r})")
@@ -279,18 +281,12 @@ def compute_neighbors(root: str, run: str | None = None, model_version: str | No
                                    backend=backend, parts=[], seconds=time.perf_counter() - t0)
         corpus = load_version(r, listing.embeddings[model_version])
         mine = np.nonzero(np.isin(corpus.run_id, targets))[0]
-        if ray_tasks:
-            from embedlib.ray_io import knn_ray
-
-            idx, dist = knn_ray(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
-                                corpus_block=corpus_block, num_tasks=ray_tasks, backend=backend, address=ray_address)
-        else:
-            idx, dist = knn(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
-                            corpus_block=corpus_block, backend=backend)
+        idx, dist = (fan_out or knn)(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
+                                     corpus_block=corpus_block, backend=backend)
         parts = write_parts(lock, listing.snapshot, commit_id, corpus, mine, idx, dist, metric, model_version,
                             targets, rows_per_part)
     return NeighborsResult(runs=targets, model_version=model_version, queries=len(mine), corpus=len(corpus.sha256),
-                           k=idx.shape[1], metric=metric, backend=f"{backend}{'+ray' if ray_tasks else ''}",
+                           k=idx.shape[1], metric=metric, backend=f"{backend}{'+fan-out' if fan_out else ''}",
                            parts=[lock.store.uri(rel) for rel in parts], seconds=time.perf_counter() - t0)
 
 
