@@ -93,6 +93,7 @@ class NoConditionalWrites(UserError, RuntimeError):
 class Store:
     def __init__(self, root: str, temp: str = TEMP, fs: Any = None) -> None:
         """`fs`: an fsspec filesystem already opened for `root` (the query layer's, with its storage options)."""
+        self.given = root  # as the user wrote it, for messages
         self.temp = temp  # where local writes are staged before their rename (inside the root)
         protocol = uri_protocol(root)
         if fs is not None:
@@ -124,6 +125,13 @@ class Store:
         return pafs.LocalFileSystem() if self.local else pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
 
     # -- reading and listing ------------------------------------------------------------------------------
+    def open(self, rel: str):
+        """A binary file object for reading `rel` (pyarrow reads a schema or a table from it)."""
+        return open(self.path(rel), "rb") if self.local else self.fs.open(self.path(rel), "rb")
+
+    def is_folder(self, rel: str = "") -> bool:
+        return os.path.isdir(self.path(rel)) if self.local else self.fs.isdir(self.path(rel))
+
     def exists(self, rel: str) -> bool:
         return os.path.exists(self.path(rel)) if self.local else self.fs.exists(self.path(rel))
 
