@@ -1,4 +1,4 @@
-"""The main job on the embedded default: this machine's executables -> trained CNN -> embeddings -> DuckDB.
+"""The main job on the embedded default: this machine's executables -> trained model -> embeddings -> DuckDB.
 
 Every step is the product's own library call, the same ones the jobs make; a newcomer sees what each step
 did, and the run ends with what they came for: nearest neighbours, the family table, the error table, and
@@ -128,7 +128,7 @@ def query_report(paths: DemoPaths, version: str, examples, say: Callable[[str], 
 
 
 def make_pictures(paths: DemoPaths, cfg: Config, version: str, families: int = 6, per_family: int = 6) -> list[str]:
-    """A byteplot gallery of the largest families (the files' raw layout, the CNN's view) and a PCA map of the
+    """A byteplot gallery of the largest families (the files' raw layout, the byteplot view) and a PCA map of the
     embeddings."""
     from embedlib.eval import plots
     from embedlib.views import raster

@@ -5,6 +5,8 @@
 
 Both are incremental by content: a content already written under the same version is not read, rasterized
 or embedded again, and an unchanged file (same size and mtime, or ETag) is not even re-read.
+May import: errors, config, schema, sql, files, views, root, model, train (the health gate). Never Ray:
+embedlib.ray_io supplies the executors.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
   con.sql("SELECT * FROM attribution WHERE run_id = '...'")
 
 Every SQL statement lives in embedlib/query/sql/; parameters are bound, never pasted.
+May import: errors, config, schema, sql, files, root, model (embedding a --file). Never Ray: the kNN fan-out
+is handed in by the job.
 """
 
 from embedlib.query.analytics import (ask, attribution, explain, near_duplicate_groups, run_sql,

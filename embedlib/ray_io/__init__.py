@@ -8,6 +8,7 @@ Files jobs (embed, rasterize) run embedlib.pipeline tasks:
   * GPU cluster, or embed.num_actors > 0: CPU tasks read and compute views, and a pool of embedding actors
     (one GPU each when there are GPUs) embeds and writes. A lost actor is replaced and its chunk redone.
 Tasks are idempotent (deterministic output names), so Ray retries them freely when a worker or node dies.
+Imported by the jobs and the demo only; may import every other package.
 """
 
 from __future__ import annotations

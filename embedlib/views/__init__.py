@@ -25,6 +25,7 @@ byteplot does; the byte histograms summarise packed or stripped files where stri
 
 Speed (the strings view must cost about what TLSH costs): runs are found with a few SIMD passes over the bytes
 (see `runs`), and each run is hashed 8 bytes at a time (see `hash_runs`); the bucket is the hash's top bits.
+May import: config (the views settings). Nothing else: views are pure functions of the bytes.
 """
 
 from __future__ import annotations
