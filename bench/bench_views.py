@@ -26,7 +26,7 @@ from embedlib.config import Config  # noqa: E402
 
 def sample_paths(manifest: str | None, n: int) -> list[str]:
     if manifest:
-        from embedlib.files.sources import read_manifest
+        from embedlib.files.corpus import read_manifest
 
         paths = [f.path for f in read_manifest(manifest)]
     else:

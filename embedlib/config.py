@@ -56,7 +56,7 @@ class ViewsConfig:
     """Which fixed-shape views of a file the model sees (embedlib.views) and their settings. Like the raster
     settings, these change every input: they are part of the model's identity."""
 
-    # the measured recipe (bench/RETRIEVAL.md): printable strings, identifier names and the words inside both;
+    # the measured recipe (studies/retrieval/RETRIEVAL.md): printable strings, identifier names and the words inside both;
     # "image" is the byteplot
     names: tuple[str, ...] = ("strings", "idents", "tokens")
     buckets: int = 4096  # hash buckets of the strings and idents sketches (a power of two)

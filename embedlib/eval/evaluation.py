@@ -61,7 +61,7 @@ class Gallery:
 
 def read_embeddings(root: str) -> pa.Table:
     """The embeddings of an output root's latest model version (the one its latest finished run wrote): its
-    committed files. A bare table without runs (a study's output, e.g. bench/retrieval_study.py) is read whole."""
+    committed files. A bare table without runs (a study's output, e.g. studies/retrieval/retrieval_study.py) is read whole."""
     from embedlib.root import catalog
     from embedlib.root.store import Store
 

@@ -74,3 +74,16 @@ def write_manifest(files: list[InputFile], path: str) -> str:
     table = pa.table({"path": [f.path for f in files], "family": [f.family or "" for f in files]})
     pa_csv.write_csv(table, path)
     return path
+
+
+def read_manifest(path: str) -> list[InputFile]:
+    """A manifest's rows as InputFiles (what `write_manifest` writes, read back the way every job reads it:
+    cells as text, relative paths made absolute against the manifest's folder). Rows without a path are left
+    out. For studies and benchmarks that take a manifest; the jobs stream theirs (inputs.listing_batches)."""
+    from embedlib.files.inputs import check_input, iter_listing
+
+    spec = check_input(path)
+    if spec.kind != "manifest":
+        raise ValueError(f"{path} is not a manifest (.csv or .parquet with a path column)")
+    return [InputFile(os.fsdecode(row["target"]) if not row["remote"] else row["target"].decode(), row.get("family"))
+            for row in iter_listing(spec) if not row.get("status")]

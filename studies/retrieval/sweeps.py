@@ -1,6 +1,6 @@
-"""Named sweeps of bench/retrieval_study.py variants (the exploration log of issue 12); never in CI.
+"""Named sweeps of studies/retrieval/retrieval_study.py variants (the exploration log of issue 12); never in CI.
 
-  nice -n 10 python bench/sweeps.py SWEEP --cache C --out runs/study/X
+  nice -n 10 python studies/retrieval/sweeps.py SWEEP --cache C --out runs/study/X
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--manifest", default=None, help="keep only (and relabel by) this manifest's paths")
     ap.add_argument("--no-eval", action="store_true", help="train and export only (jobs.evaluate scores them)")
     ap.add_argument("--export", default=None, help="also write checkpoint + embeddings table per variant here")
-    ap.add_argument("--tokens", default=None, help="bench/token_cache.py folder (the tokens view)")
+    ap.add_argument("--tokens", default=None, help="studies/retrieval/token_cache.py folder (the tokens view)")
     ap.add_argument("--every", type=int, default=1, help="score every k-th query of each cell (quick looks)")
     a = ap.parse_args()
     variants = SWEEPS[a.sweep]

@@ -1,6 +1,6 @@
 """Per-file cache for the retrieval study (issue 12): views, raw string hashes, digests, metadata; never in CI.
 
-  nice -n 10 python bench/study_cache.py --manifest M.csv --cache runs/study/cache [--workers 2] [--ssdeep]
+  nice -n 10 python studies/retrieval/study_cache.py --manifest M.csv --cache runs/study/cache [--workers 2] [--ssdeep]
 
 One record per readable manifest row (first input.max_bytes of the file, as the product reads it), written in
 shards of --shard files (DIR/shard-NNNNN.npz); a rerun skips finished shards. Ragged arrays (hash sets) are
@@ -30,13 +30,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from embedlib import views
 
 from embedlib.views import raster  # noqa: E402
 from embedlib.config import Config, InputConfig, ViewsConfig  # noqa: E402
-from embedlib.files.sources import read_file, read_manifest, sniff_format  # noqa: E402
+from embedlib.files.corpus import read_manifest  # noqa: E402
+from embedlib.files.sources import read_file, sniff_format  # noqa: E402
 
 ELF_MACHINES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390", 40: "arm", 62: "amd64", 183: "arm64",
                 243: "riscv64", 258: "loong64", 2: "sparc", 43: "sparc64", 50: "ia64", 15: "hppa", 4: "m68k",

@@ -1,7 +1,7 @@
-"""Training-free weighting of the sketches (issue 12, step after bench/RETRIEVAL.md): which TF, IDF and per-view
+"""Training-free weighting of the sketches (issue 12, step after studies/retrieval/RETRIEVAL.md): which TF, IDF and per-view
 weights make the fixed part of the embedding best on unseen families; never in CI.
 
-  nice -n 10 python bench/tfidf_study.py --cache runs/study/deb/cache-pre,runs/study/deb/cache-main \
+  nice -n 10 python studies/retrieval/tfidf_study.py --cache runs/study/deb/cache-pre,runs/study/deb/cache-main \
       --manifest /work/corpora/debian-multi/manifest.csv --tokens runs/study/deb/tokens [--every 2]
 
 Each configuration is a list of (view, weight) with a TF and an IDF rule; the vector is the concatenation of
@@ -21,32 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import retrieval_study as rs  # noqa: E402
-import token_cache  # noqa: E402
-
-from embedlib import views
-
-from embedlib.eval import metrics
-
-from embedlib.eval import retrieval  # noqa: E402
-
-
-def attach_tokens(c: rs.Corpus, tokens_dir: str) -> None:
-    t = token_cache.load(tokens_dir)
-    for k in ("tks_h", "tks_len", "tki_h", "tki_len"):
-        c.raw[k] = [t[p][k] for p in c.raw["path"].tolist()]
-    c.raw["tokens_cpu_s"] = np.array([t[p]["tokens_cpu_s"] for p in c.raw["path"].tolist()])
-    c.raw["sit_cpu_s"] = np.array([t[p]["sit_cpu_s"] for p in c.raw["path"].tolist()])
-
-
-def token_sketch(c: rs.Corpus, buckets: int = 4096, min_len: int = 3, idents: bool = True) -> np.ndarray:
-    """The product's `tokens` view (embedlib.views) from the cached word hashes."""
-    out = np.zeros((len(c), buckets), np.uint8)
-    for i in range(len(c)):
-        h = c.raw["tks_h"][i][c.raw["tks_len"][i] >= min_len]
-        if idents:
-            h = np.union1d(h, c.raw["tki_h"][i][c.raw["tki_len"][i] >= min_len])
-        out[i] = views.bucket_counts(h, buckets)
-    return out
+from scoring import attach_tokens, evaluate, line, quick_cells, token_sketch  # noqa: E402
 
 
 SKETCHES: dict[str, callable] = {
@@ -101,46 +76,6 @@ def vectors(c: rs.Corpus, sketches: dict[str, np.ndarray], spec: list[tuple[str,
         x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         parts.append(x * np.float32(w ** 0.5))
     return np.concatenate(parts, axis=1)
-
-
-class Cached:
-    """Cosine distances of a fixed set of query rows against the gallery, computed once (float32)."""
-
-    def __init__(self, vec: np.ndarray, rows: np.ndarray) -> None:
-        unit = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
-        unit[np.linalg.norm(vec, axis=1) == 0] = 0
-        self.pos = {int(r): i for i, r in enumerate(rows)}
-        self.sim = np.concatenate([unit[rows[s : s + 1024]] @ unit.T for s in range(0, len(rows), 1024)])
-        self.zero = ~unit.any(axis=1)
-
-    def distances(self, rows: np.ndarray) -> np.ndarray:
-        d = 1.0 - self.sim[[self.pos[int(r)] for r in rows]].astype(np.float64)
-        d[:, self.zero] = np.nan
-        d[self.zero[rows]] = np.nan
-        return d
-
-
-def quick_cells(c: rs.Corpus, every: int) -> list[retrieval.Setting]:
-    cells = retrieval.settings(c.role, c.family, c.name)
-    return [retrieval.Setting(s.split, s.mode, s.rows[::every]) for s in cells]
-
-
-def evaluate(c: rs.Corpus, vec: np.ndarray, cells: list[retrieval.Setting], poor: np.ndarray | None = None
-             ) -> dict[str, dict]:
-    rows = np.unique(np.concatenate([s.rows for s in cells]))
-    scorer = Cached(vec, rows)
-    out = {}
-    for s in cells:
-        pq = retrieval.score(scorer, s.rows, c.family, c.name, s.mode)
-        out[f"{s.split}/{s.mode}"] = retrieval.summarize(pq)
-        if poor is not None:
-            out[f"{s.split}/{s.mode}/string-poor"] = retrieval.summarize(pq, poor[s.rows])
-    return out
-
-
-def line(name: str, res: dict) -> str:
-    cells = [("known/all", "K"), ("unseen/all", "U"), ("known/other-programs", "Ko"), ("unseen/other-programs", "Uo")]
-    return f"{name:>46} " + "  ".join(f"{t} {res[k]['p_at_1']:.3f}/{res[k]['map_at_r']:.3f}" for k, t in cells)
 
 
 CONFIGS: dict[str, dict] = {

@@ -1,6 +1,6 @@
 """Word-token hashes (embedlib.views.word_runs) for every file of study caches, beside them; never in CI.
 
-  nice -n 10 python bench/token_cache.py --cache runs/study/deb/cache-pre,runs/study/deb/cache-main \
+  nice -n 10 python studies/retrieval/token_cache.py --cache runs/study/deb/cache-pre,runs/study/deb/cache-main \
       --out runs/study/deb/tokens
 
 One output shard per cache shard (OUT/<cache folder name>-shard-NNNNN.npz), rows in the cache's order, keyed by
@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from embedlib import views  # noqa: E402
 from embedlib.config import Config, InputConfig, ViewsConfig  # noqa: E402

@@ -1,8 +1,8 @@
 """Research harness for issue 12: baselines and model variants on cached views, trained in-process; never in CI.
 
-  nice -n 10 python bench/study_cache.py --manifest M.csv --cache C --ssdeep      # once per corpus
-  nice -n 10 python bench/retrieval_study.py baselines --cache C
-  nice -n 10 python bench/retrieval_study.py train --cache C --variant full --out runs/study/full
+  nice -n 10 python studies/retrieval/study_cache.py --manifest M.csv --cache C --ssdeep      # once per corpus
+  nice -n 10 python studies/retrieval/retrieval_study.py baselines --cache C
+  nice -n 10 python studies/retrieval/retrieval_study.py train --cache C --variant full --out runs/study/full
 
 The protocol is embedlib.eval.retrieval's (family-disjoint split by family-name hash, held-out files of trained
 families by sha256 hash, whole gallery, "all" and "other-programs" modes). Everything runs on 2 threads.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from embedlib import views
@@ -205,10 +205,10 @@ def view_arrays(c: Corpus, v: Variant, cache: dict | None = None) -> dict[str, n
             out[name] = c.raw["bytehist"]
         elif name == "byteonly":  # the 256-bin byte histogram without the entropy part
             out[name] = np.ascontiguousarray(c.raw["bytehist"][:, :256])
-        elif name == "tokens":  # embedlib.views' tokens, from bench/token_cache.py (attach_tokens)
+        elif name == "tokens":  # embedlib.views' tokens, from studies/retrieval/token_cache.py (attach_tokens)
             key = ("tokens", v.buckets)
             if key not in cache:
-                from tfidf_study import token_sketch
+                from scoring import token_sketch
 
                 cache[key] = token_sketch(c, v.buckets)
             out[name] = cache[key]
@@ -335,7 +335,7 @@ def export(c: Corpus, v: Variant, model, log: dict, vectors: np.ndarray, out: st
     model_dir = os.path.abspath(os.path.join(out, "model"))
     extra = {"bn_health": log["health_after"], "bn_health_before_precise_bn": log["health_before"],
              "history": log["epochs"], "train_files": log["train_files"], "train_seconds": log["train_seconds"],
-             "trained_by": "bench/retrieval_study.py", "variant": log["variant"]}
+             "trained_by": "studies/retrieval/retrieval_study.py", "variant": log["variant"]}
     meta = checkpoint.save(model_dir, model, cfg, log["families"], extra)
     emb_dir = os.path.join(out, "emb")
     os.makedirs(os.path.join(emb_dir, "embeddings"), exist_ok=True)
@@ -350,7 +350,7 @@ def export(c: Corpus, v: Variant, model, log: dict, vectors: np.ndarray, out: st
     table = pa.table(rows).cast(schema.embeddings_schema(vectors.shape[1]))
     pq.write_table(table, os.path.join(emb_dir, "embeddings", "part-000000.parquet"))
     with open(os.path.join(emb_dir, "_run.json"), "w") as fh:
-        json.dump({"job": "bench/retrieval_study.py", "model": model_dir, "model_version": meta["model_version"]}, fh)
+        json.dump({"job": "studies/retrieval/retrieval_study.py", "model": model_dir, "model_version": meta["model_version"]}, fh)
     return emb_dir
 
 
@@ -358,10 +358,10 @@ def run_variants(cache: str, variants: dict[str, Variant], out: str, modes=retri
                  export_dir: str | None = None, manifest: str | None = None, evaluate: bool = True,
                  tokens: str | None = None, every: int = 1) -> list[dict]:
     """Train and score each variant on the same queries; appends rows to OUT/results.jsonl, saves vectors.
-    tokens: bench/token_cache.py's folder (for the tokens view); every: score every k-th query (quick looks)."""
+    tokens: studies/retrieval/token_cache.py's folder (for the tokens view); every: score every k-th query (quick looks)."""
     c = load_corpus(cache, manifest=manifest)
     if tokens:
-        from tfidf_study import attach_tokens
+        from scoring import attach_tokens
 
         attach_tokens(c, tokens)
     cells = [retrieval.Setting(s.split, s.mode, s.rows[::every])
@@ -381,7 +381,7 @@ def run_variants(cache: str, variants: dict[str, Variant], out: str, modes=retri
         if export_dir:
             export(c, v, model, log, vec, os.path.join(export_dir, name))
         if evaluate:
-            from tfidf_study import evaluate as quick_evaluate, line
+            from scoring import evaluate as quick_evaluate, line
 
             t = time.perf_counter()
             got = quick_evaluate(c, vec, cells, poor)
