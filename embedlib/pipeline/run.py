@@ -2,7 +2,7 @@
 
 One run = listing -> match (what earlier runs knew) -> hash -> plan -> write -> runs row. The driver lists
 the input into chunk files (memory O(chunk)), hands tasks to an executor (in-process, or Ray through
-embedlib/ray_io.py), and keeps only counts: its memory does not grow with the number of files.
+embedlib/ray_io/), and keeps only counts: its memory does not grow with the number of files.
 
 Reruns: the root's lock makes runs one at a time (a second one refuses, exit 75). An interrupted run of the
 same job is finished first (its tasks with completion markers are kept, the others redone under the same

@@ -1,6 +1,6 @@
 """The pipeline's tasks: read a staging file, run a stage, write the outputs atomically under deterministic
 names, then a completion marker. Plain functions of (root, run, task number, settings): the driver runs them
-in-process or as Ray tasks (embedlib/ray_io.py) and they behave the same. A task redone after a kill
+in-process or as Ray tasks (embedlib/ray_io/) and they behave the same. A task redone after a kill
 overwrites its own files, so nothing is ever written twice.
 """
 

@@ -4,7 +4,7 @@
   con.sql("SELECT * FROM similar('<sha256>', 10)")
   con.sql("SELECT * FROM attribution WHERE run_id = '...'")
 
-Every SQL statement lives in embedlib/query/sql/; parameters are bound, never pasted.
+Every SQL statement lives in embedlib/sql/; parameters are bound, never pasted.
 May import: errors, config, schema, sql, files, root, model (embedding a --file). Never Ray: the kNN fan-out
 is handed in by the job.
 """
