@@ -334,20 +334,31 @@ def _is_identifier(addr, n, start, end):
 
 
 @_helper
-def _run_hashes(addr, last, n, starts, ends, min_len, identifiers_only):
-    """Hashes of the runs of >= min_len bytes (only the NUL-bounded identifier runs when identifiers_only)."""
+def _identifiers(addr, n, starts, ends, min_len):
+    """uint8 per run: 1 for the NUL-bounded identifier runs of >= min_len bytes (views.identifiers_among); the
+    idents view and the tokens view both need it."""
+    out = np.zeros(len(starts), np.uint8)
+    for r in range(len(starts)):
+        if ends[r] - starts[r] >= min_len and _is_identifier(addr, n, starts[r], ends[r]):
+            out[r] = 1
+    return out
+
+
+@_helper
+def _run_hashes(addr, last, starts, ends, min_len, chosen):
+    """Hashes of the runs of >= min_len bytes that `chosen` marks (uint8 per run; empty: every run)."""
     out = np.empty(len(starts), np.uint64)
     count = 0
     for r in range(len(starts)):
         s, e = starts[r], ends[r]
-        if e - s >= min_len and (not identifiers_only or _is_identifier(addr, n, s, e)):
+        if e - s >= min_len and (len(chosen) == 0 or chosen[r]):
             out[count] = _hash(addr, last, s, e, False)
             count += 1
     return out[:count]
 
 
 @_helper
-def _token_runs(addr, n, starts, ends, long_min, ident_min):
+def _token_runs(starts, ends, long_min, identifiers):
     """The runs whose words are tokens, in the numpy version's order: the strings (>= long_min bytes) in file
     order, then the identifier runs among the shorter runs, in file order. The order matters through the byte
     that follows each run in it (see `_word_hashes`)."""
@@ -360,8 +371,7 @@ def _token_runs(addr, n, starts, ends, long_min, ident_min):
             ts[t], te[t] = starts[r], ends[r]
             t += 1
     for r in range(m):
-        length = ends[r] - starts[r]
-        if ident_min <= length < long_min and _is_identifier(addr, n, starts[r], ends[r]):
+        if ends[r] - starts[r] < long_min and identifiers[r]:
             ts[t], te[t] = starts[r], ends[r]
             t += 1
     return ts[:t], te[:t]
@@ -511,10 +521,12 @@ def _distinct_counts(hashes, buckets):
     table = np.zeros(size, np.uint64)
     state = np.zeros(2, np.int64)
     counts = np.zeros(buckets, np.int64)
-    p = _fill(table, hashes, 0, counts, shift, state)
-    while p < len(hashes):
-        table = _rehashed(table)
+    p = 0
+    while True:
         p = _fill(table, hashes, p, counts, shift, state)
+        if p == len(hashes):
+            break
+        table = _rehashed(table)
     return np.minimum(counts, 255).astype(np.uint8)
 
 
@@ -528,12 +540,14 @@ def sketch_counts(arr, n, want_strings, want_idents, want_tokens, strings_min, i
     starts, ends = _runs(addr, last, n, shortest)
     empty = np.zeros(buckets, np.uint8)
     strings, idents, tokens = empty, empty, empty
+    every = np.zeros(0, np.uint8)
+    identifiers = _identifiers(addr, n, starts, ends, idents_min) if (want_idents or want_tokens) else every
     if want_strings:
-        strings = _distinct_counts(_run_hashes(addr, last, n, starts, ends, strings_min, False), buckets)
+        strings = _distinct_counts(_run_hashes(addr, last, starts, ends, strings_min, every), buckets)
     if want_idents:
-        idents = _distinct_counts(_run_hashes(addr, last, n, starts, ends, idents_min, True), buckets)
+        idents = _distinct_counts(_run_hashes(addr, last, starts, ends, idents_min, identifiers), buckets)
     if want_tokens:
-        ts, te = _token_runs(addr, n, starts, ends, strings_min, idents_min)
+        ts, te = _token_runs(starts, ends, strings_min, identifiers)
         tokens = _distinct_counts(_word_hashes(addr, last, ts, te, tokens_min), buckets)
     return strings, idents, tokens
 
