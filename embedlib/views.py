@@ -24,7 +24,8 @@ Why these: strings and names do not change with the CPU architecture that a pack
 byteplot does; the byte histograms summarise packed or stripped files where strings say little.
 
 Speed: `compute_views` computes strings, idents and tokens with the compiled kernels of embedlib.sketch_kernels
-(numba; one pass over the bytes, a few GB/s per core instead of about 0.27). The numpy functions below (`runs`,
+(numba; about one pass over the bytes, 6 to 7 times the numpy version's speed: bench/bench_views.py prints both
+side by side). The numpy functions below (`runs`,
 `hash_runs`, `identifiers_among`, `word_runs`, `bucket_counts`) DEFINE those views: `compute_views_reference`
 computes them that way, and the kernels must match it bit for bit (tests/test_sketch_kernels.py), because the
 views version, and so every stored corpus and model, assumes they do. In the numpy version, runs are found with
