@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -198,3 +199,34 @@ def test_cache_folder_falls_back_only_when_numba_has_none(tmp_path):
     folder = sketch_kernels.fallback_cache_dir({}, defaults, writable=lambda d: False)
     assert folder and os.path.isdir(folder) and os.stat(folder).st_uid == os.getuid()
     assert not os.stat(folder).st_mode & 0o022
+
+
+def test_imports_from_a_read_only_install_with_a_read_only_home(tmp_path):
+    """Where neither the package folder nor the home is writable (a cluster image with a read-only root file
+    system), numba's cache=True alone raises at import; the kernels' module falls back to a private folder
+    under the temporary directory. Simulated with read-only bind mounts in a private mount namespace (needs
+    root and unshare; skipped elsewhere)."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    install, home = tmp_path / "site", tmp_path / "home"
+    shutil.copytree(os.path.join(repo, "embedlib"), install / "embedlib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    home.mkdir()
+    script = (f"mount --bind {install} {install} && mount -o remount,bind,ro {install} && "
+              f"mount --bind {home} {home} && mount -o remount,bind,ro {home} && "
+              f"HOME={home} PYTHONPATH={install} NUMBA_CACHE_DIR= {sys.executable} -c "
+              "'import os, embedlib.sketch_kernels as k; print(os.environ[\"NUMBA_CACHE_DIR\"], k.__file__)'")
+    try:
+        probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if probe.returncode:
+        pytest.skip("cannot make a mount namespace here (not root?)")
+    run = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)  # not the repository: its embedlib would win
+    assert run.returncode == 0, run.stderr[-2000:]
+    cache_dir, module = run.stdout.split()
+    assert module.startswith(str(install)) and cache_dir.startswith(os.path.realpath(tempfile.gettempdir()))
