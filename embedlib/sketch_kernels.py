@@ -274,14 +274,40 @@ def _block_bits(addr, n, base):
     return bits
 
 
-@_helper
-def _runs(addr, last, n, min_len):
-    """(starts, ends) of the maximal printable runs of >= min_len bytes, as views.runs(views.printable(arr)).
+@_inline
+def _is_identifier(addr, last, n, start, end):
+    """A NUL byte right before and right after [start, end), and identifier characters only inside: 64 bytes at
+    a time with vector compares ([A-Za-z0-9] and _ . @ $ -), a byte loop for the last bytes of the buffer."""
+    if start == 0 or end >= n or _load1(addr, start - 1) != 0 or _load1(addr, end) != 0:
+        return False
+    for base in range(start, end, 64):
+        m = min(64, end - base)
+        if base + 64 <= last + 8:
+            ok = (_range64(addr, base, 0x41, 26) | _range64(addr, base, 0x61, 26) | _range64(addr, base, 0x30, 10)
+                  | _range64(addr, base, 0x5F, 1) | _range64(addr, base, 0x2E, 1) | _range64(addr, base, 0x40, 1)
+                  | _range64(addr, base, 0x24, 1) | _range64(addr, base, 0x2D, 1))
+            valid = ~_U(0) if m == 64 else (_U(1) << _U(m)) - _U(1)
+            if ok & valid != valid:
+                return False
+        else:
+            for i in range(base, base + m):
+                if _IDENT[_load1(addr, i)] == 0:
+                    return False
+    return True
 
-    A 64-byte block's mask is ANDed with itself shifted by 1..w-1 bits (the next block's bits shifted in), which
-    leaves bit j set exactly where the w bytes from j on are all printable (w = min(min_len, 32)); the runs are
-    the maximal runs of that sparse mask, read from its transitions with count-trailing-zeros, and kept when at
-    least min_len long. Code sections, full of short printable runs, mostly leave an empty mask.
+
+@_helper
+def _runs(addr, last, n, min_len, long_min, ident_min, hash_long, hash_idents):
+    """The printable runs (views.runs(views.printable(arr), min_len)) that a view uses: those of >= long_min
+    bytes (strings) and the NUL-bounded identifier runs of >= ident_min bytes (views.identifiers_among); the
+    others (most runs of code sections) are dropped here. Returns (starts, ends, identifier flag, hash): the
+    hash (views.hash_runs) of the long runs when hash_long and of the identifier runs when hash_idents, else
+    undefined. Each run is checked and hashed as soon as it ends, while its bytes are in the L1 cache.
+
+    A 64-byte block's printable mask is ANDed with itself shifted by 1..w-1 bits (the next block's bits shifted
+    in), which leaves bit j set exactly where the w bytes from j on are all printable (w = min(min_len, 32));
+    the runs are the maximal runs of that sparse mask, read from its transitions with count-trailing-zeros,
+    then kept when at least min_len long. One block past the end closes a run that reaches it.
 
     The output arrays are allocated at their largest possible size, uninitialised: only the pages written are
     ever backed by memory, and an array that is never reassigned is not reference-counted in the loop."""
@@ -289,12 +315,14 @@ def _runs(addr, last, n, min_len):
     most = n // (min_len + 1) + 1  # runs of >= min_len bytes with a byte between each two
     starts = np.empty(most, np.int64)
     ends = np.empty(most, np.int64)
+    flags = np.empty(most, np.uint8)
+    hashes = np.empty(most, np.uint64)
     count = 0
     blocks = (n + 63) // 64
     nxt = _block_bits(addr, n, 0)
     carry = _U(0)  # the window's bit 63 in the previous block
     open_at = -1
-    for b in range(blocks):
+    for b in range(blocks + 1):
         cur = nxt
         nxt = _block_bits(addr, n, 64 * (b + 1))
         window = cur
@@ -308,52 +336,29 @@ def _runs(addr, last, n, min_len):
             if open_at < 0:
                 open_at = j
                 continue
-            if j + width - 1 - open_at >= min_len:
-                starts[count], ends[count] = open_at, j + width - 1
-                count += 1
+            start, end = open_at, j + width - 1
             open_at = -1
-    if open_at >= 0:  # only with width 1 and a last block that is full: the run ends at n
-        if n - open_at >= min_len:
-            starts[count], ends[count] = open_at, n
+            length = end - start
+            if length < min_len:
+                continue
+            identifier = length >= ident_min and _is_identifier(addr, last, n, start, end)
+            if length < long_min and not identifier:
+                continue
+            starts[count], ends[count], flags[count] = start, end, identifier
+            if (hash_long and length >= long_min) or (hash_idents and identifier):
+                hashes[count] = _hash(addr, last, start, end, False)
             count += 1
-    return starts[:count], ends[:count]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The hashes of each view (not yet distinct)
-# ---------------------------------------------------------------------------------------------------
-
-@_inline
-def _is_identifier(addr, n, start, end):
-    """A NUL byte right before and right after [start, end), and identifier characters only inside."""
-    if start == 0 or end >= n or _load1(addr, start - 1) != 0 or _load1(addr, end) != 0:
-        return False
-    for i in range(start, end):
-        if _IDENT[_load1(addr, i)] == 0:
-            return False
-    return True
+    return starts[:count], ends[:count], flags[:count], hashes[:count]
 
 
 @_helper
-def _identifiers(addr, n, starts, ends, min_len):
-    """uint8 per run: 1 for the NUL-bounded identifier runs of >= min_len bytes (views.identifiers_among); the
-    idents view and the tokens view both need it."""
-    out = np.zeros(len(starts), np.uint8)
-    for r in range(len(starts)):
-        if ends[r] - starts[r] >= min_len and _is_identifier(addr, n, starts[r], ends[r]):
-            out[r] = 1
-    return out
-
-
-@_helper
-def _run_hashes(addr, last, starts, ends, min_len, chosen):
-    """Hashes of the runs of >= min_len bytes that `chosen` marks (uint8 per run; empty: every run)."""
-    out = np.empty(len(starts), np.uint64)
+def _picked(hashes, starts, ends, min_len, flags, flagged_only):
+    """The hashes of the runs of >= min_len bytes (only of the flagged ones when flagged_only)."""
+    out = np.empty(len(hashes), np.uint64)
     count = 0
-    for r in range(len(starts)):
-        s, e = starts[r], ends[r]
-        if e - s >= min_len and (len(chosen) == 0 or chosen[r]):
-            out[count] = _hash(addr, last, s, e, False)
+    for r in range(len(hashes)):
+        if ends[r] - starts[r] >= min_len and (not flagged_only or flags[r]):
+            out[count] = hashes[r]
             count += 1
     return out[:count]
 
@@ -538,17 +543,18 @@ def sketch_counts(arr, n, want_strings, want_idents, want_tokens, strings_min, i
     addr = arr.ctypes.data
     last = len(arr) - 8
     shortest = min(strings_min, idents_min) if (want_idents or want_tokens) else strings_min
-    starts, ends = _runs(addr, last, n, shortest)
+    never = n + 1  # a length no run has
+    long_min = strings_min if (want_strings or want_tokens) else never
+    ident_min = idents_min if (want_idents or want_tokens) else never
+    starts, ends, flags, hashes = _runs(addr, last, n, shortest, long_min, ident_min, want_strings, want_idents)
     empty = np.zeros(buckets, np.uint8)
     strings, idents, tokens = empty, empty, empty
-    every = np.zeros(0, np.uint8)
-    identifiers = _identifiers(addr, n, starts, ends, idents_min) if (want_idents or want_tokens) else every
     if want_strings:
-        strings = _distinct_counts(_run_hashes(addr, last, starts, ends, strings_min, every), buckets)
+        strings = _distinct_counts(_picked(hashes, starts, ends, strings_min, flags, False), buckets)
     if want_idents:
-        idents = _distinct_counts(_run_hashes(addr, last, starts, ends, idents_min, identifiers), buckets)
+        idents = _distinct_counts(_picked(hashes, starts, ends, idents_min, flags, True), buckets)
     if want_tokens:
-        ts, te = _token_runs(starts, ends, strings_min, identifiers)
+        ts, te = _token_runs(starts, ends, strings_min, flags)
         tokens = _distinct_counts(_word_hashes(addr, last, ts, te, tokens_min), buckets)
     return strings, idents, tokens
 
