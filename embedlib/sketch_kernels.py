@@ -512,17 +512,18 @@ def _rehashed(table):
 
 
 @_helper
-def _distinct_counts(hashes, buckets):
+def _distinct_counts(hashes, buckets, expected):
     """uint8 [buckets]: how many DISTINCT hashes fall in each bucket, clipped at 255, as
-    views.bucket_counts(np.unique(hashes), buckets), with a set instead of a sort. The set starts small (most
-    words recur: a file's ~5000 words are ~600 distinct ones) and doubles when half full."""
+    views.bucket_counts(np.unique(hashes), buckets), with a set instead of a sort. The set starts with room
+    for `expected` distinct hashes (a file's strings are mostly distinct; its words mostly recur: ~5000 words
+    are ~600 distinct ones) and doubles when half full."""
     shift = 64
     b = buckets
     while b > 1:
         b //= 2
         shift -= 1
     size = 64
-    while size < 2 * len(hashes) and size < 2048:
+    while size < 2 * expected:
         size *= 2
     table = np.zeros(size, np.uint64)
     state = np.zeros(2, np.int64)
@@ -550,12 +551,15 @@ def sketch_counts(arr, n, want_strings, want_idents, want_tokens, strings_min, i
     empty = np.zeros(buckets, np.uint8)
     strings, idents, tokens = empty, empty, empty
     if want_strings:
-        strings = _distinct_counts(_picked(hashes, starts, ends, strings_min, flags, False), buckets)
+        picked = _picked(hashes, starts, ends, strings_min, flags, False)
+        strings = _distinct_counts(picked, buckets, len(picked))
     if want_idents:
-        idents = _distinct_counts(_picked(hashes, starts, ends, idents_min, flags, True), buckets)
+        picked = _picked(hashes, starts, ends, idents_min, flags, True)
+        idents = _distinct_counts(picked, buckets, len(picked))
     if want_tokens:
         ts, te = _token_runs(starts, ends, strings_min, flags)
-        tokens = _distinct_counts(_word_hashes(addr, last, ts, te, tokens_min), buckets)
+        words = _word_hashes(addr, last, ts, te, tokens_min)
+        tokens = _distinct_counts(words, buckets, len(words) // 8)
     return strings, idents, tokens
 
 
