@@ -174,10 +174,7 @@ def _word(addr, last, pos, end):
     `last` (the buffer's length - 8): near the end it starts earlier and shifts, as views.hash_runs does."""
     q = min(pos, last)
     w = _load8(addr, q) >> _U(8 * (pos - q))
-    remaining = end - pos
-    if remaining < 8:
-        w &= (_U(1) << _U(8 * remaining)) - _U(1)
-    return w
+    return w & (~_U(0) >> _U(64 - 8 * min(end - pos, 8)))  # no branch: short words are the common case
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -205,6 +202,11 @@ def _lowercase(w):
 @_inline
 def _hash(addr, last, start, end, lower):
     """views.hash_runs of the bytes [start, end) (lowercased first when `lower`)."""
+    if end - start <= 8:  # most strings' words and many names: one word, no loop
+        w = _word(addr, last, start, end)
+        if lower:
+            w = _lowercase(w)
+        return _mix(_mix(w + _K) * _KEYS[0] + _U(end - start) * _K)
     total = _U(0)
     k = 0
     for pos in range(start, end, 8):
