@@ -14,7 +14,8 @@ Prints, for the same files (page cache warmed by the first pass):
                     sketch views also by their numpy reference (views.compute_views_reference)
   model             forward pass files/s and GFLOP/s on real files' views, against this machine's measured
                     float32 matmul peak
-  CPU per file      the target's measure, side by side on the same --cost-files files: the product's embedding
+  CPU per file      the target's measure (alone: --only-cost), side by side on the same --cost-files files,
+                    interleaved --cost-rounds times (medians): the product's embedding
                     in one process with one torch thread (read + views + model, evaluation.embedding_cost; the
                     views both ways) against TLSH (read + digest, evaluation.baseline_costs), CPU seconds
                     (process_time); and the Ray job's CPU per file: CPU seconds of its whole process tree
@@ -220,21 +221,49 @@ def views_rate(files: list[str], cfg: Config, compute=views.compute_views) -> fl
     return sum(map(len, datas)) / (time.process_time() - started) / 1e9
 
 
-def cpu_per_file(model: str, files: list[str], max_bytes: int) -> dict[str, float]:
+def cpu_per_file(model: str, files: list[str], max_bytes: int, rounds: int = 3) -> dict[str, float]:
     """CPU ms per file, one process, one torch thread, on the same files: the embedding (read + views + model)
-    with the views by the kernels and by the numpy reference, and TLSH (read + digest)."""
+    with the views by the kernels and by the numpy reference, and TLSH (read + digest). The three run
+    interleaved, `rounds` times; each figure is the median of its rounds (the read part alone varies by tens of
+    percent between passes over the same files on a shared machine), with the spread of the totals."""
     from unittest import mock
 
     from embedlib import evaluation
 
     views.compute_views(b"\0warm up\0", Config())
-    tlsh = evaluation.baseline_costs(files, max_bytes, ["tlsh"])[0]
-    ours = evaluation.embedding_cost(model, files, max_bytes)
-    with mock.patch.object(views, "compute_views", views.compute_views_reference):
-        ref = evaluation.embedding_cost(model, files, max_bytes)
-    return {"tlsh": tlsh["cpu_ms_per_file"], "tlsh_read": tlsh["read_cpu_ms"], "ours": ours["total_cpu_ms"],
-            "ours_views": ours["views_cpu_ms"], "ours_read": ours["read_cpu_ms"], "ours_model": ours["model_cpu_ms"],
-            "ref": ref["total_cpu_ms"], "ref_views": ref["views_cpu_ms"]}
+    runs: dict[str, list[dict]] = {"tlsh": [], "ours": [], "ref": []}
+    for _ in range(rounds):
+        runs["tlsh"].append(evaluation.baseline_costs(files, max_bytes, ["tlsh"])[0])
+        runs["ours"].append(evaluation.embedding_cost(model, files, max_bytes))
+        with mock.patch.object(views, "compute_views", views.compute_views_reference):
+            runs["ref"].append(evaluation.embedding_cost(model, files, max_bytes))
+
+    def med(name: str, key: str) -> float:
+        return float(np.median([r[key] for r in runs[name]]))
+
+    out = {"tlsh": med("tlsh", "cpu_ms_per_file"), "tlsh_read": med("tlsh", "read_cpu_ms"),
+           "ours": med("ours", "total_cpu_ms"), "ours_views": med("ours", "views_cpu_ms"),
+           "ours_read": med("ours", "read_cpu_ms"), "ours_model": med("ours", "model_cpu_ms"),
+           "ref": med("ref", "total_cpu_ms"), "ref_views": med("ref", "views_cpu_ms")}
+    for name, key in (("tlsh", "cpu_ms_per_file"), ("ours", "total_cpu_ms"), ("ref", "total_cpu_ms")):
+        totals = [r[key] for r in runs[name]]
+        out[name + "_spread"] = f"{min(totals):.3f}..{max(totals):.3f}"
+    return out
+
+
+def print_cost_table(model: str, files: list[str], cfg: Config, args: argparse.Namespace, ray_line: str | None
+                     ) -> None:
+    """The target's table: CPU per file of the embedding and of TLSH (`cpu_per_file`), and the Ray job's."""
+    c = cpu_per_file(model, files[: args.cost_files], cfg.input.max_bytes, args.cost_rounds)
+    print(f"\nCPU per file, one process, one torch thread, {min(len(files), args.cost_files)} files, median of "
+          f"{args.cost_rounds} interleaved rounds [spread of the totals]:\n"
+          f"  TLSH (read + digest)          {c['tlsh']:6.3f} ms (read {c['tlsh_read']:.3f}) [{c['tlsh_spread']}]\n"
+          f"  embedding (read+views+model)  {c['ours']:6.3f} ms (read {c['ours_read']:.3f}, views {c['ours_views']:.3f},"
+          f" model {c['ours_model']:.3f}) [{c['ours_spread']}] = {c['ours'] / c['tlsh']:.2f} x TLSH (target <= 0.6)\n"
+          f"  same, numpy reference views   {c['ref']:6.3f} ms (views {c['ref_views']:.3f}) [{c['ref_spread']}] = "
+          f"{c['ref'] / c['tlsh']:.2f} x TLSH", flush=True)
+    if ray_line:
+        print(f"  Ray job, whole process tree   {ray_line}")
 
 
 def synthetic_files(folder: str, n: int) -> str:
@@ -256,6 +285,9 @@ def main() -> None:
     parser.add_argument("--rss-scale", type=int, default=0, help="also run the job over N synthetic files")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--cost-files", type=int, default=1000, help="files for the one-thread CPU-per-file table")
+    parser.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds of that table")
+    parser.add_argument("--only-cost", action="store_true", help="only the CPU-per-file table (no Ray job, no "
+                        "throughput figures)")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="embed-bench-")
     cfg = Config()
@@ -277,6 +309,11 @@ def main() -> None:
     print(f"{len(files)} files, {nbytes / 1e9:.2f} GB, {cores} cores; model {model}\n", flush=True)
 
     timed("raw reads (warms the page cache)", lambda: raw_reads(files), files, nbytes)
+    if args.only_cost:
+        print_cost_table(model, files, cfg, args, None)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     raw = timed("raw reads", lambda: raw_reads(files), files, nbytes)
     loop = timed("plain loop (read+hash, views, model)", lambda: plain_loop(files, model, cfg), files, nbytes)
     wall, job_seconds, rss, job_cpu = ray_job(manifest, model, os.path.join(work, "out"))
@@ -300,15 +337,9 @@ def main() -> None:
     print(f"\nratios: Ray job / plain loop = {ray_wall / loop:.2f} (command), {ray_job_rate / loop:.2f} "
           f"(after start-up); plain loop / raw reads = {loop / raw:.2f}; TLSH per core = {tln / cores:.0f} files/s "
           f"(1 process {tl1:.0f}); Ray job per core = {ray_job_rate / cores:.0f} files/s")
-    c = cpu_per_file(model, files[: args.cost_files], cfg.input.max_bytes)
-    print(f"\nCPU per file, one process, one torch thread, {min(len(files), args.cost_files)} files:\n"
-          f"  TLSH (read + digest)          {c['tlsh']:6.3f} ms (read {c['tlsh_read']:.3f})\n"
-          f"  embedding (read+views+model)  {c['ours']:6.3f} ms (read {c['ours_read']:.3f}, views {c['ours_views']:.3f},"
-          f" model {c['ours_model']:.3f}) = {c['ours'] / c['tlsh']:.2f} x TLSH (target <= 0.6)\n"
-          f"  same, numpy reference views   {c['ref']:6.3f} ms (views {c['ref_views']:.3f}) = "
-          f"{c['ref'] / c['tlsh']:.2f} x TLSH\n"
-          f"  Ray job, whole process tree   {1000 * job_cpu / len(files):6.3f} ms (start-up included) = "
-          f"{1000 * job_cpu / len(files) / tlsh_cpu_ms:.2f} x TLSH's {tlsh_cpu_ms:.3f} ms (1 process, this run)")
+    print_cost_table(model, files, cfg, args, f"{1000 * job_cpu / len(files):6.3f} ms (start-up included) = "
+                     f"{1000 * job_cpu / len(files) / tlsh_cpu_ms:.2f} x TLSH's {tlsh_cpu_ms:.3f} ms (1 process, "
+                     "this run)")
     if args.rss_scale:
         syn = synthetic_files(os.path.join(work, "synthetic"), args.rss_scale)
         small = syn + "-10k"
