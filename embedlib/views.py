@@ -191,8 +191,9 @@ def hash_runs(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarr
     """uint64 hash of every run arr[starts[i]:ends[i]] (equal byte strings, equal hashes), all at once.
 
     A run is read as 8-byte little-endian words (unaligned loads through an overlapping strided view, the
-    tail masked); word k is mixed and multiplied by a fixed odd key for position k (keys repeat after 4096
-    words = 32 KiB), the products summed per run (mod 2**64), and the sum mixed with the run's length.
+    tail masked); word k is mixed and multiplied by a fixed odd key for position min(k, 4095) (so every word
+    from 32 KiB - 8 bytes on shares the last key), the products summed per run (mod 2**64), and the sum mixed
+    with the run's length.
     Work is per 8 bytes of string, not per byte."""
     if len(starts) == 0:
         return np.zeros(0, np.uint64)
