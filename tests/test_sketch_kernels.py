@@ -149,7 +149,7 @@ def crafted() -> dict[str, bytes]:
 def test_identical_on_crafted_inputs(setting):
     for name, data in crafted().items():
         assert_identical(data, SETTINGS[setting], name)
-        for cut in (1, 7, 8, 9, 63, 64, 65):  # the same runs ending near the end of the buffer
+        for cut in (1, 7, 8, 9, 63, 64, 65) if len(data) < 10_000 else (1, 64):  # runs ending near the buffer's end
             if len(data) > cut:
                 assert_identical(data[:-cut], SETTINGS[setting], f"{name}[:-{cut}]")
 
