@@ -23,8 +23,13 @@ Views (their shapes and dtypes are `view_specs(cfg)`; every file gets every view
 Why these: strings and names do not change with the CPU architecture that a package was built for, while the
 byteplot does; the byte histograms summarise packed or stripped files where strings say little.
 
-Speed (the strings view must cost about what TLSH costs): runs are found with a few SIMD passes over the bytes
-(see `runs`), and each run is hashed 8 bytes at a time (see `hash_runs`); the bucket is the hash's top bits.
+Speed: `compute_views` computes strings, idents and tokens with the compiled kernels of embedlib.views.kernels
+(numba; about one pass over the bytes, 7 to 10 times the numpy version's speed: bench/bench_views.py prints both
+side by side). The numpy functions below (`runs`, `hash_runs`, `identifiers_among`, `word_runs`,
+`bucket_counts`) DEFINE those views: `compute_views_reference` computes them that way, and the kernels must
+match it bit for bit (tests/test_sketch_kernels.py), because the views version, and so every stored corpus and
+model, assumes they do. In the numpy version, runs are found with a few SIMD passes over the bytes (see `runs`)
+and each run is hashed 8 bytes at a time (see `hash_runs`); the bucket is the hash's top bits.
 May import: config (the views settings). Nothing else: views are pure functions of the bytes.
 """
 
@@ -33,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from embedlib.views import raster
-from embedlib.config import KNOWN_VIEWS, Config
+from embedlib.config import KNOWN_VIEWS, Config, ViewsConfig
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -65,34 +70,65 @@ def view_specs(cfg: Config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 
 def compute_views(data: bytes, cfg: Config) -> dict[str, np.ndarray]:
     """Every view of cfg.views.names for one file's bytes (at most input.max_bytes of them are looked at)."""
+    return _views(data, cfg, _sketches_compiled)
+
+
+def compute_views_reference(data: bytes, cfg: Config) -> dict[str, np.ndarray]:
+    """`compute_views` with the sketch views computed by the numpy functions of this module: their definition,
+    which the compiled kernels must match bit for bit (tests/test_sketch_kernels.py compares them), and the
+    baseline of bench/bench_views.py. About 4 to 8 times slower; nothing in the product calls it."""
+    return _views(data, cfg, _sketches_numpy)
+
+
+_SKETCHES = ("strings", "idents", "tokens")
+
+
+def _views(data: bytes, cfg: Config, sketches) -> dict[str, np.ndarray]:
     data = data[: cfg.input.max_bytes]
     arr = np.frombuffer(data, dtype=np.uint8)
-    out: dict[str, np.ndarray] = {}
     v = cfg.views
-    if {"strings", "idents", "tokens"} & set(v.names):  # one scan of printable runs serves all three
-        wanted = [v.strings_min_len if n == "strings" else v.idents_min_len
-                  for n in ("strings", "idents") if n in v.names]
-        shortest = min(wanted + ([v.strings_min_len, v.idents_min_len] if "tokens" in v.names else []))
-        starts, ends = runs(printable(arr), shortest)
+    sketch = sketches(arr, v) if set(_SKETCHES) & set(v.names) else {}
+    out: dict[str, np.ndarray] = {}
     for name in v.names:
         if name == "image":
             out[name] = raster.to_image(data, cfg.raster.size) if data else np.zeros((cfg.raster.size,) * 2, np.uint8)
-        elif name == "strings":
-            long = (ends - starts) >= v.strings_min_len
-            out[name] = bucket_counts(np.unique(hash_runs(arr, starts[long], ends[long])), v.buckets)
-        elif name == "idents":
-            s, e = identifiers_among(arr, starts, ends, v.idents_min_len)
-            out[name] = bucket_counts(np.unique(hash_runs(arr, s, e)), v.buckets)
+        elif name in sketch:
+            out[name] = sketch[name]
         elif name == "bytehist":
             out[name] = byte_histograms(arr)
-        elif name == "tokens":
-            long = (ends - starts) >= v.strings_min_len
-            si, ei = identifiers_among(arr, starts[~long], ends[~long], v.idents_min_len)
-            s = np.concatenate([starts[long], si])
-            e = np.concatenate([ends[long], ei])
-            out[name] = bucket_counts(word_hashes(arr, s, e, v.tokens_min_len), v.buckets)
         else:
             raise ValueError(f"unknown view {name!r}; known: {KNOWN_VIEWS}")
+    return out
+
+
+def _sketches_compiled(arr: np.ndarray, v: ViewsConfig) -> dict[str, np.ndarray]:
+    """The sketch views of v.names, by embedlib.views.kernels (imported here, on first use: numba takes about
+    half a second to import, which processes that never compute a view need not pay)."""
+    from embedlib.views import kernels as sketch_kernels
+
+    names = tuple(n for n in v.names if n in _SKETCHES)
+    return sketch_kernels.sketch_views(arr, names, v.strings_min_len, v.idents_min_len, v.tokens_min_len, v.buckets)
+
+
+def _sketches_numpy(arr: np.ndarray, v: ViewsConfig) -> dict[str, np.ndarray]:
+    """The sketch views of v.names, by the numpy functions below (the reference)."""
+    out: dict[str, np.ndarray] = {}
+    # one scan of printable runs serves all three
+    wanted = [v.strings_min_len if n == "strings" else v.idents_min_len for n in ("strings", "idents") if n in v.names]
+    shortest = min(wanted + ([v.strings_min_len, v.idents_min_len] if "tokens" in v.names else []))
+    starts, ends = runs(printable(arr), shortest)
+    if "strings" in v.names:
+        long = (ends - starts) >= v.strings_min_len
+        out["strings"] = bucket_counts(np.unique(hash_runs(arr, starts[long], ends[long])), v.buckets)
+    if "idents" in v.names:
+        s, e = identifiers_among(arr, starts, ends, v.idents_min_len)
+        out["idents"] = bucket_counts(np.unique(hash_runs(arr, s, e)), v.buckets)
+    if "tokens" in v.names:
+        long = (ends - starts) >= v.strings_min_len
+        si, ei = identifiers_among(arr, starts[~long], ends[~long], v.idents_min_len)
+        s = np.concatenate([starts[long], si])
+        e = np.concatenate([ends[long], ei])
+        out["tokens"] = bucket_counts(word_hashes(arr, s, e, v.tokens_min_len), v.buckets)
     return out
 
 
@@ -155,8 +191,9 @@ def hash_runs(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarr
     """uint64 hash of every run arr[starts[i]:ends[i]] (equal byte strings, equal hashes), all at once.
 
     A run is read as 8-byte little-endian words (unaligned loads through an overlapping strided view, the
-    tail masked); word k is mixed and multiplied by a fixed odd key for position k (keys repeat after 4096
-    words = 32 KiB), the products summed per run (mod 2**64), and the sum mixed with the run's length.
+    tail masked); word k is mixed and multiplied by a fixed odd key for position min(k, 4095) (so every word
+    from 32 KiB - 8 bytes on shares the last key), the products summed per run (mod 2**64), and the sum mixed
+    with the run's length.
     Work is per 8 bytes of string, not per byte."""
     if len(starts) == 0:
         return np.zeros(0, np.uint64)
