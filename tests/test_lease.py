@@ -212,3 +212,32 @@ def s3_config() -> dict:
 def test_this_host_is_what_the_lease_records():
     assert lease.gone_reason({"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()},
                              time.time(), 600, None, socket.gethostname()) is None
+
+
+def test_sigterm_after_ray_started_releases_the_lease_and_exits_130(s3):
+    """`ray job stop` and a deleted pod send SIGTERM to a job whose driver has started Ray. Ray's init replaces
+    the job's handler (its own sys.exit, then a crash handler that aborts with a stack dump): the lease would
+    stay held and the output would be a C++ stack. The job's handler must survive Ray's start."""
+    root = "s3://lease/sigterm"
+    env = dict(os.environ, FSSPEC_S3=json.dumps(s3_config()))
+    script = ("import time\nfrom jobs._common import run_cli\nfrom embedlib import ray_io\n"
+              "from embedlib.root.lease import RootLock\nfrom embedlib.root.store import Store\n"
+              "def main(argv):\n"
+              f"    with RootLock(Store({root!r}), 'terminated'):\n"
+              "        ray_io.init_ray(num_cpus=1)\n"
+              "        print('ray started', flush=True)\n"
+              "        time.sleep(600)\n"
+              "run_cli(main, [])\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ray started"
+        assert holder(root)["run_id"] == "terminated"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted: run the same command again" in err
+    assert "SIGTERM received" not in err and "Traceback" not in err
+    assert holder(root) is None

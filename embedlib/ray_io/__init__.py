@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import warnings
 from collections import deque
 from typing import Any, Callable, Iterator
@@ -37,6 +39,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # Ray announces its token-auth default at every start; the mode itself is left to Ray and the user.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS")
+    # ray.init replaces the driver's SIGTERM handler (its own sys.exit, then the core worker's crash handler
+    # that aborts with a C++ stack dump): `ray job stop` or a deleted pod would leave the root's lease held.
+    # The job's handler (jobs/_common: interrupt like Ctrl-C) is put back once Ray has started.
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     # WARNING for the driver and every worker of the job (Ray Train logs each report at INFO); what the job's
     # code prints still reaches the driver.
     common = {"log_to_driver": True, "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="WARNING")}
@@ -56,6 +63,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                      runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}}, **common)
         finally:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    if on_sigterm is not None:
+        signal.signal(signal.SIGTERM, on_sigterm)
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray._private"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
