@@ -31,8 +31,8 @@ import pyarrow as pa
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from embedlib import schema  # noqa: E402
-from embedlib.pipeline import catalog, compact  # noqa: E402
-from embedlib.pipeline.store import Store  # noqa: E402
+from embedlib.root import catalog, compact  # noqa: E402
+from embedlib.root.store import Store  # noqa: E402
 from embedlib.query import connect  # noqa: E402
 from embedlib.query.neighbors import compute_neighbors  # noqa: E402
 

@@ -22,7 +22,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedlib import inputs
+from embedlib.files import inputs
 
 
 def _paths(rows: int) -> list[str]:

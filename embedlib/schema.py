@@ -1,6 +1,6 @@
 """The only place that defines table columns. Every Parquet file we write is cast to one of these.
 
-An output root accumulates runs (see embedlib/pipeline/catalog.py for the folders):
+An output root accumulates runs (see embedlib/root/catalog.py for the folders):
   embeddings/  one row per (model_version, sha256): the embedding and what analysts filter on
   samples/     one row per (views_version, sha256): the model's input views, what training streams from
   errors/      one row per input path of a run that was not embedded (or sampled), with a status and a reason

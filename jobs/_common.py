@@ -51,11 +51,16 @@ def _interrupt(signum: int, _frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (`ray job stop`, a pod being deleted) interrupts like Ctrl-C: the root's lease is released."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
     """Run a job's main; a UserError becomes one line on stderr and its exit code, never a traceback. SIGTERM
     (`ray job stop`, a pod being deleted) interrupts like Ctrl-C: the root's lease is released, exit 130."""
     setup_logging()
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()
     try:
         main(argv)
     except UserError as exc:

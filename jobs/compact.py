@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from embedlib.pipeline import compact
+from embedlib.root import compact
 
 from jobs._common import run_cli
 

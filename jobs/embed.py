@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from embedlib import checkpoint, pipeline
+from embedlib import pipeline
+
+from embedlib.model import checkpoint
 from embedlib.config import Config
 
 from jobs._common import add_config_args, command_line, executor_for, load_config, run_cli

@@ -22,6 +22,8 @@ from embedlib.query.cli import OneLineParser
 from embedlib.query.errors import QueryError
 from embedlib.query.neighbors import METRICS, compute_neighbors
 
+from jobs._common import interrupt_on_sigterm
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m jobs.neighbors", description=__doc__,
@@ -41,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def fan_out(args: argparse.Namespace):
+    """knn over --ray-tasks Ray tasks (embedlib.ray_io.knn_ray), or None: in this process."""
+    if args.ray_tasks <= 0:
+        return None
+    from functools import partial
+
+    from embedlib import ray_io
+
+    return partial(ray_io.knn_ray, num_tasks=args.ray_tasks, address=args.ray_address)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("block_rows", "corpus_block"):
@@ -50,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = compute_neighbors(args.root, run=args.run, model_version=args.model_version, k=args.k,
                                    metric=args.metric, backend=args.backend, block_rows=args.block_rows,
-                                   corpus_block=args.corpus_block, ray_tasks=max(0, args.ray_tasks),
-                                   ray_address=args.ray_address)
+                                   corpus_block=args.corpus_block, fan_out=fan_out(args))
     except UserError as exc:
         print(f"jobs.neighbors: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, QueryError) else exc.exit_code
@@ -63,4 +75,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    interrupt_on_sigterm()
     sys.exit(main())

@@ -15,7 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from embedlib import inputs, labels, pipeline, ray_io, training
+from embedlib import pipeline, ray_io
+
+from embedlib.files import inputs
+
+from embedlib.train import labels
+
+from embedlib.train import trainer
 
 from jobs._common import add_config_args, load_config, run_cli
 
@@ -45,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                                                 executor=ray_io.executor_factory(cfg, args.ray_address)):
             print("rasterize: " + summary.describe("rasterized"))
     storage = f"{workdir}/ray" if "://" in workdir else os.path.abspath(f"{workdir}/ray")
-    training.train(samples, args.output, cfg, fit=ray_io.train_with_ray, block_map=ray_io.block_map(args.ray_address),
+    trainer.train(samples, args.output, cfg, fit=ray_io.train_with_ray, block_map=ray_io.block_map(args.ray_address),
                    storage=storage, name=args.name, labels=labels.for_training(args.labels or args.input, samples, cfg))
 
 

@@ -11,8 +11,8 @@ from collections import defaultdict
 
 import pytest
 
-from embedlib import corpus
-from embedlib.inputs import InputFile
+from embedlib.files import corpus
+from embedlib.files.inputs import InputFile
 
 
 @contextlib.contextmanager
@@ -22,7 +22,7 @@ def moto_s3(bucket: str):
     import fsspec
     from moto.server import ThreadedMotoServer
 
-    from embedlib import sources
+    from embedlib.files import sources
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -82,11 +82,19 @@ def system_files() -> list[InputFile]:
     return corpus.system_executables(["/usr/bin", "/usr/sbin"])
 
 
+def size_of(path: str) -> int | None:
+    """A file's size, or None when it vanished since it was listed (a package being installed meanwhile)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
 def pick_families(files: list[InputFile], families: int, per_family: int, max_size: int = 400_000) -> list[InputFile]:
     """`per_family` files from each of the `families` largest dpkg families (small files: fast tests)."""
     by_family: dict[str, list[InputFile]] = defaultdict(list)
     for f in files:
-        if f.family and os.path.getsize(f.path) <= max_size:
+        if f.family and (size_of(f.path) or max_size + 1) <= max_size:
             by_family[f.family].append(f)
     ranked = sorted(by_family, key=lambda k: (-len(by_family[k]), k))[:families]
     chosen = [f for fam in ranked for f in by_family[fam][:per_family]]
@@ -133,9 +141,11 @@ def trained_checkpoint(path: str, cfg, seed: int = 0, rows: int = 64, epochs: in
     pipeline and query tests need a model that passes the health gate, not a good one."""
     import numpy as np
 
-    from embedlib import checkpoint, health
-    from embedlib.precise_bn import precise_statistics
-    from embedlib.train_loop import batches_of, make_optimizer, new_model, set_seed, train_epoch
+    from embedlib.model import checkpoint
+
+    from embedlib.train import health
+    from embedlib.train.precise_bn import precise_statistics
+    from embedlib.train.loop import batches_of, make_optimizer, new_model, set_seed, train_epoch
     from embedlib.views import view_specs
 
     set_seed(seed)

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedlib import schema
-from embedlib.pipeline.store import Store
+from embedlib.root.store import Store
 
 RUN1, RUN2, RUN3 = "20261101T010000Z-aaaaaa", "20261102T010000Z-bbbbbb", "20261103T010000Z-cccccc"
 RUN_UNFINISHED = "20261104T010000Z-dddddd"
@@ -187,7 +187,7 @@ def write_root(root: str, dims: dict[str, int] | None = None) -> FixtureRoot:
 def write_embedded_root(root: str, model_uri: str, paths: list[str]) -> dict[str, np.ndarray]:
     """A one-run root whose rows were embedded by a real checkpoint (for `embedlib similar --file`):
     the runs row records the model, as the pipeline's config does. Returns sha256 -> vector."""
-    from embedlib.embedder import Embedder
+    from embedlib.model.embedder import Embedder
 
     embedder = Embedder(model_uri, device="cpu")
     store = Store(root)
@@ -217,9 +217,9 @@ def tiny_checkpoint(path: str, seed: int = 0) -> str:
     """A real (untrained) checkpoint, small enough to build in a test."""
     import torch
 
-    from embedlib import checkpoint
+    from embedlib.model import checkpoint
     from embedlib.config import Config, from_dict
-    from embedlib.model import build_model
+    from embedlib.model.network import build_model
 
     torch.manual_seed(seed)
     cfg = from_dict({"raster": {"size": 16}, "views": {"names": ["image"]},

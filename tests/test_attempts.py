@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from embedlib import attempts
+from embedlib.train import attempts
 from embedlib.errors import UserError
 
 

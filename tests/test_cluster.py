@@ -26,10 +26,8 @@ against the real code:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
-import importlib
 import json
 import os
 import random
@@ -43,12 +41,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
-from unittest import mock
 
 import pytest
 import yaml
 
 from embedlib import config as embedlib_config
+from shell_commands import Command, job_commands, parse_with_job_parser
 from embedlib.schedule import last_fire_time, next_fire_time
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,38 +171,6 @@ def pod_templates(cluster_spec: dict[str, Any]) -> Iterator[tuple[str, dict[str,
 
 # -- commands: `python -m jobs.X ...` ---------------------------------------------------------------------
 
-SHELL_OPERATORS = {";", "&&", "||", "|", "&"}
-
-
-@dataclass
-class Command:
-    module: str
-    argv: list[str]
-
-    def values(self, flag: str) -> list[str]:
-        return [self.argv[i + 1] for i, a in enumerate(self.argv[:-1]) if a == flag]
-
-    @property
-    def overrides(self) -> list[str]:
-        return self.values("--set")
-
-
-def job_commands(text: str) -> list[Command]:
-    """Every `python -m jobs.X ARGS` in a shell command line."""
-    tokens = shlex.split(text, comments=True)
-    commands = []
-    for i, token in enumerate(tokens[:-2]):
-        if re.fullmatch(r"(\S*/)?python(3(\.\d+)?)?", token) and tokens[i + 1] == "-m" and \
-                tokens[i + 2].startswith("jobs."):
-            argv = []
-            for arg in tokens[i + 3:]:
-                if arg in SHELL_OPERATORS:
-                    break
-                argv.append(arg)
-            commands.append(Command(tokens[i + 2].removeprefix("jobs."), argv))
-    return commands
-
-
 def entrypoint_commands() -> list[tuple[JobSpec, Command]]:
     out = []
     for job in rayjob_specs():
@@ -239,29 +205,6 @@ def effective_config(command: Command) -> embedlib_config.Config:
     path = config_path(configs[0]) if configs else None
     assert path is None or path.is_file(), f"jobs.{command.module}: --config {configs[0]} -> {path} does not exist"
     return embedlib_config.load(str(path) if path else None, command.overrides)
-
-
-class _Parsed(Exception):
-    def __init__(self, namespace: argparse.Namespace) -> None:
-        self.namespace = namespace
-
-
-def parse_with_job_parser(command: Command) -> argparse.Namespace:
-    """Run the job's main() only as far as its argument parser: parse_args is stopped right after parsing."""
-    module = importlib.import_module(f"jobs.{command.module}")
-    real_parse_args = argparse.ArgumentParser.parse_args
-
-    def parse_and_stop(self, args=None, namespace=None):
-        raise _Parsed(real_parse_args(self, args, namespace))
-
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_and_stop):
-        try:
-            module.main(command.argv)
-        except _Parsed as parsed:
-            return parsed.namespace
-        except SystemExit as exc:
-            raise AssertionError(f"jobs.{command.module} rejects its arguments {command.argv} (exit {exc.code})")
-    raise AssertionError(f"jobs.{command.module}.main() returned without parsing arguments")
 
 
 # -- resources --------------------------------------------------------------------------------------------

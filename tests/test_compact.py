@@ -1,4 +1,4 @@
-"""Compaction and retention (embedlib.pipeline.compact, python -m jobs.compact): the same answers from fewer
+"""Compaction and retention (embedlib.root.compact, python -m jobs.compact): the same answers from fewer
 files, an atomic switch for readers, superseded files deleted only after the grace period, old model versions
 dropped on request (never errors or runs), and a pipeline that goes on incrementally over a compacted root."""
 
@@ -13,8 +13,8 @@ import pytest
 import query_fixtures as qf
 from conftest import moto_s3
 from embedlib import query
-from embedlib.pipeline import catalog, compact
-from embedlib.pipeline.store import Store
+from embedlib.root import catalog, compact
+from embedlib.root.store import Store
 from embedlib.query.neighbors import compute_neighbors
 
 from test_pipeline import REPO, _corpus, _embed, model_uri  # noqa: F401  (model_uri is a fixture)

@@ -9,9 +9,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from embedlib import corpus, dataset, pipeline, split
+from embedlib import pipeline
+
+from embedlib.files import corpus
+
+from embedlib.train import dataset
+
+from embedlib.train import split
 from embedlib.config import Config, InputConfig, RasterConfig, TrainConfig, ViewsConfig
-from embedlib.labels import Labels
+from embedlib.train.labels import Labels
 
 
 @pytest.fixture(scope="module")

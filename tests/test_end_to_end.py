@@ -14,10 +14,16 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from embedlib import checkpoint, config, corpus, pipeline, query, ray_io, schema, training
-from embedlib.health import UnhealthyModelError
-from embedlib.inputs import InputFile
-from embedlib.model import batch_norms
+from embedlib import config, pipeline, query, ray_io, schema
+
+from embedlib.model import checkpoint
+
+from embedlib.files import corpus
+
+from embedlib.train import trainer
+from embedlib.train.health import UnhealthyModelError
+from embedlib.files.inputs import InputFile
+from embedlib.model.network import batch_norms
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +47,7 @@ def trained(ray_local, small_corpus, tmp_path_factory):
     manifest = corpus.write_manifest(small_corpus, str(work / "train.csv"))
     executor = ray_io.RayExecutor(cfg)
     (summary,) = pipeline.rasterize_files(manifest, str(work / "corpus"), cfg, executor=executor, progress=False)
-    meta = training.train(str(work / "corpus"), str(work / "model"), cfg, fit=ray_io.train_with_ray,
+    meta = trainer.train(str(work / "corpus"), str(work / "model"), cfg, fit=ray_io.train_with_ray,
                           block_map=ray_io.ray_block_map, storage=str(work / "ray"), name="e2e")
     return work, cfg, meta, summary
 
@@ -207,7 +213,7 @@ def test_query_over_the_real_output_root(embedded):
 
 def test_recalibrate_writes_a_new_healthy_version(trained, tmp_path):
     work, _, meta, _ = trained
-    new = training.recalibrate(str(work / "model"), str(work / "corpus"), str(tmp_path / "recal"),
+    new = trainer.recalibrate(str(work / "model"), str(work / "corpus"), str(tmp_path / "recal"),
                                ray_io.ray_block_map)
     assert new["recalibrated_from"] == meta["model_version"] and new["bn_health"]["healthy"]
     assert checkpoint.load(str(tmp_path / "recal")).version == new["model_version"]

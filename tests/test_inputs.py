@@ -12,7 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedlib import inputs, schema
+from embedlib import schema
+
+from embedlib.files import inputs
 
 
 def _listing(text: str, glob: bool = False) -> list[dict]:
@@ -185,7 +187,7 @@ def _looping_tree(tmp_path):
 
 def test_a_glob_over_symlink_loops_ends_and_never_leaves_the_tree(tmp_path):
     tree = _looping_tree(tmp_path)
-    code = ("import sys; from embedlib import inputs; "
+    code = ("import sys; from embedlib.files import inputs; "
             "[print(r['path']) for r in inputs.iter_listing(inputs.check_input(sys.argv[1], glob=True))]")
     for pattern, want in [
         (f"{tree}/**", ["a/b/g.exe", "a/b/upup", "a/f.exe", "a/out", "a/up", "file-link.exe", "top.exe"]),

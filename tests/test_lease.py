@@ -17,9 +17,10 @@ import pytest
 
 from conftest import moto_s3
 from embedlib import pipeline
-from embedlib.pipeline import lease, tasks
-from embedlib.pipeline.lease import LeaseLost, RootLock, RunInProgress
-from embedlib.pipeline.store import NoConditionalWrites, Store
+from embedlib.pipeline import tasks
+from embedlib.root import lease
+from embedlib.root.lease import LeaseLost, RootLock, RunInProgress
+from embedlib.root.store import NoConditionalWrites, Store
 
 from test_pipeline import REPO, _cfg, _corpus, model_uri  # noqa: F401  (model_uri is a fixture)
 
@@ -158,7 +159,7 @@ def test_persistent_errors_stop_the_run_before_it_commits(s3, model_uri, tmp_pat
 def test_a_dead_holder_is_taken_over_at_once(s3, tmp_path, capfd):
     root = "s3://lease/dead"
     env = dict(os.environ, FSSPEC_S3=json.dumps(s3_config()))
-    script = ("import time; from embedlib.pipeline.lease import RootLock; from embedlib.pipeline.store import Store;"
+    script = ("import time; from embedlib.root.lease import RootLock; from embedlib.root.store import Store;"
               f"RootLock(Store({root!r}), 'killed').acquire(); print('held', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
@@ -211,3 +212,32 @@ def s3_config() -> dict:
 def test_this_host_is_what_the_lease_records():
     assert lease.gone_reason({"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()},
                              time.time(), 600, None, socket.gethostname()) is None
+
+
+def test_sigterm_after_ray_started_releases_the_lease_and_exits_130(s3):
+    """`ray job stop` and a deleted pod send SIGTERM to a job whose driver has started Ray. Ray's init replaces
+    the job's handler (its own sys.exit, then a crash handler that aborts with a stack dump): the lease would
+    stay held and the output would be a C++ stack. The job's handler must survive Ray's start."""
+    root = "s3://lease/sigterm"
+    env = dict(os.environ, FSSPEC_S3=json.dumps(s3_config()))
+    script = ("import time\nfrom jobs._common import run_cli\nfrom embedlib import ray_io\n"
+              "from embedlib.root.lease import RootLock\nfrom embedlib.root.store import Store\n"
+              "def main(argv):\n"
+              f"    with RootLock(Store({root!r}), 'terminated'):\n"
+              "        ray_io.init_ray(num_cpus=1)\n"
+              "        print('ray started', flush=True)\n"
+              "        time.sleep(600)\n"
+              "run_cli(main, [])\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ray started"
+        assert holder(root)["run_id"] == "terminated"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted: run the same command again" in err
+    assert "SIGTERM received" not in err and "Traceback" not in err
+    assert holder(root) is None

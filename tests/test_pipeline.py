@@ -24,7 +24,7 @@ from conftest import trained_checkpoint
 
 from embedlib import pipeline, schema
 from embedlib.config import Config, InputConfig, ModelConfig, ViewsConfig
-from embedlib.pipeline import catalog
+from embedlib.root import lease
 from embedlib.pipeline.stages import embed_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,10 +192,10 @@ def test_another_run_in_progress_is_refused(model_uri, tmp_path):
     src = tmp_path / "in"
     _corpus(src, 2)
     store = pipeline.Store(str(tmp_path / "out"))
-    lock = catalog.RootLock(store, "holder")
+    lock = lease.RootLock(store, "holder")
     lock.acquire()
     try:
-        with pytest.raises(catalog.RunInProgress, match="another run") as info:
+        with pytest.raises(lease.RunInProgress, match="another run") as info:
             _embed(model_uri, src, tmp_path / "out")
         assert info.value.exit_code == 75
     finally:
@@ -410,7 +410,7 @@ def test_a_bad_manifest_is_refused_before_the_lock_and_ray_and_blocks_nothing(mo
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from embedlib.inputs import InputError
+    from embedlib.files.inputs import InputError
 
     if kind == "csv_extra_field":
         bad, message = _bad_csv(tmp_path / "bad.csv"), "row 1 has 3 fields"
@@ -424,7 +424,7 @@ def test_a_bad_manifest_is_refused_before_the_lock_and_ray_and_blocks_nothing(mo
         started.append(True)
         return pipeline.LocalExecutor()
 
-    lock = catalog.RootLock(pipeline.Store(str(out)), "holder")
+    lock = lease.RootLock(pipeline.Store(str(out)), "holder")
     lock.acquire()
     try:  # another run holds the root: the manifest is refused first, by its own fault
         with pytest.raises(InputError, match=message):
@@ -444,7 +444,7 @@ def test_a_bad_manifest_is_refused_before_the_lock_and_ray_and_blocks_nothing(mo
 def test_a_manifest_that_breaks_while_listing_leaves_nothing_that_blocks_the_root(model_uri, tmp_path):
     """The manifest passed the check, then changed before the listing read it (as a file being rewritten can):
     the run fails with one line and removes its staging, so the next run of another input proceeds."""
-    from embedlib.inputs import InputError
+    from embedlib.files.inputs import InputError
 
     manifest = tmp_path / "m.csv"
     manifest.write_text("path\n/usr/bin/ls\n/usr/bin/cp\n")

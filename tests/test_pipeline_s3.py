@@ -10,8 +10,8 @@ import torch
 
 from embedlib import pipeline
 from embedlib.config import Config, InputConfig, ModelConfig, ViewsConfig
-from embedlib.pipeline import catalog
-from embedlib.pipeline.store import Store
+from embedlib.root import catalog
+from embedlib.root.store import Store
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from embedlib.config import ModelConfig
-from embedlib.model import batch_norms, build_model
-from embedlib.precise_bn import Moments, precise_statistics
+from embedlib.model.network import batch_norms, build_model
+from embedlib.train.precise_bn import Moments, precise_statistics
 
 
 def _model(seed=0):
@@ -102,7 +102,7 @@ def _views(n=29, seed=2):
 def test_independent_layers_are_measured_in_one_pass_with_the_same_result(monkeypatch):
     """bn_stages groups the k-th BN of every view's encoder: the three sketch encoders and the image's first conv
     BN are one pass, and the result equals recalibrating one layer at a time."""
-    from embedlib import model as model_mod
+    from embedlib.model import network as model_mod
 
     views = _views()
     batches = [{k: v[:11] for k, v in views.items()}, {k: v[11:] for k, v in views.items()}]

@@ -538,7 +538,7 @@ def test_neighbors_of_a_run_that_embedded_nothing(tmp_path):
     import pyarrow as pa
 
     from embedlib import schema
-    from embedlib.pipeline.store import Store
+    from embedlib.root.store import Store
 
     fx2 = qf.write_root(str(tmp_path / "r"))
     empty_run = "20261104T010000Z-eeeeee"

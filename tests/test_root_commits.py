@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 from embedlib import query
-from embedlib.pipeline import catalog
-from embedlib.pipeline.store import Store
+from embedlib.root import catalog, lease
+from embedlib.root.store import Store
 
 from test_pipeline import REPO, _corpus, model_uri  # noqa: F401  (model_uri is a fixture)
 
@@ -144,7 +144,7 @@ def test_neighbors_take_the_lease_and_commit_a_rewrite_whole(model_uri, tmp_path
     _corpus(src, 4)
     assert embed_job(model_uri, src, out, "--neighbors", "3").returncode == 0
     (run,) = catalog.finished_runs(Store(str(out)))
-    with catalog.RootLock(Store(str(out)), "holder"):
+    with lease.RootLock(Store(str(out)), "holder"):
         busy = neighbors_job(out, "--run", run)
     assert busy.returncode == 75 and len(busy.stderr.strip().splitlines()) == 1 and "another run" in busy.stderr
     env = dict(os.environ, EMBEDLIB_TEST_KILL_AT="neighbors-commit")
@@ -165,7 +165,7 @@ def test_neighbors_take_the_lease_and_commit_a_rewrite_whole(model_uri, tmp_path
 def test_a_reconcile_redone_after_a_kill_drops_the_same_rows(model_uri, tmp_path, monkeypatch):  # noqa: F811
     """The rows to drop are decided once: a reconcile redone after its parts were rewritten (killed before its
     marker) records the same duplicates instead of finding nothing left to drop and losing them."""
-    from embedlib import checkpoint
+    from embedlib.model import checkpoint
     from embedlib.pipeline import tasks
 
     from test_pipeline import _embed

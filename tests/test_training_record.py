@@ -13,8 +13,12 @@ import sys
 import pytest
 
 from conftest import pick_families
-from embedlib import config, corpus, dataset, health, pipeline, ray_io, training
-from embedlib.labels import labels_from_manifest
+from embedlib import config, pipeline, ray_io
+from embedlib.files import corpus
+from embedlib.train import dataset
+from embedlib.train import health
+from embedlib.train import trainer
+from embedlib.train.labels import labels_from_manifest
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,7 +114,7 @@ def small_samples(ray_local, system_files, tmp_path_factory):
 
 
 def _train(work, cfg, manifest, name, block_map=None, say=print):
-    return training.train(str(work / "corpus"), str(work / f"model-{name}"), cfg, fit=ray_io.train_with_ray,
+    return trainer.train(str(work / "corpus"), str(work / f"model-{name}"), cfg, fit=ray_io.train_with_ray,
                           block_map=block_map or ray_io.ray_block_map, storage=str(work / "ray"), name=name,
                           labels=labels_from_manifest(manifest, str(work / "corpus"), cfg), say=say)
 
@@ -137,7 +141,7 @@ def test_a_training_set_smaller_than_one_batch_is_refused_before_ray_reads_anyth
     def no_ray(*_args, **_kwargs):
         raise AssertionError("the corpus was read with Ray before the refusal")
 
-    with pytest.raises(training.NotEnoughData, match="fewer than one batch of 4096"):
+    with pytest.raises(trainer.NotEnoughData, match="fewer than one batch of 4096"):
         _train(work, cfg, manifest, "tiny", block_map=no_ray)
 
 
@@ -148,7 +152,7 @@ def test_every_loss_trains_under_ddp_with_two_gloo_workers(small_samples, loss):
     work, cfg, manifest = small_samples
     cfg = config.load(None, [f"train.loss={loss}"], base=cfg)
     corp = dataset.scan_corpus(str(work / "corpus"), cfg, labels_from_manifest(manifest, str(work / "corpus"), cfg))
-    probe, df = training.probe_and_frequencies(corp, ray_io.ray_block_map)
+    probe, df = trainer.probe_and_frequencies(corp, ray_io.ray_block_map)
     state, history = ray_io.train_with_ray(cfg, corp, probe, df, str(work / "ray"), f"loss-{loss.replace('+', '-')}")
     assert [e["world"] for e in history] == [2, 2] and all(e["steps"] >= 1 for e in history)
     assert all(e["loss"] == e["loss"] and e["loss"] < 1e6 for e in history)  # finite

@@ -5,6 +5,8 @@
 
 Both are incremental by content: a content already written under the same version is not read, rasterized
 or embedded again, and an unchanged file (same size and mtime, or ETag) is not even re-read.
+May import: errors, config, schema, sql, files, views, root, model, train (the health gate). Never Ray:
+embedlib.ray_io supplies the executors.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from embedlib import checkpoint, views
-from embedlib.health import check_health
+from embedlib import views
+
+from embedlib.model import checkpoint
+from embedlib.train.health import check_health
 from embedlib.config import Config
 from embedlib.errors import UserError
-from embedlib.pipeline import catalog
-from embedlib.pipeline.catalog import JobIdentity
+from embedlib.root import catalog
+from embedlib.root.catalog import JobIdentity
 from embedlib.pipeline.run import Executor, LocalExecutor, RunSummary, run_job
-from embedlib.pipeline.store import Store
+from embedlib.root.store import Store
 from embedlib.pipeline.tasks import Target
 
 __all__ = ["embed_files", "rasterize_files", "RunSummary", "LocalExecutor", "Executor", "Store"]

@@ -2,7 +2,7 @@
 
 One run = listing -> match (what earlier runs knew) -> hash -> plan -> write -> runs row. The driver lists
 the input into chunk files (memory O(chunk)), hands tasks to an executor (in-process, or Ray through
-embedlib/ray_io.py), and keeps only counts: its memory does not grow with the number of files.
+embedlib/ray_io/), and keeps only counts: its memory does not grow with the number of files.
 
 Reruns: the root's lock makes runs one at a time (a second one refuses, exit 75). An interrupted run of the
 same job is finished first (its tasks with completion markers are kept, the others redone under the same
@@ -21,13 +21,15 @@ from typing import Callable, Iterator, Protocol
 
 from tqdm.auto import tqdm
 
-from embedlib import inputs
+from embedlib.files import inputs
 from embedlib.errors import UserError
-from embedlib.pipeline import catalog, tasks
-from embedlib.pipeline.catalog import JobIdentity, RootLock, chunk_name, work
-from embedlib.pipeline.lease import announce
+from embedlib.pipeline import tasks
+from embedlib.root import catalog
+from embedlib.root.catalog import JobIdentity, chunk_name, work
+from embedlib.root.lease import RootLock
+from embedlib.root.lease import announce
 from embedlib.pipeline.stages import Counts
-from embedlib.pipeline.store import WORK, Store, check_root
+from embedlib.root.store import WORK, Store, check_root
 from embedlib.pipeline.tasks import Target
 
 
@@ -86,7 +88,7 @@ def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor
     it later), announced in one line on stderr; with abandon_unfinished its partial output is deleted instead.
     Everything that can be refused is refused before `executor` is called (when it is a factory, e.g. one that
     starts Ray): before the lock, a missing input, a manifest that cannot be read through (inputs.check_input)
-    and an output root no run could write (store.check_root); then catalog.RunInProgress when another run
+    and an output root no run could write (store.check_root); then lease.RunInProgress when another run
     holds the root. `command` is recorded in the run's run.json: what a later run names as the command that
     resumes it."""
     spec = inputs.check_input(identity.input, identity.glob)

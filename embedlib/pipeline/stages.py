@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from embedlib import schema, views
 from embedlib.config import Config, InputConfig
-from embedlib.sources import Stat, read_file, stat_target
+from embedlib.files.sources import Stat, read_file, stat_target
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def read_views(rows: list[dict], cfg: Config, tag: RunTag) -> ViewsResult:
                 continue
             extra = {"format": read.format, "truncated": read.truncated}
             if cfg.input.digests:
-                from embedlib import digests  # optional dependency (the eval extra)
+                from embedlib.views import digests  # optional dependency (the eval extra)
 
                 extra.update(digests.compute(read.data))
             out.rows.append({**row, **extra})

@@ -1,17 +1,19 @@
 """Batch nearest neighbours: the k nearest of every row of a run, against the whole table of its model version,
 written as ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet (schema.NEIGHBORS) under the
-root's lease, and committed by ROOT/commits/W.json (embedlib.pipeline.catalog): readers see a whole rewrite or
+root's lease, and committed by ROOT/commits/W.json (embedlib.root.catalog): readers see a whole rewrite or
 none of it.
 
 `knn` is pure (arrays in, arrays out) and works in blocks, so memory stays at block_rows x corpus_block
 distances whatever the corpus size: a BLAS matmul per block on the CPU (numpy), or torch on a GPU. Ties are
 broken by the neighbour's sha256 (the corpus is sorted by it), as the SQL macros do. The fan-out over Ray
-tasks lives in embedlib/ray_io.py (knn_ray) and calls the same `knn` on slices of the queries.
+tasks lives in embedlib/ray_io/knn.py (knn_ray), handed in by the job, and calls the same `knn` on slices of the
+queries.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedlib import schema
-from embedlib.pipeline import catalog
-from embedlib.pipeline.lease import RootLock
+from embedlib.root import catalog
+from embedlib.root.lease import RootLock
+from embedlib.root.store import Store
 from embedlib.query import layout
 from embedlib.query.errors import QueryError
 
@@ -173,17 +176,17 @@ def default_backend() -> str:
 # -- reading a model version and writing the neighbors table (I/O) ------------------------------------------
 
 @dataclass
-class Corpus:
+class VersionRows:
     sha256: np.ndarray  # [N] str, sorted
     run_id: np.ndarray  # [N] str
     vectors: np.ndarray  # [N, D] float32
 
 
-def load_version(root: layout.Root, files: list[str]) -> Corpus:
+def load_version(store: Store, files: list[str]) -> VersionRows:
     """Every row of one model version (sha256, run_id, embedding), sorted by sha256, one row per sha256."""
     shas, runs, vecs = [], [], []
-    for path in files:
-        with root.fs.open(path, "rb") as fh:
+    for rel in files:
+        with store.open(rel) as fh:
             t = pq.read_table(fh, columns=["sha256", "run_id", "embedding"])
         emb = t.column("embedding").combine_chunks()
         dim = emb.type.list_size if pa.types.is_fixed_size_list(emb.type) else len(emb[0]) if len(emb) else 0
@@ -201,7 +204,7 @@ def load_version(root: layout.Root, files: list[str]) -> Corpus:
     if len(dims) > 1:
         raise QueryError(f"one model version with embeddings of different sizes {sorted(dims)}")
     matrix = np.concatenate(vecs)[order] if vecs else np.zeros((0, 0), np.float32)
-    return Corpus(sha256=sha[keep], run_id=np.concatenate(runs)[order], vectors=matrix)
+    return VersionRows(sha256=sha[keep], run_id=np.concatenate(runs)[order], vectors=matrix)
 
 
 def neighbors_table(query_sha: np.ndarray, idx: np.ndarray, dist: np.ndarray, corpus_sha: np.ndarray,
@@ -220,21 +223,21 @@ def neighbors_table(query_sha: np.ndarray, idx: np.ndarray, dist: np.ndarray, co
 
 def _version_of_run(listing: layout.Listing, run: str) -> str:
     """The model version run `run` embedded under: its runs row, else the folder its rows are in."""
-    runs = layout.read_runs(listing)
-    if runs is not None:
+    runs = catalog.read_runs(listing.store, listing.snapshot)
+    if runs.num_rows:
         for row in runs.select(["run_id", "model_version"]).to_pylist():
             if row["run_id"] == run:
                 return row["model_version"]
     having = [v for v, runs_of in listing.runs_of_version.items() if run in runs_of]
     if not having:
-        raise QueryError(f"run {run!r} has no embeddings under {listing.root.given!r} and is no finished run there")
+        raise QueryError(f"run {run!r} has no embeddings under {listing.store.given!r} and is no finished run there")
     return max(having)
 
 
 def runs_without_neighbors(listing: layout.Listing, version: str) -> list[str]:
     """Committed runs of `version` that embedded rows and whose rows have no stored neighbours yet."""
-    runs = layout.read_runs(listing)
-    if runs is None:
+    runs = catalog.read_runs(listing.store, listing.snapshot)
+    if not runs.num_rows:
         return []
     snap = listing.snapshot
     covered = {r for f in snap.table_files("neighbors", version) for r in snap.runs_in(f)}
@@ -244,24 +247,24 @@ def runs_without_neighbors(listing: layout.Listing, version: str) -> list[str]:
 
 def compute_neighbors(root: str, run: str | None = None, model_version: str | None = None, k: int = 10,
                       metric: str = "cosine", backend: str | None = None, block_rows: int = 2048,
-                      corpus_block: int = 16384, rows_per_part: int = 100_000, ray_tasks: int = 0,
-                      ray_address: str | None = None) -> NeighborsResult:
+                      corpus_block: int = 16384, rows_per_part: int = 100_000,
+                      fan_out: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None) -> NeighborsResult:
     """The k nearest rows of model version V for every row of run R (with `run`: that committed run, V its
     version unless given; without: every committed run of V, the current version unless given, that has no
     neighbours yet, resumed runs included), written under the root's lease and committed as one record:
     ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet + ROOT/commits/W.json. A recomputed run's
     earlier neighbours are superseded in the same commit: a reader sees the old ones or the new ones, never
-    half. ray_tasks > 0 fans the queries out over that many Ray tasks (ray_io.knn_ray). Remote roots use
-    fsspec's configuration (credentials, endpoint), as the pipeline does."""
+    half. `fan_out` computes `knn` elsewhere, with its arguments (e.g. over Ray tasks: ray_io.knn_ray). Remote
+    roots use fsspec's configuration (credentials, endpoint), as the pipeline does."""
     t0 = time.perf_counter()
     if not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise QueryError(f"k must be a whole number between 1 and {MAX_K} (got {k!r})")
     if metric not in METRICS:
         raise QueryError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
-    r = layout.open_root(root)
+    store = layout.open_root(root)
     commit_id = catalog.new_run_id()
-    with RootLock(layout.store_of(r), commit_id) as lock:
-        listing = layout.list_root(r)
+    with RootLock(store, commit_id) as lock:
+        listing = layout.list_root(store)
         if listing.empty:
             raise QueryError(f"output root {root!r} is empty: nothing to compute neighbours for")
         if run is not None:
@@ -277,24 +280,18 @@ def compute_neighbors(root: str, run: str | None = None, model_version: str | No
         if not targets:
             return NeighborsResult(runs=[], model_version=model_version, queries=0, corpus=0, k=0, metric=metric,
                                    backend=backend, parts=[], seconds=time.perf_counter() - t0)
-        corpus = load_version(r, listing.embeddings[model_version])
+        corpus = load_version(store, listing.embeddings[model_version])
         mine = np.nonzero(np.isin(corpus.run_id, targets))[0]
-        if ray_tasks:
-            from embedlib.ray_io import knn_ray
-
-            idx, dist = knn_ray(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
-                                corpus_block=corpus_block, num_tasks=ray_tasks, backend=backend, address=ray_address)
-        else:
-            idx, dist = knn(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
-                            corpus_block=corpus_block, backend=backend)
+        idx, dist = (fan_out or knn)(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
+                                     corpus_block=corpus_block, backend=backend)
         parts = write_parts(lock, listing.snapshot, commit_id, corpus, mine, idx, dist, metric, model_version,
                             targets, rows_per_part)
     return NeighborsResult(runs=targets, model_version=model_version, queries=len(mine), corpus=len(corpus.sha256),
-                           k=idx.shape[1], metric=metric, backend=f"{backend}{'+ray' if ray_tasks else ''}",
+                           k=idx.shape[1], metric=metric, backend=f"{backend}{'+fan-out' if fan_out else ''}",
                            parts=[lock.store.uri(rel) for rel in parts], seconds=time.perf_counter() - t0)
 
 
-def write_parts(lock: RootLock, snap: catalog.Snapshot, commit_id: str, corpus: Corpus, mine: np.ndarray,
+def write_parts(lock: RootLock, snap: catalog.Snapshot, commit_id: str, corpus: VersionRows, mine: np.ndarray,
                 idx: np.ndarray, dist: np.ndarray, metric: str, version: str, targets: list[str],
                 rows_per_part: int) -> list[str]:
     """Write the neighbours of `targets` as ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet
