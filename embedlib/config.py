@@ -137,6 +137,10 @@ class EmbedConfig:
     use_gpu: str = "auto"
     gpu_wait_seconds: float = 600.0  # how long GPU actors may wait to be placed (an autoscaler adding GPU nodes)
     allow_unhealthy_model: bool = False  # refuse checkpoints whose BN health check failed unless set
+    # evidence kept with each embedding (schema.EVIDENCE): the file's most distinctive strings, names and words
+    # by the model's TF-IDF weight; 0 keeps none. 64 items cost about 540 bytes per row in Parquet (zstd; README).
+    evidence_items: int = 64
+    evidence_chars: int = 64  # an item's text is cut at this many characters (strings can be long)
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,8 @@ def validate(cfg: Config) -> None:
     extra = set(cfg.model.learned_views) - set(cfg.views.names)
     if extra:
         raise ConfigError(f"model.learned_views names views not in views.names: {sorted(extra)}")
+    if not 0 <= cfg.embed.evidence_items <= 1024 or not 8 <= cfg.embed.evidence_chars <= 1024:
+        raise ConfigError("embed.evidence_items must be in [0, 1024] and embed.evidence_chars in [8, 1024]")
     if cfg.embed.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"embed.use_gpu must be auto, true or false, got {cfg.embed.use_gpu!r}")
     if cfg.model.sketch_skip not in ("none", "learned", "fixed", "concat"):
