@@ -144,6 +144,20 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """The analysts' page (`embedlib serve`, embedlib.query.serve): what it reads and renders per request. Not a
+    section of Config (the page is not a job): its command-line options fill it."""
+
+    max_upload_bytes: int = 32 * 1024 * 1024  # an uploaded file larger than this is refused (413), never stored
+    neighbors: int = 10  # rows of a file's neighbours table
+    shared_items: int = 8  # shared evidence items shown per neighbour
+    family_files: int = 200  # files listed on a family's page
+    errors: int = 200  # error rows listed on the errors page
+    byteplot_size: int = 64  # byteplots are byteplot_size x byteplot_size pixels (shown enlarged)
+    byteplot_max_bytes: int = 16 * 1024 * 1024  # a byteplot reads at most this much of a file
+
+
+@dataclass(frozen=True)
 class Config:
     input: InputConfig = field(default_factory=InputConfig)
     raster: RasterConfig = field(default_factory=RasterConfig)

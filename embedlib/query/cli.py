@@ -8,6 +8,7 @@
   embedlib similar --sha256 <sha256> --shared --root R   (each neighbour's top shared evidence)
   embedlib explain SHA_A SHA_B --root R                  (why two files are near: the words and names they share)
   embedlib family FAMILY [--neighbors] --root R          (its characteristic words; where its neighbours are)
+  embedlib serve --root R [--port P] [--host H]          (a read-only page for analysts, 127.0.0.1 by default)
   embedlib families | formats | sizes | errors [--run ID] | runs | near-dupes [--max-distance D]
   embedlib neighbors [--sha256 X | --run ID] | attribution [--run ID] | drift --runs A B | drift --versions A B
   embedlib index --root R --db FILE;  embedlib similar --sha256 X --approx --db FILE    (HNSW, opt-in)
@@ -95,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=30, help="items shown")
     p.add_argument("--neighbors", action="store_true",
                    help="instead: the families its files' stored neighbours belong to")
+    p = cmd("serve", "a read-only web page over the root: search, neighbours with shared evidence, families, "
+                     "byteplots, runs and errors (127.0.0.1 unless --host)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--max-upload-mb", type=float, default=None,
+                   help="largest uploaded file, in MB (default: config.ServeConfig)")
     p = cmd("index", "build an HNSW index into a --db file for `similar --approx` (minutes per 100k rows)")
     p.add_argument("--m", type=int, default=16, help="HNSW graph degree")
     p.add_argument("--ef-construction", type=int, default=128)
@@ -302,6 +309,10 @@ def repl(con: duckdb.DuckDBPyConnection, fmt: str, stdin: TextIO | None = None, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from embedlib.query import serve
+
+        return serve.main(args)
     try:
         con = open_connection(args)
         try:
