@@ -148,6 +148,8 @@ class ServeConfig:
     """The analysts' page (`embedlib serve`, embedlib.query.serve): what it reads and renders per request. Not a
     section of Config (the page is not a job): its command-line options fill it."""
 
+    host: str = "127.0.0.1"  # the address it binds unless --host: this machine only
+    port: int = 8765
     max_upload_bytes: int = 32 * 1024 * 1024  # an uploaded file larger than this is refused (413), never stored
     neighbors: int = 10  # rows of a file's neighbours table
     shared_items: int = 8  # shared evidence items shown per neighbour

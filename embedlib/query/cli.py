@@ -31,6 +31,7 @@ from typing import TextIO
 
 import duckdb
 
+from embedlib.config import ServeConfig
 from embedlib.query import analytics
 from embedlib.query.connect import connect, open_database
 from embedlib.query.errors import QueryError
@@ -98,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: the families its files' stored neighbours belong to")
     p = cmd("serve", "a read-only web page over the root: search, neighbours with shared evidence, families, "
                      "byteplots, runs and errors (127.0.0.1 unless --host)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--host", default=ServeConfig.host,
+                   help=f"address to bind (default {ServeConfig.host}: this machine only)")
+    p.add_argument("--port", type=int, default=ServeConfig.port, help=f"port (default {ServeConfig.port})")
     p.add_argument("--max-upload-mb", type=float, default=None,
                    help="largest uploaded file, in MB (default: config.ServeConfig)")
     p = cmd("index", "build an HNSW index into a --db file for `similar --approx` (minutes per 100k rows)")
