@@ -137,6 +137,26 @@ class EmbedConfig:
     use_gpu: str = "auto"
     gpu_wait_seconds: float = 600.0  # how long GPU actors may wait to be placed (an autoscaler adding GPU nodes)
     allow_unhealthy_model: bool = False  # refuse checkpoints whose BN health check failed unless set
+    # evidence kept with each embedding (schema.EVIDENCE): the file's most distinctive strings, names and words
+    # by the model's TF-IDF weight; 0 keeps none. 64 items cost about 540 bytes per row in Parquet (zstd; README).
+    evidence_items: int = 64
+    evidence_chars: int = 64  # an item's text is cut at this many characters (strings can be long)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The analysts' page (`embedlib serve`, embedlib.query.serve): what it reads and renders per request. Not a
+    section of Config (the page is not a job): its command-line options fill it."""
+
+    host: str = "127.0.0.1"  # the address it binds unless --host: this machine only
+    port: int = 8765
+    max_upload_bytes: int = 32 * 1024 * 1024  # an uploaded file larger than this is refused (413), never stored
+    neighbors: int = 10  # rows of a file's neighbours table
+    shared_items: int = 8  # shared evidence items shown per neighbour
+    family_files: int = 200  # files listed on a family's page
+    errors: int = 200  # error rows listed on the errors page
+    byteplot_size: int = 64  # byteplots are byteplot_size x byteplot_size pixels (shown enlarged)
+    byteplot_max_bytes: int = 16 * 1024 * 1024  # a byteplot reads at most this much of a file
 
 
 @dataclass(frozen=True)
@@ -244,6 +264,8 @@ def validate(cfg: Config) -> None:
     extra = set(cfg.model.learned_views) - set(cfg.views.names)
     if extra:
         raise ConfigError(f"model.learned_views names views not in views.names: {sorted(extra)}")
+    if not 0 <= cfg.embed.evidence_items <= 1024 or not 8 <= cfg.embed.evidence_chars <= 1024:
+        raise ConfigError("embed.evidence_items must be in [0, 1024] and embed.evidence_chars in [8, 1024]")
     if cfg.embed.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"embed.use_gpu must be auto, true or false, got {cfg.embed.use_gpu!r}")
     if cfg.model.sketch_skip not in ("none", "learned", "fixed", "concat"):

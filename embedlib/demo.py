@@ -27,7 +27,7 @@ from embedlib.train import health
 from embedlib.train import labels
 
 from embedlib.train import trainer
-from embedlib.config import Config
+from embedlib.config import Config, ServeConfig
 from embedlib.errors import UserError
 from embedlib.root import catalog
 from embedlib.root.store import Store
@@ -90,6 +90,9 @@ def run_demo(work: str, cfg: Config, limit: int = 0, examples=DEFAULT_EXAMPLES,
 
     for s in pipeline.embed_files(paths.model, paths.manifest, paths.embeddings, cfg, executor=executor):
         say("[4/6] embed: " + s.describe("embedded"))
+    from embedlib.query.neighbors import compute_neighbors
+
+    say("[4/6] neighbors: " + compute_neighbors(paths.embeddings).describe())
 
     say(f"[5/6] DuckDB: {paths.database}")
     report = query_report(paths, meta["model_version"], examples, say)
@@ -100,8 +103,12 @@ def run_demo(work: str, cfg: Config, limit: int = 0, examples=DEFAULT_EXAMPLES,
         f"  {paths.embeddings}/errors/      every input path that was not embedded, with its reason\n"
         f"  {paths.embeddings}/runs/        one summary row per run\n"
         f"  {paths.corpus}/samples/         the rasterized training corpus\n"
-        f"  model: {paths.model} ({meta['model_version']}); DuckDB tables: {paths.database} "
-        f"(embedlib sql --db {paths.database})")
+        f"  model: {paths.model} ({meta['model_version']})\n"
+        f"  SQL over the root as it is now: embedlib sql --root {paths.embeddings}\n"
+        f"  ({paths.database} is a snapshot of this run's tables: embedlib sql --db {paths.database} does not see "
+        "later runs)\n"
+        f"\nSee why files are near, in a browser (read-only, this machine only):\n"
+        f"  embedlib serve --root {paths.embeddings}    then open http://{ServeConfig.host}:{ServeConfig.port}/")
     return {"meta": meta, **report, "pictures": pictures}
 
 
@@ -114,7 +121,7 @@ def query_report(paths: DemoPaths, version: str, examples, say: Callable[[str], 
         for example in examples:
             _, rows = query.ask(con, "sha256_of_path", path=example)
             if rows:
-                cols, hits = query.similar(con, rows[0][0], 5)
+                cols, hits = query.similar(con, rows[0][0], 5, shared=True)
                 say(f"\nnearest to {example}:\n{query.format_rows(cols, hits)}")
                 out[example] = hits
         cols, rows = query.ask(con, "families", k=15)

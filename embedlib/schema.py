@@ -15,7 +15,9 @@ import pyarrow as pa
 
 # 3: `location` (the exact identity of each input, what change detection keys on) and `judged_under`
 # (errors: the setting a refusal depended on). Rows of older versions have neither: see README.
-SCHEMA_VERSION = 3
+# 4: `evidence` (embeddings: the file's most distinctive items, EVIDENCE below). Rows of older versions have
+# none (NULL when read beside newer ones): every query copes, see README.
+SCHEMA_VERSION = 4
 
 # Per-path statuses recorded in errors/. Every input path of a run ends up in exactly one of the written
 # table (as its `path`) or errors/.
@@ -73,11 +75,24 @@ def _meta(table: str, **extra: str) -> dict[str, str]:
     return {"embedlib.table": table, "embedlib.schema_version": str(SCHEMA_VERSION), **extra}
 
 
+# The evidence kept with each embedding (embedlib.views.evidence): the file's most distinctive items, heaviest
+# first, at most embed.evidence_items of them. `item` is the text (a string or name as found, a word
+# lowercased; printable ASCII, cut at embed.evidence_chars), `kind` string | name | word, `weight` the item's
+# share of its view's TF-IDF unit vector under the model's IDF. NULL for rows written before the column existed
+# and for models without sketch views; every query copes (embedlib/sql/explain.sql).
+EVIDENCE_ITEM = pa.struct([
+    pa.field("item", pa.string()),
+    pa.field("kind", pa.string()),
+    pa.field("weight", pa.float32()),
+])
+EVIDENCE = pa.list_(EVIDENCE_ITEM)
+
+
 def embeddings_schema(dim: int, model_version: str = "") -> pa.Schema:
-    """One embedding per content, as a fixed-size list, so DuckDB can cast it to FLOAT[dim]."""
+    """One embedding per content, as a fixed-size list, so DuckDB can cast it to FLOAT[dim]; its evidence."""
     return pa.schema(
         _CONTENT_FIELDS + _PATH_FIELDS + _RUN_FIELDS
-        + [pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False)],
+        + [pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False), pa.field("evidence", EVIDENCE)],
         metadata=_meta("embeddings", **{"embedlib.embedding_dim": str(dim), "embedlib.model_version": model_version}),
     )
 

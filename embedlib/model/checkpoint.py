@@ -147,3 +147,9 @@ def load(uri: str, map_location: str = "cpu") -> Checkpoint:
                               f"(views {list(cfg.views.names)}): {detail}") from None
     model.eval()
     return Checkpoint(model, cfg, meta)
+
+
+def evidence_weights(uri: str) -> dict:
+    """The checkpoint's per-bucket weight of each sketch view ({view: float64 [buckets]}), which the embedding
+    job's tasks weigh each file's evidence with (EmbeddingNet.evidence_weights); empty without sketch views."""
+    return load(uri).model.evidence_weights()

@@ -211,6 +211,19 @@ class EmbeddingNet(nn.Module):
         emb = self.embed(inputs)
         return emb, self.classify(emb)
 
+    def evidence_weights(self) -> dict[str, np.ndarray]:
+        """Per sketch view, the per-bucket weight this model gives a distinct item (embedlib.views.evidence): its
+        IDF, raised to model.skip_idf_power for the views of the fixed part (as `embed` weighs them there).
+        Empty for a model without sketch views (the byteplot alone): no evidence to keep."""
+        out = {}
+        for name in self.view_names:
+            module = self._sketch(name)
+            if isinstance(module, SketchWeights):
+                idf = module.idf.detach().double().cpu().numpy()
+                power = self.skip_idf_power if self.concat_dim and name in self.fixed_views else 1.0
+                out[name] = idf ** power
+        return out
+
     def set_document_frequency(self, view: str, df: np.ndarray, n_docs: int) -> None:
         """IDF weights of a sketch view from the training files: log((1 + N) / (1 + df)) + 1 (sklearn's)."""
         idf = np.log((1.0 + n_docs) / (1.0 + np.asarray(df, dtype=np.float64))) + 1.0

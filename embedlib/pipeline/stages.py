@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +21,7 @@ import pyarrow as pa
 from embedlib import schema, views
 from embedlib.config import Config, InputConfig
 from embedlib.files.sources import Stat, read_file, stat_target
+from embedlib.views.evidence import views_with_evidence
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,12 @@ class ViewsResult:
     bytes_read: int = 0
 
 
-def read_views(rows: list[dict], cfg: Config, tag: RunTag) -> ViewsResult:
+def read_views(rows: list[dict], cfg: Config, tag: RunTag, evidence: Mapping[str, np.ndarray] | None = None
+               ) -> ViewsResult:
     """Read each planned file's first max_bytes and compute its views. A file that changed since it was hashed
     in this run is not embedded under a sha256 that is no longer its own: it is an error row, and the next
-    run reads it again."""
+    run reads it again. With `evidence` (the model's per-bucket weights of each sketch view), each row also
+    gets its `evidence` items (embedlib.views.evidence), from the same bytes and the same pass as the views."""
     out = ViewsResult()
     for row in rows:
         try:
@@ -158,12 +161,17 @@ def read_views(rows: list[dict], cfg: Config, tag: RunTag) -> ViewsResult:
                                             judged_under=judged_under(read.status, cfg.input)))
                 continue
             out.bytes_read += len(read.data)
+            items = None
             try:
-                file_views = views.compute_views(read.data, cfg)
+                if evidence:
+                    file_views, items = views_with_evidence(read.data, cfg, evidence, cfg.embed.evidence_items,
+                                                            cfg.embed.evidence_chars)
+                else:
+                    file_views = views.compute_views(read.data, cfg)
             except Exception as exc:  # a views bug must cost one file, not the job
                 out.errors.append(error_row(row, schema.STATUS_RASTER_ERROR, f"{type(exc).__name__}: {exc}", tag))
                 continue
-            extra = {"format": read.format, "truncated": read.truncated}
+            extra = {"format": read.format, "truncated": read.truncated, "evidence": items}
             if cfg.input.digests:
                 from embedlib.views import digests  # optional dependency (the eval extra)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,8 @@ class Target:
     model_uri: str | None = None
     dim: int = 0
     batch_size: int = 256
+    # the model's per-bucket weights of each sketch view: each embedding row keeps its evidence (None: none)
+    evidence: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     def schema(self) -> pa.Schema:
         if self.table == "embeddings":
@@ -222,7 +225,7 @@ def load_views(root: str, run_id: str, task: int, target: Target) -> tuple[list[
     """The CPU half of writing plan chunk `task`: (rows, batched views, error rows, bytes read)."""
     store = Store(root)
     rows = store.read_ipc(work(run_id, "plan", chunk_name(task, "arrow"))).to_pylist()
-    result = read_views(rows, target.config, RunTag(target.version, run_id))
+    result = read_views(rows, target.config, RunTag(target.version, run_id), target.evidence)
     return result.rows, views.stack(result.views, target.config), result.errors, result.bytes_read
 
 

@@ -9,12 +9,13 @@ May import: errors, config, schema, sql, files, root, model (embedding a --file)
 is handed in by the job.
 """
 
-from embedlib.query.analytics import (ask, attribution, explain, near_duplicate_groups, run_sql,
-                                      similar, similar_to_vector, stored_neighbors)
+from embedlib.query.analytics import (ask, attribution, explain, explain_pair, family_neighbors, family_profile,
+                                      near_duplicate_groups, run_sql, similar, similar_to_vector, stored_neighbors)
 from embedlib.query.connect import connect, open_database
 from embedlib.sql import sql_text
 from embedlib.query.errors import QueryError
 from embedlib.query.fmt import format_rows
 
-__all__ = ["QueryError", "ask", "attribution", "connect", "explain", "format_rows", "near_duplicate_groups",
-           "open_database", "run_sql", "similar", "similar_to_vector", "sql_text", "stored_neighbors"]
+__all__ = ["QueryError", "ask", "attribution", "connect", "explain", "explain_pair", "family_neighbors",
+           "family_profile", "format_rows", "near_duplicate_groups", "open_database", "run_sql", "similar",
+           "similar_to_vector", "sql_text", "stored_neighbors"]

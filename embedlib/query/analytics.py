@@ -58,10 +58,25 @@ def _finite(value: float, what: str) -> float:
 
 
 def similar(con, sha256: str, k: int = 10, metric: str = "cosine", from_version: str | None = None,
-            cross_version: bool = False) -> Result:
-    """k nearest to a file already embedded (itself excluded)."""
-    return ask(con, "similar", sha256=sha256, k=k, metric=metric, from_version=from_version,
-               cross_version=cross_version)
+            cross_version: bool = False, shared: bool = False) -> Result:
+    """k nearest to a file already embedded (itself excluded); with `shared`, each row's top shared evidence."""
+    return ask(con, "similar_shared" if shared else "similar", sha256=sha256, k=k, metric=metric,
+               from_version=from_version, cross_version=cross_version)
+
+
+def explain_pair(con, sha_a: str, sha_b: str, k: int = 20) -> Result:
+    """Why two files are near: the evidence items both keep, by contribution, then each one's own (sql/explain.sql)."""
+    return ask(con, "explain", sha_a=sha_a, sha_b=sha_b, k=k)
+
+
+def family_profile(con, family: str, k: int = 30) -> Result:
+    """The evidence items most characteristic of a family, weighed against the whole table."""
+    return ask(con, "family_profile", family=family, k=k)
+
+
+def family_neighbors(con, family: str, k: int = 10) -> Result:
+    """The families that a family's files have their stored neighbours in."""
+    return ask(con, "family_neighbors", family=family, k=k)
 
 
 def similar_to_vector(con, vector: Sequence[float], k: int = 10, metric: str = "cosine",

@@ -5,14 +5,19 @@
   embedlib sql "SELECT * FROM runs" --root s3://bucket/embedlib --db runs/embedlib.duckdb   # materialise once,
   embedlib sql "SELECT * FROM similar('<sha256>', 5)" --db runs/embedlib.duckdb            # then reuse
   embedlib similar --sha256 <sha256> -k 10 --root R      (or --file PATH: embedded with the run's model)
+  embedlib similar --sha256 <sha256> --shared --root R   (each neighbour's top shared evidence)
+  embedlib explain SHA_A SHA_B --root R                  (why two files are near: the words and names they share)
+  embedlib family FAMILY [--neighbors] --root R          (its characteristic words; where its neighbours are)
+  embedlib serve --root R [--port P] [--host H]          (a read-only page for analysts, 127.0.0.1 by default)
   embedlib families | formats | sizes | errors [--run ID] | runs | near-dupes [--max-distance D]
   embedlib neighbors [--sha256 X | --run ID] | attribution [--run ID] | drift --runs A B | drift --versions A B
   embedlib index --root R --db FILE;  embedlib similar --sha256 X --approx --db FILE    (HNSW, opt-in)
 
 Views: embeddings (current model version, embedding FLOAT[D]), embeddings_all, errors, runs, neighbors,
 neighbors_all, labels (--labels MANIFEST), labelled_files, attribution, family_counts, format_counts,
-size_distribution, error_counts, run_counts. Macros: similar(sha256, k), similar_to_vector(vector, k)
-(metric := 'cosine' | 'l2'), near_duplicate_groups(max_distance), near_duplicate_members(max_distance),
+size_distribution, error_counts, run_counts, evidence. Macros: similar(sha256, k) (shared := true),
+similar_to_vector(vector, k) (metric := 'cosine' | 'l2'), explain(sha_a, sha_b), family_profile(family),
+family_neighbors(family), near_duplicate_groups(max_distance), near_duplicate_members(max_distance),
 drift_runs(a, b), drift_versions(a, b), family_changes(a, b), attribution_of(version).
 --root may also come from EMBEDLIB_ROOT. Errors are one line on stderr and a non-zero exit.
 """
@@ -26,6 +31,7 @@ from typing import TextIO
 
 import duckdb
 
+from embedlib.config import ServeConfig
 from embedlib.query import analytics
 from embedlib.query.connect import connect, open_database
 from embedlib.query.errors import QueryError
@@ -80,6 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approx", action="store_true",
                    help="through the HNSW index of a --db built with `embedlib index` (faster on large tables; "
                         "the rows carry approximate=true)")
+    p.add_argument("--shared", action="store_true",
+                   help="add each neighbour's top shared evidence (the words and names both files keep)")
+    p = cmd("explain", "why two files are near: the evidence both keep (by contribution), then each one's own")
+    p.add_argument("sha_a", metavar="SHA_A")
+    p.add_argument("sha_b", metavar="SHA_B")
+    p.add_argument("-k", type=int, default=20, help="rows of each side (shared, only A, only B)")
+    p = cmd("family", "the words and names most characteristic of a family, and where its neighbours are")
+    p.add_argument("family")
+    p.add_argument("-k", type=int, default=30, help="items shown")
+    p.add_argument("--neighbors", action="store_true",
+                   help="instead: the families its files' stored neighbours belong to")
+    p = cmd("serve", "a read-only web page over the root: search, neighbours with shared evidence, families, "
+                     "byteplots, runs and errors (127.0.0.1 unless --host)")
+    p.add_argument("--host", default=ServeConfig.host,
+                   help=f"address to bind (default {ServeConfig.host}: this machine only)")
+    p.add_argument("--port", type=int, default=ServeConfig.port, help=f"port (default {ServeConfig.port})")
+    p.add_argument("--max-upload-mb", type=float, default=None,
+                   help="largest uploaded file, in MB (default: config.ServeConfig)")
     p = cmd("index", "build an HNSW index into a --db file for `similar --approx` (minutes per 100k rows)")
     p.add_argument("--m", type=int, default=16, help="HNSW graph degree")
     p.add_argument("--ef-construction", type=int, default=128)
@@ -161,10 +185,19 @@ def answer(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> analytic
     if c == "index":
         return _build_index(con, args)
     if c == "similar" and args.sha256 is not None:
-        return analytics.similar(con, args.sha256, args.k, args.metric, args.from_version, args.cross_version)
+        return analytics.similar(con, args.sha256, args.k, args.metric, args.from_version, args.cross_version,
+                                 shared=args.shared)
     if c == "similar":
+        if args.shared:
+            raise QueryError("--shared works with --sha256 (an uploaded file's evidence: embedlib serve)")
         vector, version = embed_file(con, args.file, args.model)
         return analytics.similar_to_vector(con, vector, args.k, args.metric, version, args.cross_version)
+    if c == "explain":
+        return analytics.explain_pair(con, args.sha_a, args.sha_b, args.k)
+    if c == "family":
+        if args.neighbors:
+            return analytics.family_neighbors(con, args.family, args.k)
+        return analytics.family_profile(con, args.family, args.k)
     if c == "families":
         return analytics.ask(con, "families", k=args.k)
     if c in ("formats", "sizes", "runs"):
@@ -278,6 +311,10 @@ def repl(con: duckdb.DuckDBPyConnection, fmt: str, stdin: TextIO | None = None, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from embedlib.query import serve
+
+        return serve.main(args)
     try:
         con = open_connection(args)
         try:

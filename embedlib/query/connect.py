@@ -40,8 +40,9 @@ BASES = (
     ("labels", "base_labels", ("embedlib_src_labels",)),
 )
 # Views and macros over the bases, in order. Each file says what it needs in a `-- requires:` line.
-DERIVED = ("helpers", "labelled_files", "neighbors", "attribution", "counts", "error_counts", "run_counts",
-           "duplicates", "similar", "near_duplicates", "drift", "drift_versions")
+DERIVED = ("helpers", "labelled_files", "evidence", "neighbors", "attribution", "counts", "error_counts",
+           "run_counts", "duplicates", "similar", "near_duplicates", "drift", "drift_versions", "explain",
+           "family_neighbors")
 
 
 def _register_source(con: duckdb.DuckDBPyConnection, store: Store, name: str, files: list[str],
@@ -192,6 +193,8 @@ def _build(con: duckdb.DuckDBPyConnection, store: Store, listing: layout.Listing
     for name in DERIVED:
         if name == "labelled_files" and "labels" in built:
             name = "labelled_files_manifest"
+        if name == "evidence" and "embeddings" in built and not _has_column(con, "embeddings", "evidence"):
+            name = "evidence_absent"  # every file predates the evidence column
         # a table's rowid fetches the k winners' other columns directly; a view has only the sha256 to join on
         text = sql_text(name, dim=dim, key="rowid" if materialize else "sha256")
         need = [n for n in requires(name) if n not in built]
@@ -211,6 +214,10 @@ def _build(con: duckdb.DuckDBPyConnection, store: Store, listing: layout.Listing
                 _drop_source(con, name)
     for name, reason in missing.items():
         con.execute(statement("missing_insert"), {"name": name, "reason": reason})
+
+
+def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    return column in {r[0] for r in con.execute(statement("columns_of", name=table)).fetchall()}
 
 
 def _drop_source(con: duckdb.DuckDBPyConnection, name: str) -> None:

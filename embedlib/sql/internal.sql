@@ -11,6 +11,9 @@ SET python_enable_replacements = false;
 -- name: labels_columns
 SELECT column_name FROM (DESCRIBE embedlib_src_labels);
 
+-- name: columns_of
+SELECT column_name FROM (DESCRIBE @NAME@);
+
 -- name: checkpoint
 CHECKPOINT;
 

@@ -1,4 +1,4 @@
--- requires: embeddings
+-- requires: embeddings, evidence
 -- ("similar" is quoted where it is created: SIMILAR is an SQL keyword. Calls need no quotes.)
 -- Similarity in plain SQL, over the current model version (`embeddings`, FLOAT[@DIM@]):
 --   SELECT * FROM similar('<sha256>', 10);                      -- the file itself excluded
@@ -12,8 +12,12 @@
 -- winners are joined back for their other columns and ranked by (distance, sha256). Rows tied at the k-th
 -- distance may be chosen in any order. A query vector given as a value stays a constant in the distance.
 -- The join back is on rowid for a materialised table (a direct fetch), on sha256 for the Parquet views.
+-- shared := true adds a column `shared`: the texts of the (at most 8) evidence items the file and each
+-- neighbour both keep, by contribution (embedlib/sql/explain.sql; NULL where either has no evidence). The column
+-- exists only when asked, and the evidence is read only then.
 
-CREATE OR REPLACE MACRO "similar"(sha, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE
+CREATE OR REPLACE MACRO "similar"(sha, k := 10, metric := 'cosine', from_version := NULL, cross_version := false,
+                                  shared := false) AS TABLE
 WITH q0 AS (
     SELECT
         (SELECT v FROM (
@@ -60,12 +64,19 @@ top AS (
     )
     ORDER BY distance
     LIMIT greatest(k, 1) + 1  -- the file itself is (nearly always) among them: dropped below
+),
+ranked AS (
+    SELECT (row_number() OVER (ORDER BY top.distance, e.sha256))::INTEGER AS rank, top.distance, e.sha256, e.path,
+           e.family, e.format, e.size_bytes, e.run_id
+    FROM top JOIN embeddings e ON e.@KEY@ = top.key
+    WHERE e.sha256 <> lower(sha)
+    QUALIFY rank <= greatest(k, 1)
+),
+own AS (SELECT any_value(evidence) AS evidence FROM evidence WHERE shared AND sha256 = lower(sha))
+SELECT COLUMNS(c -> c <> 'shared' OR coalesce(shared, false)) FROM (
+    SELECT ranked.*, embedlib_shared_items(own.evidence, ev.evidence, 8) AS shared
+    FROM ranked CROSS JOIN own LEFT JOIN evidence ev ON shared AND ev.sha256 = ranked.sha256
 )
-SELECT (row_number() OVER (ORDER BY top.distance, e.sha256))::INTEGER AS rank, top.distance, e.sha256, e.path,
-       e.family, e.format, e.size_bytes, e.run_id
-FROM top JOIN embeddings e ON e.@KEY@ = top.key
-WHERE e.sha256 <> lower(sha)
-QUALIFY rank <= greatest(k, 1)
 ORDER BY rank;
 
 CREATE OR REPLACE MACRO similar_to_vector(vec, k := 10, metric := 'cosine', from_version := NULL, cross_version := false) AS TABLE

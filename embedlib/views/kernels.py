@@ -358,13 +358,13 @@ def _runs(addr, last, n, min_len, long_min, ident_min, hash_long, hash_idents):
 
 
 @_helper
-def _picked(hashes, starts, ends, min_len, flags, flagged_only):
-    """The hashes of the runs of >= min_len bytes (only of the flagged ones when flagged_only)."""
-    out = np.empty(len(hashes), np.uint64)
+def _picked(starts, ends, min_len, flags, flagged_only):
+    """The indices of the runs of >= min_len bytes (only of the flagged ones when flagged_only)."""
+    out = np.empty(len(starts), np.int64)
     count = 0
-    for r in range(len(hashes)):
+    for r in range(len(starts)):
         if ends[r] - starts[r] >= min_len and (not flagged_only or flags[r]):
-            out[count] = hashes[r]
+            out[count] = r
             count += 1
     return out[:count]
 
@@ -429,6 +429,8 @@ def _word_hashes(addr, last, ts, te, min_len):
     for r in range(len(ts)):
         most += (te[r] - ts[r]) // min_len
     out = np.empty(most, np.uint64)
+    word_starts = np.empty(most, np.int64)
+    word_ends = np.empty(most, np.int64)
     count = 0
     buflen = last + 8
     for r in range(len(ts)):
@@ -451,6 +453,7 @@ def _word_hashes(addr, last, ts, te, min_len):
                 ends &= ends - _U(1)
                 if j - open_at >= min_len:
                     out[count] = _hash(addr, last, open_at, j, True)
+                    word_starts[count], word_ends[count] = open_at, j
                     count += 1
                 open_at = -1
             while starts:
@@ -460,13 +463,15 @@ def _word_hashes(addr, last, ts, te, min_len):
                     j = base + np.int64(trailing_zeros(ends))
                     ends &= ends - _U(1)
                     out[count] = _hash(addr, last, i, j, True)  # kept only when long enough: no branch
+                    word_starts[count], word_ends[count] = i, j
                     count += j - i >= min_len
                 else:
                     open_at = i
         if open_at >= 0 and end - open_at >= min_len:  # a word up to the end of a run whose last chunk is full
             out[count] = _hash(addr, last, open_at, end, True)
+            word_starts[count], word_ends[count] = open_at, end
             count += 1
-    return out[:count]
+    return out[:count], word_starts[:count], word_ends[:count]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -474,16 +479,20 @@ def _word_hashes(addr, last, ts, te, min_len):
 # ---------------------------------------------------------------------------------------------------
 
 @_helper
-def _fill(table, hashes, start, counts, shift, state):
+def _fill(table, hashes, start, counts, shift, state, firsts):
     """Insert hashes[start:] into the set `table` (linear probing; 0 marks a free slot, so the hash 0 is kept
     on the side in state[1]) and count each hash not seen before in its bucket (its top bits; shift 64: one
-    bucket), until the table is half full (state[0] slots used). Returns the position reached. The table is
-    never reassigned here: numba would reference-count it on every hash."""
+    bucket), until the table is half full (state[0] slots used). Each hash not seen before also has its
+    position appended to `firsts` (state[2] of them so far): one occurrence of every distinct item, which the
+    evidence (embedlib.views.evidence) reads its text from. Returns the position reached. The table is never
+    reassigned here: numba would reference-count it on every hash."""
     mask = _U(len(table) - 1)
     used = state[0]
+    seen = state[2]
     for p in range(start, len(hashes)):
         if 2 * used >= len(table):
             state[0] = used
+            state[2] = seen
             return p
         h = hashes[p]
         if h == 0:
@@ -499,7 +508,10 @@ def _fill(table, hashes, start, counts, shift, state):
             table[i] = h
             used += 1
         counts[0 if shift == 64 else np.int64(h >> _U(shift))] += 1
+        firsts[seen] = p
+        seen += 1
     state[0] = used
+    state[2] = seen
     return len(hashes)
 
 
@@ -519,10 +531,11 @@ def _rehashed(table):
 
 @_helper
 def _distinct_counts(hashes, buckets, expected):
-    """uint8 [buckets]: how many DISTINCT hashes fall in each bucket, clipped at 255, as
-    views.bucket_counts(np.unique(hashes), buckets), with a set instead of a sort. The set starts with room
-    for `expected` distinct hashes (a file's strings are mostly distinct; its words mostly recur: ~5000 words
-    are ~600 distinct ones) and doubles when half full."""
+    """(uint8 [buckets]: how many DISTINCT hashes fall in each bucket, clipped at 255, as
+    views.bucket_counts(np.unique(hashes), buckets), with a set instead of a sort; the position in `hashes` of
+    the first occurrence of each distinct hash, in order). The set starts with room for `expected` distinct
+    hashes (a file's strings are mostly distinct; its words mostly recur: ~5000 words are ~600 distinct ones)
+    and doubles when half full."""
     shift = 64
     b = buckets
     while b > 1:
@@ -532,21 +545,26 @@ def _distinct_counts(hashes, buckets, expected):
     while size < 2 * expected:
         size *= 2
     table = np.zeros(size, np.uint64)
-    state = np.zeros(2, np.int64)
+    state = np.zeros(3, np.int64)
     counts = np.zeros(buckets, np.int64)
+    firsts = np.empty(len(hashes), np.int64)
     p = 0
     while True:
-        p = _fill(table, hashes, p, counts, shift, state)
+        p = _fill(table, hashes, p, counts, shift, state, firsts)
         if p == len(hashes):
             break
         table = _rehashed(table)
-    return np.minimum(counts, 255).astype(np.uint8)
+    return np.minimum(counts, 255).astype(np.uint8), firsts[: state[2]]
 
 
 @_jit
 def sketch_counts(arr, n, want_strings, want_idents, want_tokens, strings_min, idents_min, tokens_min, buckets):
     """(strings, idents, tokens) uint8 [buckets] of the first n bytes of arr (a C-contiguous uint8 array of at
-    least max(n, 8) bytes: a shorter input comes zero-padded); a view not wanted is all zeros."""
+    least max(n, 8) bytes: a shorter input comes zero-padded); a view not wanted is all zeros. Then, per view
+    in the same order, its distinct items: (hashes, starts, ends) of one occurrence of each distinct string,
+    name or word (a word's bytes are to be lowercased), in order of first occurrence; empty for a view not
+    wanted. The items cost one position per distinct item and two per word occurrence: the views are counted
+    from the same hashes either way."""
     addr = arr.ctypes.data
     last = len(arr) - 8
     shortest = min(strings_min, idents_min) if (want_idents or want_tokens) else strings_min
@@ -556,25 +574,33 @@ def sketch_counts(arr, n, want_strings, want_idents, want_tokens, strings_min, i
     starts, ends, flags, hashes = _runs(addr, last, n, shortest, long_min, ident_min, want_strings, want_idents)
     empty = np.zeros(buckets, np.uint8)
     strings, idents, tokens = empty, empty, empty
+    none_h, none_p = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    s_items = (none_h, none_p, none_p)
+    i_items = (none_h, none_p, none_p)
+    t_items = (none_h, none_p, none_p)
     if want_strings:
-        picked = _picked(hashes, starts, ends, strings_min, flags, False)
-        strings = _distinct_counts(picked, buckets, len(picked))
+        runs = _picked(starts, ends, strings_min, flags, False)
+        strings, firsts = _distinct_counts(hashes[runs], buckets, len(runs))
+        runs = runs[firsts]
+        s_items = (hashes[runs], starts[runs], ends[runs])
     if want_idents:
-        picked = _picked(hashes, starts, ends, idents_min, flags, True)
-        idents = _distinct_counts(picked, buckets, len(picked))
+        runs = _picked(starts, ends, idents_min, flags, True)
+        idents, firsts = _distinct_counts(hashes[runs], buckets, len(runs))
+        runs = runs[firsts]
+        i_items = (hashes[runs], starts[runs], ends[runs])
     if want_tokens:
         ts, te = _token_runs(starts, ends, strings_min, flags)
-        words = _word_hashes(addr, last, ts, te, tokens_min)
-        tokens = _distinct_counts(words, buckets, len(words) // 8)
-    return strings, idents, tokens
+        words, word_starts, word_ends = _word_hashes(addr, last, ts, te, tokens_min)
+        tokens, firsts = _distinct_counts(words, buckets, len(words) // 8)
+        t_items = (words[firsts], word_starts[firsts], word_ends[firsts])
+    return strings, idents, tokens, s_items, i_items, t_items
 
 
-def sketch_views(arr: np.ndarray, names: tuple[str, ...] | list[str], strings_min: int, idents_min: int,
-                 tokens_min: int, buckets: int) -> dict[str, np.ndarray]:
-    """{name: uint8 [buckets]} for each of strings, idents and tokens in `names`, of the bytes `arr` (uint8)."""
+def _prepared(arr: np.ndarray, buckets: int, mins: tuple[int, int, int]) -> tuple[np.ndarray, int]:
+    """The settings checked, and `arr` as the kernels read it: C-contiguous, read-only, zero-padded to 8 bytes."""
     if buckets < 1 or buckets & (buckets - 1):
         raise ValueError(f"buckets must be a power of two, got {buckets}")
-    if min(strings_min, idents_min, tokens_min) < 1:
+    if min(mins) < 1:
         raise ValueError("min_len must be >= 1")
     n = len(arr)
     arr = np.ascontiguousarray(arr, dtype=np.uint8)  # the kernels read it by address
@@ -583,6 +609,25 @@ def sketch_views(arr: np.ndarray, names: tuple[str, ...] | list[str], strings_mi
     if arr.flags.writeable:  # one compiled specialisation: the read-only array that np.frombuffer(bytes) gives
         arr = arr.view()
         arr.flags.writeable = False
-    s, i, t = sketch_counts(arr, n, "strings" in names, "idents" in names, "tokens" in names, strings_min,
-                            idents_min, tokens_min, buckets)
-    return {name: view for name, view in (("strings", s), ("idents", i), ("tokens", t)) if name in names}
+    return arr, n
+
+
+Items = tuple[np.ndarray, np.ndarray, np.ndarray]  # hashes (uint64), starts, ends (int64) of distinct items
+
+
+def sketch_items(arr: np.ndarray, names: tuple[str, ...] | list[str], strings_min: int, idents_min: int,
+                 tokens_min: int, buckets: int) -> tuple[dict[str, np.ndarray], dict[str, Items]]:
+    """({name: uint8 [buckets]}, {name: its distinct items (hashes, starts, ends)}) for each of strings, idents
+    and tokens in `names`, of the bytes `arr` (uint8). The views are those of `sketch_views`, from one pass."""
+    arr, n = _prepared(arr, buckets, (strings_min, idents_min, tokens_min))
+    s, i, t, si, ii, ti = sketch_counts(arr, n, "strings" in names, "idents" in names, "tokens" in names,
+                                        strings_min, idents_min, tokens_min, buckets)
+    views = {name: view for name, view in (("strings", s), ("idents", i), ("tokens", t)) if name in names}
+    items = {name: it for name, it in (("strings", si), ("idents", ii), ("tokens", ti)) if name in names}
+    return views, items
+
+
+def sketch_views(arr: np.ndarray, names: tuple[str, ...] | list[str], strings_min: int, idents_min: int,
+                 tokens_min: int, buckets: int) -> dict[str, np.ndarray]:
+    """{name: uint8 [buckets]} for each of strings, idents and tokens in `names`, of the bytes `arr` (uint8)."""
+    return sketch_items(arr, names, strings_min, idents_min, tokens_min, buckets)[0]

@@ -90,3 +90,22 @@ def fit(image: np.ndarray, size: int) -> np.ndarray:
 def to_image(data: bytes, size: int) -> np.ndarray:
     """The network's input for a file: its byteplot fitted to size x size uint8."""
     return fit(byteplot(data), size)
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """A 2-D uint8 image as an 8-bit grayscale PNG file (zlib + struct: what the page shows, with no imaging
+    library and nothing else in the file)."""
+    import struct
+    import zlib
+
+    if image.ndim != 2 or image.dtype != np.uint8 or 0 in image.shape:
+        raise ValueError(f"a PNG needs a non-empty 2-D uint8 image, got {image.dtype} {image.shape}")
+    height, width = image.shape
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), image], axis=1)  # filter byte 0 (none) per row
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, grayscale, deflate, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + chunk(b"IEND", b""))

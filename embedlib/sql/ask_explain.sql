@@ -1,0 +1,1 @@
+SELECT * FROM explain($sha_a, $sha_b, k := $k);

@@ -1,0 +1,1 @@
+SELECT * FROM family_neighbors($family, k := $k);

@@ -1,0 +1,1 @@
+SELECT * FROM family_profile($family, k := $k);

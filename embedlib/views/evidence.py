@@ -1,0 +1,126 @@
+"""Evidence: the few most distinctive strings, names and words of a file, with the weight the model gives each,
+kept beside its embedding so that a person can read why two files are near (embedlib/sql/explain.sql).
+
+What an item's weight is. A sketch view is a set of distinct items (strings, identifier names, words) hashed
+into buckets; the model reads it as a TF-IDF unit vector x[b] = log(1 + count[b]) * w[b] / norm, with w the
+checkpoint's per-bucket IDF (raised to model.skip_idf_power for the views of the embedding's fixed part:
+embedlib.model.network.EmbeddingNet.evidence_weights). An item's weight is its share of its bucket's
+coordinate: x[b] / (distinct items in bucket b). So within a view, the sum over the items two files share of
+weight_a * weight_b is their TF-IDF cosine in that view (exactly, when every shared bucket holds the same
+items in both): the products rank the shared evidence by what it contributes to the files' similarity.
+Weights of different views are coordinates of different unit vectors: a file with few names gives each name
+more weight than a file with thousands of strings gives each string.
+
+Cost: the kernels return every distinct item's hash and one position with the views (one pass over the
+bytes, embedlib.views.kernels.sketch_items); here, numpy over the distinct items (bucket, weight, a partial
+sort) and the text of the `top` best only, cut at `max_chars`. Pure: bytes and weights in, rows out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from embedlib.config import Config
+from embedlib.views import bucket_of
+
+# the kind of item each sketch view holds, as stored (schema.EVIDENCE_ITEM's `kind`)
+KINDS = {"strings": "string", "idents": "name", "tokens": "word"}
+
+
+_LOG1P = np.log1p(np.arange(256, dtype=np.float64))  # log(1 + count) for each uint8 count
+_LOG1P_SHARE = _LOG1P / np.maximum(np.arange(256), 1)  # ... shared by the count items of the bucket
+
+
+def item_weights(counts: np.ndarray, hashes: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """float64 weight of each distinct item (`hashes`) of a view whose bucket counts are `counts` (uint8, as the
+    model reads them) and per-bucket weights `weights`: log(1 + count[b]) * w[b] / norm / count[b]. (A bucket
+    of more than 255 items, clipped at 255 in the view, gives each a little more than its share.)"""
+    coords = _LOG1P[counts] * weights
+    norm = float(np.sqrt(coords @ coords))
+    if not len(hashes) or norm == 0.0:
+        return np.zeros(len(hashes), np.float64)
+    return (_LOG1P_SHARE[counts] * (weights / norm))[bucket_of(hashes, len(counts))]
+
+
+_HEX_RUN = re.compile(rb"[0-9a-fA-F]{12,}")
+_REPEAT = re.compile(rb"([0-9A-Za-z])\1{3}")
+_NOT_LETTERS = bytes(c for c in range(256) if not (65 <= c <= 90 or 97 <= c <= 122))
+_NOT_DIGITS = bytes(c for c in range(256) if not 48 <= c <= 57)
+
+
+def readable(text: str | bytes) -> bool:
+    """Whether an item can tell a person something: at least 3 letters, no run of 12+ hex digits with a digit in
+    it (build ids, checksums: unique to one file, so of the highest IDF and never shared), no letter or digit 4
+    times in a row (bytes of code and tables that happen to be printable: `uuuuuuu`, `AAAA`). The rarest items
+    of a file are mostly such noise; kept, they would crowd out the names and words that explain neighbours."""
+    raw = text.encode("ascii", "replace") if isinstance(text, str) else text
+    if len(raw.translate(None, _NOT_LETTERS)) < 3 or _REPEAT.search(raw):
+        return False
+    return not any(m.group().translate(None, _NOT_DIGITS) for m in _HEX_RUN.finditer(raw))
+
+
+def top_items(data: bytes, counts: Mapping[str, np.ndarray], items: Mapping[str, tuple[np.ndarray, ...]],
+              weights: Mapping[str, np.ndarray], top: int, max_chars: int) -> list[dict]:
+    """The `top` heaviest `readable` items over the sketch views that have weights, heaviest first, as rows
+    {item, kind, weight}. An item found by two views (a name is also a string) is kept once, under its
+    heavier kind. Ties are broken by view and hash, so the same bytes and weights give the same rows. Only the
+    candidates' text is read (a few times `top`): numpy over the distinct items, Python over the few best."""
+    names = [v for v in sorted(weights) if v in items and v in counts]
+    if not names or top < 1:
+        return []
+    pool = 2 * top  # at most `top` of one view make the top (2x: room for noise and repeated text)
+    code, idx, w, h = [], [], [], []
+    for c, view in enumerate(names):
+        hashes = items[view][0]
+        wv = item_weights(counts[view], hashes, weights[view])
+        keep = np.argpartition(-wv, pool)[:pool] if len(wv) > pool else np.arange(len(wv))
+        code.append(np.full(len(keep), c))
+        idx.append(keep)
+        w.append(wv[keep])
+        h.append(hashes[keep])
+    code_all, idx_all, w_all = np.concatenate(code), np.concatenate(idx), np.concatenate(w)
+    order = np.lexsort((np.concatenate(h), code_all, -w_all))
+    code_l, idx_l, w_l = code_all[order].tolist(), idx_all[order].tolist(), w_all[order].tolist()
+    spans = {c: (items[v][1], items[v][2]) for c, v in enumerate(names)}
+    lower = {c: v == "tokens" for c, v in enumerate(names)}
+    out: list[dict] = []
+    seen: set[bytes] = set()
+    for c, i, weight in zip(code_l, idx_l, w_l):
+        if weight <= 0.0:
+            break
+        starts, ends = spans[c]
+        start, end = int(starts[i]), int(ends[i])
+        raw = data[start:min(end, start + max_chars)]
+        if lower[c]:
+            raw = raw.lower()
+        if raw in seen or not readable(raw):
+            continue
+        seen.add(raw)
+        text = raw.decode("ascii") + ("..." if end - start > max_chars else "")  # printable ASCII and tabs
+        out.append({"item": text, "kind": KINDS[names[c]], "weight": weight})
+        if len(out) == top:
+            break
+    return out
+
+
+def views_with_evidence(data: bytes, cfg: Config, weights: Mapping[str, np.ndarray], top: int,
+                        max_chars: int) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """(the views of `compute_views(data, cfg)`, the file's top evidence items) from one pass over the bytes."""
+    from embedlib import views
+    from embedlib.views import kernels
+
+    found: dict[str, tuple] = {}
+
+    def sketches(arr: np.ndarray, v) -> dict[str, np.ndarray]:
+        names = tuple(n for n in v.names if n in views._SKETCHES)
+        counts, items = kernels.sketch_items(arr, names, v.strings_min_len, v.idents_min_len, v.tokens_min_len,
+                                             v.buckets)
+        found.update(items)
+        return counts
+
+    out = views._views(data, cfg, sketches)
+    kept = data[: cfg.input.max_bytes]
+    return out, top_items(kept, out, found, weights, top, max_chars) if top > 0 else []

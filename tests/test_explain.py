@@ -1,0 +1,318 @@
+"""Evidence kept with each embedding, and the explanations in SQL (issue 20): the items are the ones the views
+hash (the numpy definition's), weighed by the model's IDF; the pipeline writes them from the same bytes; the
+macros explain(), similar(shared := true), family_profile(), family_neighbors() answer on a real root written by
+the real pipeline, cope with rows that have no evidence, and refuse bad input in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from explained_root import build
+
+from embedlib import query, schema, views
+from embedlib.config import Config, ViewsConfig
+from embedlib.root import catalog
+from embedlib.root.store import Store
+from embedlib.views import evidence, kernels
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = ("/usr/bin/ls", "/usr/bin/cp", "/usr/bin/python3.11")
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory, system_files):
+    return build(str(tmp_path_factory.mktemp("explained")), system_files)
+
+
+@pytest.fixture(scope="module")
+def con(real):
+    c = query.connect(real.root)
+    yield c
+    c.close()
+
+
+def sha_of(con, path: str) -> str:
+    return con.execute("SELECT sha256 FROM embeddings WHERE path = $p", {"p": path}).fetchone()[0]
+
+
+# -- the items are the views' own --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", FILES)
+def test_items_are_the_distinct_items_the_views_hash(path):
+    """Every view's distinct items, as the kernels return them, are exactly the numpy definition's distinct hashes,
+    and the bytes at each item's position hash to it (a word's lowercased), so the text shown is what was hashed."""
+    data = open(path, "rb").read()[: 4 << 20]
+    arr = np.frombuffer(data, np.uint8)
+    v = ViewsConfig()
+    counts, items = kernels.sketch_items(arr, v.names, v.strings_min_len, v.idents_min_len, v.tokens_min_len,
+                                         v.buckets)
+    starts, ends = views.runs(views.printable(arr), min(v.strings_min_len, v.idents_min_len))
+    long = (ends - starts) >= v.strings_min_len
+    si, ei = views.identifiers_among(arr, starts, ends, v.idents_min_len)
+    ti, tei = views.identifiers_among(arr, starts[~long], ends[~long], v.idents_min_len)
+    want = {
+        "strings": np.unique(views.hash_runs(arr, starts[long], ends[long])),
+        "idents": np.unique(views.hash_runs(arr, si, ei)),
+        "tokens": views.word_hashes(arr, np.concatenate([starts[long], ti]), np.concatenate([ends[long], tei]),
+                                    v.tokens_min_len),
+    }
+    for name, (hashes, s, e) in items.items():
+        assert np.array_equal(np.sort(hashes), want[name]), name
+        assert len(hashes) == len(np.unique(hashes)), name
+        assert np.array_equal(views.bucket_counts(hashes, v.buckets), counts[name]), name
+        for h, a, b in list(zip(hashes, s, e))[:: max(1, len(hashes) // 200)]:
+            text = data[a:b].lower() if name == "tokens" else data[a:b]
+            assert views.hash_runs(np.frombuffer(text, np.uint8), np.array([0]), np.array([len(text)]))[0] == h
+
+
+def test_views_with_evidence_are_the_views():
+    cfg = Config()
+    weights = {n: np.linspace(1.0, 3.0, cfg.views.buckets) for n in cfg.views.names}
+    for path in FILES:
+        data = open(path, "rb").read()
+        got, items = evidence.views_with_evidence(data, cfg, weights, 64, 40)
+        want = views.compute_views(data, cfg)
+        assert list(got) == list(want) and all(np.array_equal(got[k], want[k]) for k in want)
+        assert 0 < len(items) <= 64
+        assert [x["weight"] for x in items] == sorted((x["weight"] for x in items), reverse=True)
+        assert len({x["item"] for x in items}) == len(items)
+        assert {x["kind"] for x in items} <= {"string", "name", "word"}
+        assert all(len(x["item"]) <= 43 and evidence.readable(x["item"]) for x in items)
+        low = data.lower()
+        assert all(x["item"].removesuffix("...").encode().lower() in low for x in items)
+        assert items == evidence.views_with_evidence(data, cfg, weights, 64, 40)[1]  # deterministic
+
+
+def test_item_weights_rebuild_the_unit_tfidf_vector():
+    """Summed per bucket, the items' weights are the view's TF-IDF unit vector as the model computes it."""
+    import torch
+
+    from embedlib.config import ModelConfig
+    from embedlib.model.network import SketchWeights
+
+    data = open("/usr/bin/ls", "rb").read()
+    v = ViewsConfig()
+    counts, items = kernels.sketch_items(np.frombuffer(data, np.uint8), v.names, v.strings_min_len,
+                                         v.idents_min_len, v.tokens_min_len, v.buckets)
+    idf = np.random.default_rng(0).uniform(1.0, 6.0, v.buckets)
+    for name in v.names:
+        w = evidence.item_weights(counts[name], items[name][0], idf ** 2)
+        per_bucket = np.bincount(views.bucket_of(items[name][0], v.buckets), weights=w, minlength=v.buckets)
+        sketch = SketchWeights(v.buckets, ModelConfig())
+        sketch.idf.copy_(torch.as_tensor(idf, dtype=torch.float32))
+        model = sketch.weighted(torch.as_tensor(counts[name][None]), augment=False, idf_power=2.0)[0].numpy()
+        assert np.allclose(per_bucket, model, atol=1e-5), name
+
+
+def test_readable_drops_build_ids_and_code_bytes():
+    for text in ("795cd5b54bfa71cab88f597d40c6d6229d679c.debug", "bb3572f54c129e3ea67a61330bfc8d1c96f7c0", "4648",
+                 "vuuuuuuuav1", "AAAAAAAA", "%s: %s"):
+        assert not evidence.readable(text), text
+    for text in ("gimp", "gnunet_service_reclaim", "/usr/share/locale", "e2fsprogs", "x86_64-linux", "deadbeef",
+                 "--ignore-garbage"):
+        assert evidence.readable(text), text
+
+
+def test_a_model_gives_its_idf_as_evidence_weights():
+    from embedlib.model.network import build_model
+
+    cfg = Config()
+    model = build_model(cfg.model, 2, views.view_specs(cfg))
+    df = np.arange(cfg.views.buckets) % 7
+    for name in cfg.views.names:
+        model.set_document_frequency(name, df, 10)
+    weights = model.evidence_weights()
+    idf = np.log(11.0 / (1.0 + df)) + 1.0
+    assert set(weights) == set(cfg.views.names)
+    assert np.allclose(weights["tokens"], idf ** cfg.model.skip_idf_power, rtol=1e-6)  # the fixed part's power
+    assert np.allclose(weights["strings"], idf, rtol=1e-6)
+    image_only = build_model(cfg.model, 2, None)
+    assert image_only.evidence_weights() == {}
+
+
+# -- the pipeline writes it ------------------------------------------------------------------------------------
+
+def test_the_pipeline_keeps_evidence_with_every_row(real, con):
+    rows = con.execute("SELECT path, evidence FROM embeddings").fetchall()
+    assert len(rows) == len(real.files) + 3
+    for path, ev in rows:
+        assert ev and len(ev) <= 64, path
+        weights = [x["weight"] for x in ev]
+        assert weights == sorted(weights, reverse=True)
+    store = Store(real.root)
+    part = catalog.table_files(store, "embeddings")[0]
+    written = pq.read_schema(store.path(part))
+    assert written.field("evidence").type == schema.EVIDENCE
+    assert written.metadata[b"embedlib.schema_version"] == b"4" == str(schema.SCHEMA_VERSION).encode()
+    # the items of a file are its own: found in its bytes (words lowercased)
+    path, ev = next((p, e) for p, e in rows if p == real.files[0].path)
+    data = open(path, "rb").read().lower()
+    assert all(x["item"].removesuffix("...").lower().encode() in data for x in ev)
+
+
+# -- SQL --------------------------------------------------------------------------------------------------------
+
+def test_explain_ranks_the_shared_items_by_contribution(real, con):
+    fam = real.files[0].family
+    a, b = [f.path for f in real.files if f.family == fam][:2]
+    sa, sb = sha_of(con, a), sha_of(con, b)
+    cols, rows = query.explain_pair(con, sa, sb, k=64)
+    got = [dict(zip(cols, r)) for r in rows]
+    ev = dict(con.execute("SELECT sha256, evidence FROM evidence WHERE sha256 IN ($a, $b)", {"a": sa, "b": sb}).fetchall())
+    wa = {x["item"]: x["weight"] for x in ev[sa]}
+    wb = {x["item"]: x["weight"] for x in ev[sb]}
+    shared = set(wa) & set(wb)
+    assert shared, "two programs of one dpkg family share no evidence"
+    both = [r for r in got if r["side"] == "both"]
+    assert {r["item"] for r in both} == shared
+    for r in both:
+        assert r["contribution"] == pytest.approx(wa[r["item"]] * wb[r["item"]], rel=1e-5)
+    assert [r["contribution"] for r in both] == sorted((r["contribution"] for r in both), reverse=True)
+    assert {r["item"] for r in got if r["side"] == "a"} == set(wa) - shared
+    assert {r["item"] for r in got if r["side"] == "b"} == set(wb) - shared
+    assert [r["rank"] for r in got] == list(range(1, len(got) + 1))
+    assert [r["side"] for r in got] == sorted((r["side"] for r in got), key=["both", "a", "b"].index)
+    few = query.explain_pair(con, sa, sb, k=2)[1]
+    assert len(few) <= 6 and [r[1] for r in few[:2]] == ["both", "both"]
+
+
+def test_similar_adds_shared_evidence_only_when_asked(real, con):
+    sha = sha_of(con, real.files[0].path)
+    cols, rows = query.similar(con, sha, 5)
+    cols_s, rows_s = query.similar(con, sha, 5, shared=True)
+    assert "shared" not in cols and cols_s == cols + ["shared"]
+    assert [r[:-1] for r in rows_s] == rows
+    assert any(r[-1] for r in rows_s)
+    own = {x["item"] for x in con.execute("SELECT evidence FROM evidence WHERE sha256 = $s", {"s": sha}).fetchone()[0]}
+    for r in rows_s:
+        theirs = con.execute("SELECT evidence FROM evidence WHERE sha256 = $s", {"s": r[2]}).fetchone()[0]
+        assert set(r[-1]) <= own & {x["item"] for x in theirs} and len(r[-1]) <= 8
+        assert len(r[-1]) == min(8, len(own & {x["item"] for x in theirs}))
+    sql = con.execute("SELECT * FROM similar($s, 3, shared := true)", {"s": sha}).description
+    assert sql[-1][0] == "shared"
+
+
+def test_family_profile_matches_python(real, con):
+    fam = real.files[0].family
+    rows = con.execute("SELECT e.sha256, l.family, e.evidence FROM embeddings e LEFT JOIN labelled_files l "
+                       "USING (sha256)").fetchall()
+    n = len(rows)
+    members = [set(x["item"] for x in ev) for _, f, ev in rows if f == fam]
+    table_df: dict[str, int] = {}
+    for _, _, ev in rows:
+        for item in {x["item"] for x in ev}:
+            table_df[item] = table_df.get(item, 0) + 1
+    score = {}
+    for item in set().union(*members):
+        fam_df = sum(item in m for m in members)
+        score[item] = fam_df / len(members) * np.log(n / table_df[item])
+    cols, got = query.family_profile(con, fam, k=10)
+    got = [dict(zip(cols, r)) for r in got]
+    assert len(got) == 10
+    best = sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    assert [r["score"] for r in got] == pytest.approx([round(s, 4) for _, s in best], abs=1e-4)
+    assert got[0]["family_files_with_evidence"] == len(members)
+    assert got[0]["family_files"] == sum(got[0]["item"] in m for m in members)
+
+
+def test_family_neighbors_count_the_stored_neighbours(real, con):
+    fam = real.files[0].family
+    cols, rows = query.family_neighbors(con, fam, k=50)
+    got = {r[cols.index("family")]: r[cols.index("neighbors")] for r in rows}
+    want = con.execute("""SELECT coalesce(f.family, '(unlabelled)'), count(*) FROM neighbors n
+        JOIN labelled_files m ON m.sha256 = n.sha256 AND m.family = $f
+        LEFT JOIN labelled_files f ON f.sha256 = n.neighbor GROUP BY ALL""", {"f": fam}).fetchall()
+    assert got == dict(want)
+    assert sum(r[cols.index("share")] for r in rows) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda c, s: query.explain_pair(c, "00" * 32, s), "unknown sha256 " + "00" * 32),
+    (lambda c, s: query.explain_pair(c, s, "xyz"), "malformed sha256 'xyz'"),
+    (lambda c, s: query.explain_pair(c, s, s, k=0), "k must be a whole number"),
+    (lambda c, s: query.family_profile(c, "no-such-family"), "unknown family 'no-such-family'"),
+    (lambda c, s: query.family_neighbors(c, "it's not"), "unknown family 'it''s not'"),
+    (lambda c, s: query.similar(c, "zz", 3, shared=True), "malformed sha256 'zz'"),
+])
+def test_bad_input_is_one_line(real, con, call, message):
+    sha = sha_of(con, real.files[0].path)
+    with pytest.raises(query.QueryError) as err:
+        call(con, sha)
+    assert message.replace("''", "'") in str(err.value) or message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def _drop_evidence(root: str, keep: int) -> list[str]:
+    """Rewrite the root's embeddings parts as an older release wrote them (no evidence column) except the first
+    `keep` parts; returns the paths whose rows now have none."""
+    store = Store(root)
+    old = []
+    for rel in catalog.table_files(store, "embeddings")[keep:]:
+        table = pq.read_table(store.path(rel))
+        old += table.column("path").to_pylist()
+        if "evidence" in table.column_names:
+            pq.write_table(table.drop_columns(["evidence"]), store.path(rel))
+    return old
+
+
+def test_rows_without_evidence_are_coped_with(real, tmp_path, system_files):
+    import shutil
+
+    root = str(tmp_path / "root")
+    shutil.copytree(real.root, root)
+    parts = catalog.table_files(Store(root), "embeddings")
+    assert len(parts) >= 2
+    old_paths = set(_drop_evidence(root, keep=1))
+    c = query.connect(root)
+    old = [s for s, p in c.execute("SELECT sha256, path FROM embeddings").fetchall() if p in old_paths]
+    new = [s for s, p in c.execute("SELECT sha256, path FROM embeddings").fetchall() if p not in old_paths]
+    assert old and new
+    with pytest.raises(query.QueryError, match="has no evidence: it was embedded before evidence was kept"):
+        query.explain_pair(c, old[0], new[0])
+    cols, rows = query.similar(c, old[0], 10, shared=True)
+    assert all(r[-1] is None for r in rows)
+    cols, rows = query.similar(c, new[0], 30, shared=True)
+    assert all(r[-1] is None for r in rows if r[cols.index("sha256")] in old)
+    c.close()
+    # a root none of whose files has the column: the macros exist and say so
+    _drop_evidence(root, keep=0)
+    c = query.connect(root, materialize=True)
+    with pytest.raises(query.QueryError, match="has no evidence"):
+        query.explain_pair(c, old[0], new[0])
+    with pytest.raises(query.QueryError, match="has evidence"):
+        query.family_profile(c, real.files[0].family)
+    assert all(r[-1] is None for r in query.similar(c, new[0], 3, shared=True)[1])
+    c.close()
+
+
+def test_the_command_explains_and_profiles(real, con, tmp_path):
+    fam = real.files[0].family
+    a, b = [sha_of(con, f.path) for f in real.files if f.family == fam][:2]
+    env = {**os.environ, "EMBEDLIB_ROOT": real.root}
+    run = lambda *argv: subprocess.run([sys.executable, "-m", "jobs.query", *argv], cwd=REPO, env=env,  # noqa: E731
+                                       capture_output=True, text=True, timeout=300)
+    proc = run("explain", a, b, "-k", "5", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "rank,side,item,kind,weight_a,weight_b,contribution" and lines[1].split(",")[1] == "both"
+    proc = run("family", fam, "-k", "5", "--format", "json")
+    assert proc.returncode == 0 and '"score"' in proc.stdout, proc.stderr
+    proc = run("family", fam, "--neighbors", "--format", "csv")
+    assert proc.returncode == 0 and proc.stdout.startswith("rank,family,neighbors"), proc.stderr
+    proc = run("similar", "--sha256", a, "-k", "3", "--shared", "--format", "csv")
+    assert proc.returncode == 0 and proc.stdout.splitlines()[0].endswith(",shared"), proc.stderr
+    for argv, message in ((("explain", a, "00" * 32), "unknown sha256"), (("explain", a), "the following arguments"),
+                          (("family", "nope"), "unknown family 'nope'")):
+        proc = run(*argv)
+        assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, argv
+    # a materialised database explains too, without the root
+    db = str(tmp_path / "e.duckdb")
+    assert run("sql", "SELECT 1", "--db", db).returncode == 0
+    proc = subprocess.run([sys.executable, "-m", "jobs.query", "explain", a, b, "--db", db, "--format", "csv"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and ",both," in proc.stdout, proc.stderr
