@@ -19,7 +19,7 @@ import warnings
 from collections import deque
 from typing import Any, Callable, Iterator
 
-from embedlib.config import TASK_RETRIES
+from embedlib.config import EXTRA_PROTOCOLS_ENV, TASK_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # WARNING for the driver and every worker of the job (Ray Train logs each report at INFO); what the job's
     # code prints still reaches the driver.
     common = {"log_to_driver": True, "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="WARNING")}
+    # Storage protocols registered through the environment reach a remote cluster's workers too (a local
+    # cluster's workers inherit this process's environment).
+    extra = {EXTRA_PROTOCOLS_ENV: os.environ[EXTRA_PROTOCOLS_ENV]} if os.environ.get(EXTRA_PROTOCOLS_ENV) else {}
     if address:
-        ray.init(address=address, **common)
+        ray.init(address=address, **({"runtime_env": {"env_vars": extra}} if extra else {}), **common)
     else:
         # The dashboard serves the State API that Ray Train's placement-group cleaner polls: without it, that
         # actor warns every few seconds. Bound to loopback: nothing outside this machine reaches it. The cleaner
@@ -53,7 +56,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
         try:
             ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=True, dashboard_host="127.0.0.1",
-                     runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}}, **common)
+                     runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}", **extra}}, **common)
         finally:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray._private"):
