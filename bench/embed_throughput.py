@@ -232,7 +232,7 @@ def cpu_per_file(model: str, files: list[str], max_bytes: int, rounds: int = 3) 
     percent between passes over the same files on a shared machine), with the spread of the totals."""
     from unittest import mock
 
-    from embedlib import evaluation
+    from embedlib.eval import evaluation
 
     views.compute_views(b"\0warm up\0", Config())
     runs: dict[str, list[dict]] = {"tlsh": [], "ours": [], "ref": []}

@@ -82,11 +82,19 @@ def system_files() -> list[InputFile]:
     return corpus.system_executables(["/usr/bin", "/usr/sbin"])
 
 
+def size_of(path: str) -> int | None:
+    """A file's size, or None when it vanished since it was listed (a package being installed meanwhile)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
 def pick_families(files: list[InputFile], families: int, per_family: int, max_size: int = 400_000) -> list[InputFile]:
     """`per_family` files from each of the `families` largest dpkg families (small files: fast tests)."""
     by_family: dict[str, list[InputFile]] = defaultdict(list)
     for f in files:
-        if f.family and os.path.getsize(f.path) <= max_size:
+        if f.family and (size_of(f.path) or max_size + 1) <= max_size:
             by_family[f.family].append(f)
     ranked = sorted(by_family, key=lambda k: (-len(by_family[k]), k))[:families]
     chosen = [f for fam in ranked for f in by_family[fam][:per_family]]
