@@ -550,3 +550,60 @@ def test_neighbors_of_a_run_that_embedded_nothing(tmp_path):
     result = compute_neighbors(fx2.root, run=empty_run, k=3)
     assert (result.runs, result.model_version, result.queries, result.parts) == ([empty_run], qf.MV_B, 0, [])
     assert compute_neighbors(fx2.root, k=3).runs == [qf.RUN2, qf.RUN3]  # the empty run needs none
+
+
+# -- neighbours streamed: the version block by block, the run's rows chunk by chunk -------------------------------
+
+def test_disjoint_parts_merge_into_one_scan_with_ties_by_sha256():
+    from embedlib.query import topk
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    x[[3, 17, 29]] = x[8]  # identical rows: ties that a cut inside any part must break by sha256
+    sha = np.array([f"{(i * 7919) % 1000:064d}" for i in range(40)], topk.SHA)
+    q = x[[8, 0, 3]]
+    one, seen = topk.scan(q, sha[[8, 0, 3]], [(sha, x)], 4)
+    assert seen == 40
+    parts = [topk.scan(q, sha[[8, 0, 3]], [(sha[s], x[s])], 4, block_rows=2)[0]
+             for s in (slice(0, 10), slice(10, 25), slice(25, 40))]
+    merged = topk.TopK.empty(3)
+    for p in parts:
+        merged = topk.merge(merged, p, 4)
+    assert (merged.sha == one.sha).all() and np.allclose(merged.dist, one.dist, atol=1e-6)
+    twins = sorted(sha[[3, 17, 29]].tolist())  # query 0 (row 8) meets its three twins, never itself
+    assert one.sha[0, :3].tolist() == twins and np.allclose(one.dist[0, :3], 0, atol=1e-6)
+    assert sha[8] not in one.sha[0]
+
+
+def test_neighbors_stream_in_bounded_chunks_with_the_same_answer(tmp_path, monkeypatch):
+    """The run's rows arrive QUERY_CHUNK at a time and the version corpus_block rows at a time (never the whole
+    version in memory), and the neighbours are exactly those of one pass."""
+    from embedlib.query import neighbors, topk
+
+    fx2 = qf.write_root(str(tmp_path / "r"))
+    whole = compute_neighbors(fx2.root, run=qf.RUN2, k=4)
+    want = sorted(pq.read_table(whole.parts[0]).to_pylist(), key=lambda r: (r["sha256"], r["rank"]))
+    seen = {"queries": [], "blocks": []}
+    scan = topk.scan
+
+    def watched(queries, query_sha, blocks, *a, **kw):
+        seen["queries"].append(len(queries))
+
+        def counted():
+            for b in blocks:
+                seen["blocks"].append(len(b[0]))
+                yield b
+        return scan(queries, query_sha, counted(), *a, **kw)
+
+    monkeypatch.setattr(neighbors, "QUERY_CHUNK", 10)
+    monkeypatch.setattr(topk, "scan", watched)
+    chunked = compute_neighbors(fx2.root, run=qf.RUN2, k=4, corpus_block=7, rows_per_part=4 * 15)
+    got = sorted((r for p in chunked.parts for r in pq.read_table(p).to_pylist()), key=lambda r: (r["sha256"], r["rank"]))
+    assert (chunked.queries, chunked.corpus, len(chunked.parts)) == (36, 45, 3)  # 15 queries a part
+    assert seen["queries"] == [10, 10, 10, 6]
+    assert max(seen["blocks"]) <= 7 and sum(seen["blocks"]) == 45 * len(seen["queries"])
+    assert [(r["sha256"], r["rank"], r["neighbor"]) for r in got] == [(r["sha256"], r["rank"], r["neighbor"]) for r in want]
+    assert np.allclose([r["distance"] for r in got], [r["distance"] for r in want])
+    c = query.connect(fx2.root)
+    assert c.execute("SELECT count(*), count(DISTINCT sha256) FROM neighbors WHERE run_id = $r",
+                     {"r": qf.RUN2}).fetchone() == (36 * 4, 36)

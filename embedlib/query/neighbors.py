@@ -60,29 +60,13 @@ class NeighborsResult:
 
 # -- the computation (pure) ----------------------------------------------------------------------------------
 
-def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.where(norms == 0, 1, norms)
-    return x
-
-
-def _merge(best_d, best_i, cand_d, cand_i, k):
-    d = np.concatenate([best_d, cand_d], axis=1)
-    i = np.concatenate([best_i, cand_i], axis=1)
-    if d.shape[1] > k:
-        keep = np.argpartition(d, k - 1, axis=1)[:, :k]
-        d, i = np.take_along_axis(d, keep, 1), np.take_along_axis(i, keep, 1)
-    return d, i
-
-
 def knn(queries: np.ndarray, corpus: np.ndarray, k: int, metric: str = "cosine",
         query_index: np.ndarray | None = None, block_rows: int = 2048, corpus_block: int = 16384,
         backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
     """(indices [Q, k'], distances [Q, k']) of the k nearest corpus rows to each query, nearest first, ties by
     index; k' = min(k, rows available). query_index[i] >= 0 is query i's own row in the corpus (excluded).
-    backend: 'numpy' (BLAS), or 'torch' / 'torch:cuda' / 'torch:cpu' (a GPU when there is one)."""
+    backend: 'numpy' (BLAS), or 'torch' / 'torch:cuda' / 'torch:cpu' (a GPU when there is one). The streaming
+    scan (topk.scan) over an array in memory: a row's name is its index, zero-padded (sorted as the index)."""
     if metric not in METRICS:
         raise QueryError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     if queries.ndim != 2 or corpus.ndim != 2 or queries.shape[1] != corpus.shape[1]:
@@ -92,77 +76,11 @@ def knn(queries: np.ndarray, corpus: np.ndarray, k: int, metric: str = "cosine",
     k_eff = max(0, min(k, n - (1 if (qidx >= 0).any() else 0)))
     if len(queries) == 0 or k_eff == 0:
         return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
-    q, c = _prepare(queries, metric), _prepare(corpus, metric)
-    if backend.startswith("torch"):
-        d, i = _knn_torch(q, c, k_eff, metric, qidx, block_rows, corpus_block, backend)
-    else:
-        d, i = _knn_numpy(q, c, k_eff, metric, qidx, block_rows, corpus_block)
-    order = np.lexsort((i, d), axis=-1)  # nearest first, ties by corpus index (= by sha256)
-    return np.take_along_axis(i, order, 1), np.take_along_axis(d, order, 1)
-
-
-def _block_distances(qb: np.ndarray, cb: np.ndarray, metric: str, q2=None, c2=None) -> np.ndarray:
-    dots = qb @ cb.T
-    if metric == "cosine":
-        return 1.0 - dots
-    return np.sqrt(np.maximum(q2[:, None] + c2[None, :] - 2.0 * dots, 0.0))
-
-
-def _knn_numpy(q, c, k, metric, qidx, block_rows, corpus_block):
-    q2 = np.einsum("ij,ij->i", q, q) if metric == "l2" else None
-    c2 = np.einsum("ij,ij->i", c, c) if metric == "l2" else None
-    out_d = np.empty((len(q), k), np.float32)
-    out_i = np.empty((len(q), k), np.int64)
-    for s in range(0, len(q), block_rows):
-        qb, own = q[s:s + block_rows], qidx[s:s + block_rows]
-        best_d = np.full((len(qb), 0), np.inf, np.float32)
-        best_i = np.zeros((len(qb), 0), np.int64)
-        for cs in range(0, len(c), corpus_block):
-            cb = c[cs:cs + corpus_block]
-            d = _block_distances(qb, cb, metric, None if q2 is None else q2[s:s + block_rows],
-                                 None if c2 is None else c2[cs:cs + corpus_block]).astype(np.float32, copy=False)
-            rows = np.nonzero((own >= cs) & (own < cs + len(cb)))[0]
-            d[rows, own[rows] - cs] = np.inf  # a file is not its own neighbour
-            kk = min(k, len(cb))
-            part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < len(cb) else np.broadcast_to(
-                np.arange(len(cb)), d.shape)
-            best_d, best_i = _merge(best_d, best_i, np.take_along_axis(d, part, 1), part + cs, k)
-        out_d[s:s + len(qb)], out_i[s:s + len(qb)] = best_d, best_i
-    return out_d, out_i
-
-
-def _knn_torch(q, c, k, metric, qidx, block_rows, corpus_block, backend):
-    import torch
-
-    device = backend.split(":", 1)[1] if ":" in backend else ("cuda" if torch.cuda.is_available() else "cpu")
-    ct = torch.from_numpy(c).to(device)
-    c2 = (ct * ct).sum(1) if metric == "l2" else None
-    out_d = np.empty((len(q), k), np.float32)
-    out_i = np.empty((len(q), k), np.int64)
-    with torch.inference_mode():
-        for s in range(0, len(q), block_rows):
-            qb = torch.from_numpy(q[s:s + block_rows]).to(device)
-            own = torch.from_numpy(qidx[s:s + block_rows]).to(device)
-            best_d = torch.full((len(qb), 0), float("inf"), device=device)
-            best_i = torch.zeros((len(qb), 0), dtype=torch.int64, device=device)
-            for cs in range(0, len(ct), corpus_block):
-                cb = ct[cs:cs + corpus_block]
-                dots = qb @ cb.T
-                if metric == "cosine":
-                    d = 1.0 - dots
-                else:
-                    d = ((qb * qb).sum(1)[:, None] + c2[cs:cs + corpus_block][None, :] - 2.0 * dots).clamp_min(0).sqrt()
-                rows = torch.nonzero((own >= cs) & (own < cs + len(cb))).flatten()
-                d[rows, own[rows] - cs] = float("inf")
-                vals, idx = torch.topk(d, min(k, len(cb)), dim=1, largest=False)
-                best_d = torch.cat([best_d, vals], 1)
-                best_i = torch.cat([best_i, idx + cs], 1)
-                if best_d.shape[1] > k:
-                    vals, keep = torch.topk(best_d, k, dim=1, largest=False)
-                    best_d, best_i = vals, torch.gather(best_i, 1, keep)
-            out_d[s:s + len(qb)] = best_d.cpu().numpy()
-            out_i[s:s + len(qb)] = best_i.cpu().numpy()
-    return out_d, out_i
+    names = np.char.zfill(np.arange(n).astype(str), 20).astype(topk.SHA)
+    own = np.where(qidx >= 0, names[np.clip(qidx, 0, n - 1)], b"-")  # "-": no row of the corpus
+    blocks = ((names[s:s + corpus_block], corpus[s:s + corpus_block]) for s in range(0, n, corpus_block))
+    top, _ = topk.scan(queries, own, blocks, k_eff, metric, backend, block_rows)
+    return top.sha[:, :k_eff].astype(np.int64), top.dist[:, :k_eff]
 
 
 def default_backend() -> str:
@@ -206,7 +124,7 @@ def _batches(store: Store, rel: str, columns: list[str], rows: int) -> Iterator[
 
 
 def corpus_blocks(corpus: VersionFiles, rows: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(sha256 as topk.SHA, vectors) of every row of the version, in blocks of about `rows`."""
+    """(sha256 as topk.SHA, vectors) of every row of the version, in blocks of `rows` (the last fewer)."""
     store = Store(corpus.root)
 
     def pieces():
@@ -229,30 +147,21 @@ def query_chunks(store: Store, snap: catalog.Snapshot, files: list[str], targets
     """(sha256, run_id, vectors) of the rows of runs `targets`, at most `rows` at a time, each chunk sorted by
     sha256; read from the files holding those runs only (a run's own files, or compacted ones: filtered)."""
     wanted = set(targets)
-    shas, runs, vecs, held = [], [], [], 0
 
-    def chunk():
-        sha = np.concatenate(shas)
-        order = np.argsort(sha, kind="stable")
-        return sha[order], np.concatenate(runs)[order], np.concatenate(vecs)[order]
-
-    for rel in files:
-        if not wanted & set(snap.runs_in(rel)):
-            continue
-        for b in _batches(store, rel, ["sha256", "run_id", "embedding"], rows):
-            run_id = b.column(1).to_numpy(zero_copy_only=False)
-            keep = np.isin(run_id, targets)
-            if not keep.any():
+    def pieces():
+        for rel in files:
+            if not wanted & set(snap.runs_in(rel)):
                 continue
-            shas.append(np.asarray(b.column(0).to_numpy(zero_copy_only=False), topk.SHA)[keep])
-            runs.append(run_id[keep])
-            vecs.append(_vectors(b.column(2))[keep])
-            held += int(keep.sum())
-            if held >= rows:
-                yield chunk()
-                shas, runs, vecs, held = [], [], [], 0
-    if held:
-        yield chunk()
+            for b in _batches(store, rel, ["sha256", "run_id", "embedding"], rows):
+                run_id = b.column(1).to_numpy(zero_copy_only=False)
+                keep = np.isin(run_id, targets)
+                if keep.any():
+                    yield (np.asarray(b.column(0).to_numpy(zero_copy_only=False), topk.SHA)[keep], run_id[keep],
+                           _vectors(b.column(2))[keep])
+
+    for sha, run_id, vectors in topk.rebatch(pieces(), rows):
+        order = np.argsort(sha, kind="stable")
+        yield sha[order], run_id[order], vectors[order]
 
 
 def neighbors_table(query_sha: np.ndarray, neighbor_sha: np.ndarray, dist: np.ndarray, metric: str, version: str,
@@ -372,7 +281,7 @@ class PartWriter:
         for run in sorted(set(runs.tolist())):
             sel = np.nonzero(runs == run)[0]
             self.pending.setdefault(run, []).append((query_sha[sel], neighbor_sha[sel], dist[sel]))
-            while sum(len(p[0]) for p in self.pending[run]) >= per:
+            while sum(len(p[0]) for p in self.pending.get(run, [])) >= per:
                 self._flush(run, per)
 
     def _flush(self, run: str, per: int | None) -> None:

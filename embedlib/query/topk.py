@@ -138,16 +138,19 @@ def scan(queries: np.ndarray, query_sha: np.ndarray, blocks: Iterable[tuple[np.n
     return TopK(np.concatenate([b.dist for b in best]), np.concatenate([b.sha for b in best])), seen
 
 
-def rebatch(parts: Iterable[tuple[np.ndarray, np.ndarray]], rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Blocks of about `rows` rows out of smaller or larger pieces (a root holds many small Parquet files)."""
-    shas, vecs, held = [], [], 0
-    for sha, v in parts:
-        for s in range(0, len(sha), rows):
-            shas.append(sha[s:s + rows])
-            vecs.append(v[s:s + rows])
-            held += len(shas[-1])
-            if held >= rows:
-                yield np.concatenate(shas), np.concatenate(vecs)
-                shas, vecs, held = [], [], 0
-    if held:
-        yield np.concatenate(shas), np.concatenate(vecs)
+def rebatch(parts: Iterable[tuple], rows: int) -> Iterator[tuple]:
+    """Blocks of exactly `rows` rows (the last one fewer) out of smaller or larger pieces, each piece a tuple of
+    arrays of the same length (a root holds many small Parquet files, read in batches)."""
+    held: list[tuple] = []
+    count = 0
+    for piece in parts:
+        at = 0
+        while at < len(piece[0]):
+            take = min(rows - count, len(piece[0]) - at)
+            held.append(tuple(a[at:at + take] for a in piece))
+            count, at = count + take, at + take
+            if count == rows:
+                yield tuple(np.concatenate(cols) for cols in zip(*held))
+                held, count = [], 0
+    if count:
+        yield tuple(np.concatenate(cols) for cols in zip(*held))
