@@ -63,7 +63,7 @@ def night_child(args: argparse.Namespace) -> None:
 
     def start_ray():
         marks["ray_start"] = time.time()
-        executor = ray_io.executor_factory(cfg)()
+        executor = ray_io.executor_factory(cfg)() if args.executor == "ray" else pipeline.LocalExecutor()
         marks["ray_ready"] = time.time()
         return executor
 
@@ -148,9 +148,9 @@ def sampled(cmd: list[str], env: dict[str, str], log: str) -> tuple[str, proctre
     return stdout, tree, started, time.time()
 
 
-def run_night(model: str, uri: str, root: str, night: int, shard_size: int, log: str) -> dict:
+def run_night(model: str, uri: str, root: str, night: int, shard_size: int, log: str, executor: str = "ray") -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "_night", "--model", model, "--input", uri, "--root", root,
-           "--shard-size", str(shard_size)]
+           "--shard-size", str(shard_size), "--executor", executor]
     stdout, tree, started, ended = sampled(cmd, child_env(night), log)
     out = json.loads(stdout.strip().splitlines()[-1])
     # phase windows: run_job's phases are consecutive from the start of the run (its `seconds` end at `done`)
@@ -280,7 +280,7 @@ def one_size(n: int, args: argparse.Namespace, model: str) -> dict:
     problems: list[str] = []
     started = time.time()
     for night in range(args.nights + 1):
-        out = run_night(model, uri + "/", root, night, args.shard_size, log)
+        out = run_night(model, uri + "/", root, night, args.shard_size, log, args.executor)
         c = out["counts"]
         new = corpus.count(night) - (corpus.count(night - 1) if night else 0)
         changed = len(synthfs.changed_files(corpus, night))
@@ -448,6 +448,7 @@ def main() -> None:
         p.add_argument("--shard-size", type=int, default=256)
         p.add_argument("--queries", type=int, default=20)
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--executor", default="ray")
         a = p.parse_args()
         (night_child if a.what == "_night" else queries_child)(a)
         return
@@ -457,6 +458,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=300, help="real executables the synthetic files are made of")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-size", type=int, default=256, help="input.shard_size (files per task and part)")
+    parser.add_argument("--executor", choices=("ray", "local"), default="ray",
+                        help="where the runs' tasks run: a local Ray cluster per run (the product's nightly job), or "
+                             "in the run's own process (LocalExecutor: the smoke test, no Ray)")
     parser.add_argument("-k", type=int, default=10, help="neighbours per new row")
     parser.add_argument("--queries", type=int, default=20, help="similar() calls")
     parser.add_argument("--model", help="a checkpoint (default: a random one, --allow-unhealthy-model)")
