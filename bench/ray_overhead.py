@@ -3,7 +3,9 @@
   python bench/ray_overhead.py                      # every way, 2000 empty tasks, 20 s idle
   python bench/ray_overhead.py --ways files,train --tasks 4000
 
-Each way starts Ray in a fresh process (embedlib.ray_io.init_ray, for the files jobs or for training), runs
+Ways: `files` (embedlib.ray_io.init_ray() as the files jobs start a local Ray: no dashboard), `train`
+(init_ray(dashboard=True), as training does), `nodash-nometrics` (plain ray.init without the dashboard and
+without metrics collection). Each way starts Ray in a fresh process, runs
 --tasks empty Ray tasks (at most twice the CPUs in flight, as the pipeline's map_tasks), waits --idle seconds,
 and exits; a sampler (bench/proctree.py) reads the CPU of every process of the tree: the driver, the workers and
 Ray's daemons. The per-task figure is the tree's CPU while the tasks ran over their number; idle is CPU per
@@ -26,7 +28,6 @@ from bench import proctree  # noqa: E402
 
 
 VARIANTS = {
-    "nodash": {},
     "nodash-nometrics": {"_system_config": {"enable_metrics_collection": False}},
     "nodash-nometrics-noprestart": {"_system_config": {"enable_metrics_collection": False,
                                                        "enable_worker_prestart": False}},
@@ -44,8 +45,8 @@ def child(way: str, tasks: int, idle: float) -> None:
     from embedlib import ray_io
 
     marks["imported"] = time.time()
-    if way == "today":
-        ray_io.init_ray()
+    if way in ("files", "train"):
+        ray_io.init_ray(dashboard=way == "train")
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True, **VARIANTS[way])
     ray.get(ray.remote(_noop).remote(0))  # a worker is up
@@ -94,7 +95,7 @@ def main() -> None:
         child(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ways", default="today,nodash,nodash-nometrics", help="init_ray purposes to compare")
+    p.add_argument("--ways", default="files,train,nodash-nometrics", help="ways of starting Ray to compare")
     p.add_argument("--tasks", type=int, default=2000)
     p.add_argument("--idle", type=float, default=20.0)
     p.add_argument("--rounds", type=int, default=1)
