@@ -185,11 +185,12 @@ def neighbors_child(args: argparse.Namespace) -> None:
     """What `python -m jobs.neighbors --root R --run RUN -k K` does (the library call), with the CPU of the
     call itself (this process, BLAS threads included) apart from the imports; one JSON line."""
     t = time.process_time()
-    from embedlib.query.neighbors import compute_neighbors
+    from embedlib.query.neighbors import compute_neighbors, default_backend
 
+    backend = default_backend()  # as the job asks (torch only where a GPU driver is): counted with the imports
     imports = time.process_time() - t
     t, wall = time.process_time(), time.perf_counter()
-    r = compute_neighbors(args.root, run=args.run, k=args.k)
+    r = compute_neighbors(args.root, run=args.run, k=args.k, backend=backend)
     print(json.dumps({"line": r.describe(), "queries": r.queries, "corpus": r.corpus, "imports_cpu": imports,
                       "call_cpu": time.process_time() - t, "call_wall": time.perf_counter() - wall}), flush=True)
 

@@ -607,3 +607,21 @@ def test_neighbors_stream_in_bounded_chunks_with_the_same_answer(tmp_path, monke
     c = query.connect(fx2.root)
     assert c.execute("SELECT count(*), count(DISTINCT sha256) FROM neighbors WHERE run_id = $r",
                      {"r": qf.RUN2}).fetchone() == (36 * 4, 36)
+
+
+def test_default_backend_asks_torch_only_where_a_gpu_driver_is(tmp_path):
+    import subprocess
+    import sys
+
+    from embedlib.query.neighbors import GPU_DEVICES, default_backend
+
+    assert default_backend(devices=(str(tmp_path / "no-driver"),)) == "numpy"
+    code = ("import sys; from embedlib.query.neighbors import default_backend; b = default_backend(); "
+            "print(b, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    if not any(os.path.exists(d) for d in GPU_DEVICES):  # this machine has no GPU driver: torch never imported
+        assert out.stdout.split() == ["numpy", "False"]
+    else:
+        assert out.stdout.split()[1] == "True"
