@@ -1,8 +1,10 @@
 """The nightly cycle at scale, on a synthetic object store (bench/synthfs.py: no disk for the corpus).
 
-  python bench/scale.py --files 10000                       # one size (about 15 minutes on 2 busy cores)
+  python bench/scale.py --files 10000                       # one size (14 min on 2 cores at load average 14-21)
+  python bench/scale.py --files 100000 --nights 2           # 14.5 min there (first run 8 min)
   python bench/scale.py --files 10000,100000 --work /tmp/s  # sizes side by side
-  python bench/scale.py --compare a.json b.json             # the table of sizes run earlier (--results)
+  python bench/scale.py --compare a.json b.json             # the table of sizes run earlier (--results), and
+                                                            # each phase extrapolated to 1M from the two largest
 
 For each size N: a first run of `synth://n<N>-.../` into a fresh output root, then --nights nightly runs, each
 adding 1% new files and changing 0.1% in place (SYNTHFS_NIGHT=t), each followed by `python -m jobs.neighbors
@@ -470,6 +472,43 @@ def print_compare(results: list[dict]) -> None:
             print(f"{kind:<11}{phase:<13}" + "".join(f"{c:>18}" for c in cells))
     print("driver peak RSS (MB):  " + "  ".join(
         f"{r['files']}: {max(x['peak_rss'].get('driver', 0) for x in r['nights']) / 1e6:.0f}" for r in results))
+    extrapolate(results[-2], results[-1], 1_000_000)
+
+
+def extrapolate(small: dict, large: dict, n: int) -> None:
+    """Per-run CPU of each phase as a + b * files, through the two largest sizes measured (nothing else: no
+    model of what was not run), evaluated at n files; the neighbours as a + b * (new rows x table rows)."""
+    print(f"\nextrapolated to {n} files from {small['files']} and {large['files']} (per run: CPU = a + b x units, "
+          "the line through the two measured sizes)")
+    print(f"{'':<11}{'phase':<13}{'a (CPU s)':>10}{'b (ms/unit)':>12}{'CPU s per run':>14}{'files/CPU-s':>12}")
+    for kind in ("first run", "nightly"):
+        runs = {id(r): max(1, len(r["nights"][1:])) if kind == "nightly" else 1 for r in (small, large)}
+        p1, p2 = phase_rows(small).get(kind, {}), phase_rows(large).get(kind, {})
+        for phase in p2:
+            if phase not in p1 or phase.startswith("neighb"):
+                continue
+            (u1, c1, _), (u2, c2, _) = p1[phase], p2[phase]
+            u1, c1, u2, c2 = u1 / runs[id(small)], c1 / runs[id(small)], u2 / runs[id(large)], c2 / runs[id(large)]
+            b = (c2 - c1) / max(u2 - u1, 1e-9)
+            a = c1 - b * u1
+            u = u2 * n / large["files"]
+            cpu = a + b * u
+            print(f"{kind:<11}{phase:<13}{a:>10.1f}{1000 * b:>12.4f}{cpu:>14.0f}{u / max(cpu, 1e-9):>12.0f}")
+    pairs = []
+    for r in (small, large):
+        nbs = [nb for nb in r["neighbors"] if nb["night"] >= 1]
+        if nbs:
+            key = "call_cpu" if all("call_cpu" in nb for nb in nbs) else "cpu"
+            pairs.append((sum(nb["queries"] * nb["corpus"] for nb in nbs) / len(nbs),
+                          sum(nb[key] for nb in nbs) / len(nbs), key))
+    if len(pairs) == 2:
+        (w1, c1, k1), (w2, c2, _) = pairs
+        b = (c2 - c1) / max(w2 - w1, 1e-9)
+        a = c1 - b * w1
+        new = n * large["nights"][-1]["new"] / max(large["files"], 1)
+        print(f"nightly    neighbours   {a:>9.1f} {1e9 * b:>8.1f} ns per (new row x table row) ({k1}); at {n} rows "
+              f"with {new:.0f} new rows a night: {a + b * new * n:.0f} CPU s a night, growing as the table squared "
+              "over the years (new rows are a share of it)")
 
 
 def main() -> None:
