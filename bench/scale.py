@@ -485,7 +485,7 @@ def extrapolate(small: dict, large: dict, n: int) -> None:
         runs = {id(r): max(1, len(r["nights"][1:])) if kind == "nightly" else 1 for r in (small, large)}
         p1, p2 = phase_rows(small).get(kind, {}), phase_rows(large).get(kind, {})
         for phase in p2:
-            if phase not in p1 or phase.startswith("neighb"):
+            if phase not in p1 or phase.startswith("neighb") or p2[phase][1] < 0.05:  # no CPU to speak of
                 continue
             (u1, c1, _), (u2, c2, _) = p1[phase], p2[phase]
             u1, c1, u2, c2 = u1 / runs[id(small)], c1 / runs[id(small)], u2 / runs[id(large)], c2 / runs[id(large)]
