@@ -521,6 +521,25 @@ def test_knn_in_blocks_matches_a_full_sort(backend, metric, block_rows, corpus_b
     assert 7 not in idx[2] and 3 in idx[2]  # itself excluded, its identical twin kept at distance 0
 
 
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_device_top_k_resolves_ties_beyond_its_margin_like_the_host(metric):
+    """The torch path copies only k + TIE_MARGIN columns back: a tie at the k-th distance wider than that (many
+    identical files) must still be broken by sha256 exactly as the host's full sort breaks it."""
+    from embedlib.query import topk
+
+    rng = np.random.default_rng(5)
+    corpus = rng.normal(size=(80, 6)).astype(np.float32)
+    corpus[10:10 + topk.TIE_MARGIN + 12] = corpus[9]  # 21 identical twins of row 9
+    sha = np.array([f"{(i * 7919) % 997:064d}" for i in range(80)], topk.SHA)
+    queries = corpus[[9, 40, 0]] + np.float32(0)
+    query_sha = np.array([sha[9], sha[40], b"f" * 64], topk.SHA)
+    want, _ = topk.scan(queries, query_sha, [(sha, corpus)], 4, metric, backend="numpy", block_rows=2)
+    got, _ = topk.scan(queries, query_sha, [(sha, corpus)], 4, metric, backend="torch:cpu", block_rows=2)
+    assert (got.sha == want.sha).all() and np.allclose(got.dist, want.dist, atol=1e-5)
+    twins = sorted(sha[10:10 + topk.TIE_MARGIN + 12].tolist())
+    assert got.sha[0].tolist() == twins[:4]  # query 9's four nearest: its twins, the smallest sha256 first
+
+
 def test_knn_with_fewer_rows_than_k():
     from embedlib.query.neighbors import knn
 

@@ -77,19 +77,33 @@ def _distances_numpy(qb: np.ndarray, cb: np.ndarray, metric: str) -> np.ndarray:
     return np.sqrt(np.maximum(q2[:, None] + c2[None, :] - 2.0 * dots, 0.0)).astype(np.float32, copy=False)
 
 
-def _exclude_self(d: np.ndarray, query_sha: np.ndarray, sha: np.ndarray) -> None:
-    """+inf where a query meets its own row (the same sha256) in the block."""
+def _self_pairs(query_sha: np.ndarray, sha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query rows, block columns) where a query meets its own row (the same sha256) in the block."""
     hits = np.nonzero(np.isin(sha, query_sha))[0]
+    rows: list[int] = []
+    cols: list[int] = []
     if len(hits):
         where = {s: i for i, s in enumerate(query_sha.tolist())}
         for c in hits:
             q = where.get(sha[c])
             if q is not None:
-                d[q, c] = np.inf
+                rows.append(q)
+                cols.append(int(c))
+    return np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+
+
+def _exclude_self(d: np.ndarray, query_sha: np.ndarray, sha: np.ndarray) -> None:
+    """+inf where a query meets its own row (the same sha256) in the block."""
+    rows, cols = _self_pairs(query_sha, sha)
+    d[rows, cols] = np.inf
+
+
+TIE_MARGIN = 8  # columns beyond k copied back from the device, so ties at the k-th distance resolve by sha256
 
 
 class _Torch:
-    """Distances on a torch device (a GPU when there is one)."""
+    """Distances and each query's nearest columns on a torch device (a GPU when there is one): only [Q, k + a
+    margin] crosses back to the host, not the [Q, B] distance block."""
 
     def __init__(self, backend: str) -> None:
         import torch
@@ -97,7 +111,12 @@ class _Torch:
         self.torch = torch
         self.device = backend.split(":", 1)[1] if ":" in backend else ("cuda" if torch.cuda.is_available() else "cpu")
 
-    def distances(self, qb: np.ndarray, cb, metric: str) -> np.ndarray:
+    def block(self, c: np.ndarray):
+        return self.torch.from_numpy(c).to(self.device)
+
+    def nearest(self, qb: np.ndarray, cb, metric: str, query_sha: np.ndarray, sha: np.ndarray, k: int) -> TopK:
+        """block_topk's answer, computed on the device. Exact: a query whose tie at the k-th distance may reach
+        past the copied columns gets its whole row copied and resolved on the host."""
         torch = self.torch
         with torch.inference_mode():
             q = torch.from_numpy(qb).to(self.device)
@@ -106,10 +125,20 @@ class _Torch:
                 d = 1.0 - dots
             else:
                 d = ((q * q).sum(1)[:, None] + (cb * cb).sum(1)[None, :] - 2.0 * dots).clamp_min(0).sqrt()
-            return d.cpu().numpy()
-
-    def block(self, c: np.ndarray):
-        return self.torch.from_numpy(c).to(self.device)
+            rows, cols = _self_pairs(query_sha, sha)
+            if len(rows):
+                d[torch.from_numpy(rows).to(self.device), torch.from_numpy(cols).to(self.device)] = float("inf")
+            width = min(d.shape[1], k + TIE_MARGIN)
+            vals, idx = torch.topk(d, width, dim=1, largest=False, sorted=True)
+            vals, idx = vals.cpu().numpy(), idx.cpu().numpy()
+            kth = min(k, width) - 1
+            spill = np.nonzero(vals[:, -1] == vals[:, kth])[0] if width < d.shape[1] else np.zeros(0, np.int64)
+            full = d[torch.from_numpy(spill).to(self.device)].cpu().numpy() if len(spill) else None
+        best = _ordered(vals, sha[idx], k)
+        if full is not None:
+            exact = block_topk(full, sha, k)
+            best.dist[spill], best.sha[spill] = exact.dist, exact.sha
+        return best
 
 
 def scan(queries: np.ndarray, query_sha: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]], k: int,
@@ -130,9 +159,13 @@ def scan(queries: np.ndarray, query_sha: np.ndarray, blocks: Iterable[tuple[np.n
         cb = gpu.block(c) if gpu else c
         for n, s in enumerate(range(0, len(q), block_rows)):
             qb = q[s:s + block_rows]
-            d = gpu.distances(qb, cb, metric) if gpu else _distances_numpy(qb, cb, metric)
-            _exclude_self(d, query_sha[s:s + block_rows], sha)
-            best[n] = merge(best[n], block_topk(d, sha, k), k)
+            if gpu:
+                found = gpu.nearest(qb, cb, metric, query_sha[s:s + block_rows], sha, k)
+            else:
+                d = _distances_numpy(qb, cb, metric)
+                _exclude_self(d, query_sha[s:s + block_rows], sha)
+                found = block_topk(d, sha, k)
+            best[n] = merge(best[n], found, k)
     if not best:
         return TopK.empty(0), seen
     return TopK(np.concatenate([b.dist for b in best]), np.concatenate([b.sha for b in best])), seen
