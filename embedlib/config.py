@@ -31,6 +31,10 @@ HEARTBEAT_SECONDS = 30.0  # how often the lease holder renews
 COMPACT_TARGET_MB = 128  # compacted files aim at this size: few files per query, small enough to stream
 COMPACT_ROW_GROUP_MB = 8  # DuckDB scans a Parquet file's row groups in parallel: several per file keep cores busy
 COMPACT_GRACE_SECONDS = 24 * 3600  # superseded files stay readable this long: longer than any query
+# Storage protocols beyond the built-in ones, for every process of a job (the driver, Ray workers, which inherit
+# the environment): "name=package.module.Class,..." (embedlib.files.sources.register_protocol). Benchmarks serve a
+# synthetic object store this way (bench/synthfs.py); a local path is never taken for one of these.
+EXTRA_PROTOCOLS_ENV = "EMBEDLIB_EXTRA_PROTOCOLS"
 
 
 @dataclass(frozen=True)

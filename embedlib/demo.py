@@ -71,7 +71,7 @@ def run_demo(work: str, cfg: Config, limit: int = 0, examples=DEFAULT_EXAMPLES,
     say(f"[1/6] corpus: {len(files)} ELF files, {labelled} owned by a dpkg package "
         f"({len({f.family for f in files if f.family})} families) -> {paths.manifest}")
 
-    executor = ray_io.executor_factory(cfg)
+    executor = ray_io.executor_factory(cfg, dashboard=True)  # this process trains on the same Ray next
     for s in pipeline.rasterize_files(paths.manifest, paths.corpus, cfg, executor=executor):
         say("[2/6] rasterize: " + s.describe("rasterized"))
 

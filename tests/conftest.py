@@ -59,7 +59,7 @@ def ray_local():
 
     from embedlib import ray_io
 
-    ray_io.init_ray()
+    ray_io.init_ray(dashboard=True)  # modules that train (Ray Train) share it
     yield ray
     ray.shutdown()
 

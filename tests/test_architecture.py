@@ -128,3 +128,19 @@ def test_jobs_are_thin_and_never_import_each_other():
         others = {n for n in _imports(path) if n.startswith("jobs.") and not n.startswith("jobs._common")}
         assert not others, f"{mod} imports other jobs: {others}"
         assert len(open(path).readlines()) <= 110, f"{mod} is not a thin entry point"
+
+
+def test_a_files_jobs_driver_never_imports_torch():
+    """torch costs a process about 2 s of CPU and 450 MB of RSS: the driver of a files job (embed, rasterize,
+    neighbours: its workers load the model themselves) never imports it; the training entry points do, at first
+    use."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import jobs.embed, jobs.rasterize, jobs.neighbors; from embedlib import ray_io; "
+            "from embedlib.ray_io import RayExecutor, executor_factory, knn_ray; "
+            "from embedlib.query import neighbors; print('torch' in sys.modules); ray_io.train_with_ray; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]

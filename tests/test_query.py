@@ -521,6 +521,25 @@ def test_knn_in_blocks_matches_a_full_sort(backend, metric, block_rows, corpus_b
     assert 7 not in idx[2] and 3 in idx[2]  # itself excluded, its identical twin kept at distance 0
 
 
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_device_top_k_resolves_ties_beyond_its_margin_like_the_host(metric):
+    """The torch path copies only k + TIE_MARGIN columns back: a tie at the k-th distance wider than that (many
+    identical files) must still be broken by sha256 exactly as the host's full sort breaks it."""
+    from embedlib.query import topk
+
+    rng = np.random.default_rng(5)
+    corpus = rng.normal(size=(80, 6)).astype(np.float32)
+    corpus[10:10 + topk.TIE_MARGIN + 12] = corpus[9]  # 21 identical twins of row 9
+    sha = np.array([f"{(i * 7919) % 997:064d}" for i in range(80)], topk.SHA)
+    queries = corpus[[9, 40, 0]] + np.float32(0)
+    query_sha = np.array([sha[9], sha[40], b"f" * 64], topk.SHA)
+    want, _ = topk.scan(queries, query_sha, [(sha, corpus)], 4, metric, backend="numpy", block_rows=2)
+    got, _ = topk.scan(queries, query_sha, [(sha, corpus)], 4, metric, backend="torch:cpu", block_rows=2)
+    assert (got.sha == want.sha).all() and np.allclose(got.dist, want.dist, atol=1e-5)
+    twins = sorted(sha[10:10 + topk.TIE_MARGIN + 12].tolist())
+    assert got.sha[0].tolist() == twins[:4]  # query 9's four nearest: its twins, the smallest sha256 first
+
+
 def test_knn_with_fewer_rows_than_k():
     from embedlib.query.neighbors import knn
 
@@ -550,3 +569,78 @@ def test_neighbors_of_a_run_that_embedded_nothing(tmp_path):
     result = compute_neighbors(fx2.root, run=empty_run, k=3)
     assert (result.runs, result.model_version, result.queries, result.parts) == ([empty_run], qf.MV_B, 0, [])
     assert compute_neighbors(fx2.root, k=3).runs == [qf.RUN2, qf.RUN3]  # the empty run needs none
+
+
+# -- neighbours streamed: the version block by block, the run's rows chunk by chunk -------------------------------
+
+def test_disjoint_parts_merge_into_one_scan_with_ties_by_sha256():
+    from embedlib.query import topk
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    x[[3, 17, 29]] = x[8]  # identical rows: ties that a cut inside any part must break by sha256
+    sha = np.array([f"{(i * 7919) % 1000:064d}" for i in range(40)], topk.SHA)
+    q = x[[8, 0, 3]]
+    one, seen = topk.scan(q, sha[[8, 0, 3]], [(sha, x)], 4)
+    assert seen == 40
+    parts = [topk.scan(q, sha[[8, 0, 3]], [(sha[s], x[s])], 4, block_rows=2)[0]
+             for s in (slice(0, 10), slice(10, 25), slice(25, 40))]
+    merged = topk.TopK.empty(3)
+    for p in parts:
+        merged = topk.merge(merged, p, 4)
+    assert (merged.sha == one.sha).all() and np.allclose(merged.dist, one.dist, atol=1e-6)
+    twins = sorted(sha[[3, 17, 29]].tolist())  # query 0 (row 8) meets its three twins, never itself
+    assert one.sha[0, :3].tolist() == twins and np.allclose(one.dist[0, :3], 0, atol=1e-6)
+    assert sha[8] not in one.sha[0]
+
+
+def test_neighbors_stream_in_bounded_chunks_with_the_same_answer(tmp_path, monkeypatch):
+    """The run's rows arrive QUERY_CHUNK at a time and the version corpus_block rows at a time (never the whole
+    version in memory), and the neighbours are exactly those of one pass."""
+    from embedlib.query import neighbors, topk
+
+    fx2 = qf.write_root(str(tmp_path / "r"))
+    whole = compute_neighbors(fx2.root, run=qf.RUN2, k=4)
+    want = sorted(pq.read_table(whole.parts[0]).to_pylist(), key=lambda r: (r["sha256"], r["rank"]))
+    seen = {"queries": [], "blocks": []}
+    scan = topk.scan
+
+    def watched(queries, query_sha, blocks, *a, **kw):
+        seen["queries"].append(len(queries))
+
+        def counted():
+            for b in blocks:
+                seen["blocks"].append(len(b[0]))
+                yield b
+        return scan(queries, query_sha, counted(), *a, **kw)
+
+    monkeypatch.setattr(neighbors, "QUERY_CHUNK", 10)
+    monkeypatch.setattr(topk, "scan", watched)
+    chunked = compute_neighbors(fx2.root, run=qf.RUN2, k=4, corpus_block=7, rows_per_part=4 * 15)
+    got = sorted((r for p in chunked.parts for r in pq.read_table(p).to_pylist()), key=lambda r: (r["sha256"], r["rank"]))
+    assert (chunked.queries, chunked.corpus, len(chunked.parts)) == (36, 45, 3)  # 15 queries a part
+    assert seen["queries"] == [10, 10, 10, 6]
+    assert max(seen["blocks"]) <= 7 and sum(seen["blocks"]) == 45 * len(seen["queries"])
+    assert [(r["sha256"], r["rank"], r["neighbor"]) for r in got] == [(r["sha256"], r["rank"], r["neighbor"]) for r in want]
+    assert np.allclose([r["distance"] for r in got], [r["distance"] for r in want])
+    c = query.connect(fx2.root)
+    assert c.execute("SELECT count(*), count(DISTINCT sha256) FROM neighbors WHERE run_id = $r",
+                     {"r": qf.RUN2}).fetchone() == (36 * 4, 36)
+
+
+def test_default_backend_asks_torch_only_where_a_gpu_driver_is(tmp_path):
+    import subprocess
+    import sys
+
+    from embedlib.query.neighbors import GPU_DEVICES, default_backend
+
+    assert default_backend(devices=(str(tmp_path / "no-driver"),)) == "numpy"
+    code = ("import sys; from embedlib.query.neighbors import default_backend; b = default_backend(); "
+            "print(b, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    if not any(os.path.exists(d) for d in GPU_DEVICES):  # this machine has no GPU driver: torch never imported
+        assert out.stdout.split() == ["numpy", "False"]
+    else:
+        assert out.stdout.split()[1] == "True"

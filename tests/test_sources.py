@@ -89,3 +89,26 @@ def test_unreadable_files():
                                            ("file:///tmp/x", "file")])
 def test_only_storage_schemes_are_uris(text, protocol):
     assert sources.uri_protocol(text) == protocol
+
+
+def test_a_registered_protocol_is_remote_and_nothing_else_becomes_one(monkeypatch):
+    """A scheme is remote only once registered by name (benchmarks' synthetic store: bench/synthfs.py); a local
+    path stays a path, whatever it looks like."""
+    monkeypatch.setattr(sources, "_REGISTERED", set())
+    assert sources.uri_protocol("synth://n10/d00000/f000000000.bin") is None
+    sources.register_protocol("synth", "bench.synthfs.SynthFileSystem")
+    assert sources.uri_protocol("synth://n10/d00000/f000000000.bin") == "synth"
+    assert sources.uri_protocol("SYNTH://n10/") == "synth"
+    for local in ("synth:/n10", "synth::n10", "./synth://n10", "synthx://n10"):
+        assert sources.uri_protocol(local) is None
+    with pytest.raises(ValueError, match="cannot register"):
+        sources.register_protocol("two words", "a.B")
+
+
+def test_protocols_named_in_the_environment_are_parsed_strictly():
+    assert sources.registered_protocols("synth=bench.synthfs.SynthFileSystem, x=a.B") == {
+        "synth": "bench.synthfs.SynthFileSystem", "x": "a.B"}
+    assert sources.registered_protocols(None) == {} == sources.registered_protocols(" ")
+    for bad in ("synth", "synth=", "=a.B", "synth=NoModule"):
+        with pytest.raises(ValueError, match="EMBEDLIB_EXTRA_PROTOCOLS"):
+            sources.registered_protocols(bad)

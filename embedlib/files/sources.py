@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from embedlib import schema
-from embedlib.config import InputConfig
+from embedlib.config import EXTRA_PROTOCOLS_ENV, InputConfig
 
 CHUNK = 1024 * 1024
 # What sniff_format may look at (PE header offsets are usually below 1 KiB).
@@ -27,6 +27,35 @@ SNIFF_BYTES = 4096
 STORAGE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "hdfs", "webhdfs",
                                "http", "https", "memory", "file"})
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# Protocols registered in this process (register_protocol), e.g. a benchmark's synthetic object store.
+_REGISTERED: set[str] = set()
+
+
+def register_protocol(name: str, implementation: str) -> None:
+    """Make `name://` a storage protocol in this process, served by the fsspec filesystem class `implementation`
+    ("package.module.Class", imported when first used). Explicit, one name at a time: a local path stays a path
+    unless its scheme was registered by name. Other processes (Ray workers, a job started as a command) see the
+    protocols named in the environment variable config.EXTRA_PROTOCOLS_ENV ("name=package.module.Class,...",
+    read when this module is imported), which a local Ray cluster's workers inherit."""
+    import fsspec
+
+    name = name.lower()
+    if not _SCHEME.match(f"{name}://") or not implementation:
+        raise ValueError(f"cannot register protocol {name!r} as {implementation!r}")
+    fsspec.register_implementation(name, implementation, clobber=True)
+    _REGISTERED.add(name)
+    filesystem.cache_clear()
+
+
+def registered_protocols(spec: str | None) -> dict[str, str]:
+    """{name: implementation} of an EXTRA_PROTOCOLS_ENV value; ValueError for an entry that is not name=Class."""
+    out = {}
+    for entry in filter(None, (e.strip() for e in (spec or "").split(","))):
+        name, sep, implementation = entry.partition("=")
+        if not sep or not name.strip() or "." not in implementation:
+            raise ValueError(f"{EXTRA_PROTOCOLS_ENV}: {entry!r} is not name=package.module.Class")
+        out[name.strip().lower()] = implementation.strip()
+    return out
 
 
 @dataclass(frozen=True)
@@ -51,7 +80,10 @@ class FileRead:
 def uri_protocol(text: str) -> str | None:
     """'s3' for 's3://b/k'; None for a local path (including 'alias::file', 'a:b' and 'C:\\x')."""
     m = _SCHEME.match(text)
-    return m.group(1).lower() if m and m.group(1).lower() in STORAGE_PROTOCOLS else None
+    if not m:
+        return None
+    name = m.group(1).lower()
+    return name if name in STORAGE_PROTOCOLS or name in _REGISTERED else None
 
 
 @functools.lru_cache(maxsize=16)
@@ -198,3 +230,7 @@ def read_path(path: str, cfg: InputConfig, hash_all: bool = True) -> FileRead:
         return read_file(path.encode(), True, cfg, hash_all)
     local = path[len("file://"):] if protocol == "file" else path
     return read_file(local.encode("utf-8", "surrogateescape"), False, cfg, hash_all)
+
+
+for _name, _implementation in registered_protocols(os.environ.get(EXTRA_PROTOCOLS_ENV)).items():
+    register_protocol(_name, _implementation)

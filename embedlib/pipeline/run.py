@@ -63,7 +63,10 @@ class RunSummary:
     resumed: bool
     counts: dict[str, int]
     seconds: float
-    phases: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds of list, match, hash, plan, write
+    # CPU seconds the write tasks of this attempt spent reading + computing views, embedding, writing Parquet
+    # (summed over tasks; a task finished by an earlier, killed attempt is not counted)
+    task_cpu: dict[str, float] = field(default_factory=dict)
 
     def describe(self, what: str = "embedded") -> str:
         c = self.counts
@@ -217,10 +220,13 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
     t = time.perf_counter()
     done = set(store.listdir(work(run_id, "written")))
     todo = [j for j in range(plan["chunks"]) if chunk_name(j, "json") not in done]
+    task_cpu: dict[str, float] = {}
     with _bar(progress, "embedding" if target.table == "embeddings" else "views", plan.get("planned")) as bar:
         for counts in executor.write(root, run_id, todo, target):
             lock.check()
             bar.update(counts["written"] + counts["failed"])
+            for key, seconds in counts.get("cpu", {}).items():
+                task_cpu[key] = task_cpu.get(key, 0.0) + seconds
     phases["write"] = time.perf_counter() - t
 
     dropped = 0
@@ -243,4 +249,4 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
     lock.check(commit=True)
     store.write_parquet(catalog.runs_part(run_id), catalog.runs_row(run_id, info, totals.as_dict(), finished))
     store.remove(work(run_id))
-    return RunSummary(run_id, store.root, resumed, totals.as_dict(), time.perf_counter() - started, phases)
+    return RunSummary(run_id, store.root, resumed, totals.as_dict(), time.perf_counter() - started, phases, task_cpu)

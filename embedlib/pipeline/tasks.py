@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -232,7 +233,9 @@ def load_views(root: str, run_id: str, task: int, target: Target) -> tuple[list[
 def store_written(root: str, run_id: str, task: int, target: Target, rows: list[dict], batch: dict[str, np.ndarray],
                   errors: list[dict], bytes_read: int, embed=None) -> dict:
     """The second half: embed (embeddings) or encode (samples) the views, write errors, then the table part, then
-    the marker written/N.json."""
+    the marker written/N.json. Returns the marker's counts and, beside them (`cpu`, never in the marker: a
+    redone task measures again), this thread's CPU seconds embedding and writing."""
+    started = time.thread_time()
     store = Store(root)
     tag = RunTag(target.version, run_id)
     if target.table == "embeddings":
@@ -244,12 +247,13 @@ def store_written(root: str, run_id: str, task: int, target: Target, rows: list[
     else:
         columns = {f"view_{name}": pa.array([np.ascontiguousarray(a).tobytes() for a in arrays], pa.binary())
                    for name, arrays in batch.items()}
+    embedded = time.thread_time()
     _write_errors(store, run_id, "write", task, errors)
     store.write_parquet(written_part(target.table, target.version, run_id, task),
                         written_table(rows, tag, columns, target.schema()))
     counts = {"written": len(rows), "failed": len(errors), "bytes_read": bytes_read}
     store.write_json(work(run_id, "written", chunk_name(task, "json")), counts)
-    return counts
+    return {**counts, "cpu": {"embed": embedded - started, "write": time.thread_time() - embedded}}
 
 
 def write_task(root: str, run_id: str, task: int, target: Target, threads: int = 1) -> dict:
@@ -259,7 +263,11 @@ def write_task(root: str, run_id: str, task: int, target: Target, threads: int =
         from embedlib.model.embedder import cached_embedder
 
         embed = cached_embedder(target.model_uri, threads, device="cpu").embed_views  # the CPU path, even beside a GPU
-    return store_written(root, run_id, task, target, *load_views(root, run_id, task, target), embed=embed)
+    started = time.thread_time()
+    loaded = load_views(root, run_id, task, target)
+    views_cpu = time.thread_time() - started
+    out = store_written(root, run_id, task, target, *loaded, embed=embed)
+    return {**out, "cpu": {"views": views_cpu, **out["cpu"]}}
 
 
 def read_marker(root: str, run_id: str, folder: str, task: int) -> dict | None:

@@ -3,17 +3,20 @@ written as ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet (sc
 root's lease, and committed by ROOT/commits/W.json (embedlib.root.catalog): readers see a whole rewrite or
 none of it.
 
-`knn` is pure (arrays in, arrays out) and works in blocks, so memory stays at block_rows x corpus_block
-distances whatever the corpus size: a BLAS matmul per block on the CPU (numpy), or torch on a GPU. Ties are
-broken by the neighbour's sha256 (the corpus is sorted by it), as the SQL macros do. The fan-out over Ray
-tasks lives in embedlib/ray_io/knn.py (knn_ray), handed in by the job, and calls the same `knn` on slices of the
-queries.
+The model version streams by, file by file, in blocks (embedlib/query/topk.py): memory holds the run's rows
+(at most QUERY_CHUNK at a time), their k nearest so far, one block of the corpus and one block of distances,
+whatever the size of the version (a million 640-d rows would be 2.5 GB). The cost is exact brute force: per
+new row, one dot product with every row of the version (linear in the table; bench/scale.py measures it). Ties
+are broken by the neighbour's sha256, as the SQL macros do. The fan-out over Ray tasks (embedlib/ray_io/knn.py,
+knn_ray, handed in by the job) gives each task a group of the version's files and merges their results.
+`knn` is the same computation on arrays in memory (indices into a corpus sorted by sha256).
 """
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Callable
+from typing import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +28,7 @@ from embedlib import schema
 from embedlib.root import catalog
 from embedlib.root.lease import RootLock
 from embedlib.root.store import Store
-from embedlib.query import layout
+from embedlib.query import layout, topk
 from embedlib.query.errors import QueryError
 
 METRICS = ("cosine", "l2")
@@ -58,29 +61,13 @@ class NeighborsResult:
 
 # -- the computation (pure) ----------------------------------------------------------------------------------
 
-def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.where(norms == 0, 1, norms)
-    return x
-
-
-def _merge(best_d, best_i, cand_d, cand_i, k):
-    d = np.concatenate([best_d, cand_d], axis=1)
-    i = np.concatenate([best_i, cand_i], axis=1)
-    if d.shape[1] > k:
-        keep = np.argpartition(d, k - 1, axis=1)[:, :k]
-        d, i = np.take_along_axis(d, keep, 1), np.take_along_axis(i, keep, 1)
-    return d, i
-
-
 def knn(queries: np.ndarray, corpus: np.ndarray, k: int, metric: str = "cosine",
         query_index: np.ndarray | None = None, block_rows: int = 2048, corpus_block: int = 16384,
         backend: str = "numpy") -> tuple[np.ndarray, np.ndarray]:
     """(indices [Q, k'], distances [Q, k']) of the k nearest corpus rows to each query, nearest first, ties by
     index; k' = min(k, rows available). query_index[i] >= 0 is query i's own row in the corpus (excluded).
-    backend: 'numpy' (BLAS), or 'torch' / 'torch:cuda' / 'torch:cpu' (a GPU when there is one)."""
+    backend: 'numpy' (BLAS), or 'torch' / 'torch:cuda' / 'torch:cpu' (a GPU when there is one). The streaming
+    scan (topk.scan) over an array in memory: a row's name is its index, zero-padded (sorted as the index)."""
     if metric not in METRICS:
         raise QueryError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     if queries.ndim != 2 or corpus.ndim != 2 or queries.shape[1] != corpus.shape[1]:
@@ -90,81 +77,21 @@ def knn(queries: np.ndarray, corpus: np.ndarray, k: int, metric: str = "cosine",
     k_eff = max(0, min(k, n - (1 if (qidx >= 0).any() else 0)))
     if len(queries) == 0 or k_eff == 0:
         return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
-    q, c = _prepare(queries, metric), _prepare(corpus, metric)
-    if backend.startswith("torch"):
-        d, i = _knn_torch(q, c, k_eff, metric, qidx, block_rows, corpus_block, backend)
-    else:
-        d, i = _knn_numpy(q, c, k_eff, metric, qidx, block_rows, corpus_block)
-    order = np.lexsort((i, d), axis=-1)  # nearest first, ties by corpus index (= by sha256)
-    return np.take_along_axis(i, order, 1), np.take_along_axis(d, order, 1)
+    names = np.char.zfill(np.arange(n).astype(str), 20).astype(topk.SHA)
+    own = np.where(qidx >= 0, names[np.clip(qidx, 0, n - 1)], b"-")  # "-": no row of the corpus
+    blocks = ((names[s:s + corpus_block], corpus[s:s + corpus_block]) for s in range(0, n, corpus_block))
+    top, _ = topk.scan(queries, own, blocks, k_eff, metric, backend, block_rows)
+    return top.sha[:, :k_eff].astype(np.int64), top.dist[:, :k_eff]
 
 
-def _block_distances(qb: np.ndarray, cb: np.ndarray, metric: str, q2=None, c2=None) -> np.ndarray:
-    dots = qb @ cb.T
-    if metric == "cosine":
-        return 1.0 - dots
-    return np.sqrt(np.maximum(q2[:, None] + c2[None, :] - 2.0 * dots, 0.0))
+GPU_DEVICES = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/kfd")  # NVIDIA's driver, or ROCm's
 
 
-def _knn_numpy(q, c, k, metric, qidx, block_rows, corpus_block):
-    q2 = np.einsum("ij,ij->i", q, q) if metric == "l2" else None
-    c2 = np.einsum("ij,ij->i", c, c) if metric == "l2" else None
-    out_d = np.empty((len(q), k), np.float32)
-    out_i = np.empty((len(q), k), np.int64)
-    for s in range(0, len(q), block_rows):
-        qb, own = q[s:s + block_rows], qidx[s:s + block_rows]
-        best_d = np.full((len(qb), 0), np.inf, np.float32)
-        best_i = np.zeros((len(qb), 0), np.int64)
-        for cs in range(0, len(c), corpus_block):
-            cb = c[cs:cs + corpus_block]
-            d = _block_distances(qb, cb, metric, None if q2 is None else q2[s:s + block_rows],
-                                 None if c2 is None else c2[cs:cs + corpus_block]).astype(np.float32, copy=False)
-            rows = np.nonzero((own >= cs) & (own < cs + len(cb)))[0]
-            d[rows, own[rows] - cs] = np.inf  # a file is not its own neighbour
-            kk = min(k, len(cb))
-            part = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < len(cb) else np.broadcast_to(
-                np.arange(len(cb)), d.shape)
-            best_d, best_i = _merge(best_d, best_i, np.take_along_axis(d, part, 1), part + cs, k)
-        out_d[s:s + len(qb)], out_i[s:s + len(qb)] = best_d, best_i
-    return out_d, out_i
-
-
-def _knn_torch(q, c, k, metric, qidx, block_rows, corpus_block, backend):
-    import torch
-
-    device = backend.split(":", 1)[1] if ":" in backend else ("cuda" if torch.cuda.is_available() else "cpu")
-    ct = torch.from_numpy(c).to(device)
-    c2 = (ct * ct).sum(1) if metric == "l2" else None
-    out_d = np.empty((len(q), k), np.float32)
-    out_i = np.empty((len(q), k), np.int64)
-    with torch.inference_mode():
-        for s in range(0, len(q), block_rows):
-            qb = torch.from_numpy(q[s:s + block_rows]).to(device)
-            own = torch.from_numpy(qidx[s:s + block_rows]).to(device)
-            best_d = torch.full((len(qb), 0), float("inf"), device=device)
-            best_i = torch.zeros((len(qb), 0), dtype=torch.int64, device=device)
-            for cs in range(0, len(ct), corpus_block):
-                cb = ct[cs:cs + corpus_block]
-                dots = qb @ cb.T
-                if metric == "cosine":
-                    d = 1.0 - dots
-                else:
-                    d = ((qb * qb).sum(1)[:, None] + c2[cs:cs + corpus_block][None, :] - 2.0 * dots).clamp_min(0).sqrt()
-                rows = torch.nonzero((own >= cs) & (own < cs + len(cb))).flatten()
-                d[rows, own[rows] - cs] = float("inf")
-                vals, idx = torch.topk(d, min(k, len(cb)), dim=1, largest=False)
-                best_d = torch.cat([best_d, vals], 1)
-                best_i = torch.cat([best_i, idx + cs], 1)
-                if best_d.shape[1] > k:
-                    vals, keep = torch.topk(best_d, k, dim=1, largest=False)
-                    best_d, best_i = vals, torch.gather(best_i, 1, keep)
-            out_d[s:s + len(qb)] = best_d.cpu().numpy()
-            out_i[s:s + len(qb)] = best_i.cpu().numpy()
-    return out_d, out_i
-
-
-def default_backend() -> str:
-    """torch on a GPU when there is one, else numpy BLAS (importing torch only to ask)."""
+def default_backend(devices: tuple[str, ...] = GPU_DEVICES) -> str:
+    """torch on a GPU when there is one, else numpy BLAS. torch is imported only to ask where a GPU driver is
+    present (importing it costs a neighbours job about 2 s of CPU and 450 MB of RSS on a machine without one)."""
+    if not any(os.path.exists(d) for d in devices):
+        return "numpy"
     try:
         import torch
 
@@ -175,45 +102,82 @@ def default_backend() -> str:
 
 # -- reading a model version and writing the neighbors table (I/O) ------------------------------------------
 
-@dataclass
-class VersionRows:
-    sha256: np.ndarray  # [N] str, sorted
-    run_id: np.ndarray  # [N] str
-    vectors: np.ndarray  # [N, D] float32
+QUERY_CHUNK = 65_536  # queries held at once (x D float32: 168 MB at D=640); each chunk scans the version once
 
 
-def load_version(store: Store, files: list[str]) -> VersionRows:
-    """Every row of one model version (sha256, run_id, embedding), sorted by sha256, one row per sha256."""
-    shas, runs, vecs = [], [], []
-    for rel in files:
-        with store.open(rel) as fh:
-            t = pq.read_table(fh, columns=["sha256", "run_id", "embedding"])
-        emb = t.column("embedding").combine_chunks()
-        dim = emb.type.list_size if pa.types.is_fixed_size_list(emb.type) else len(emb[0]) if len(emb) else 0
-        flat = emb.flatten() if len(emb) else pa.array([], pa.float32())
-        vecs.append(flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(emb), dim))
-        shas.append(t.column("sha256").to_numpy(zero_copy_only=False))
-        runs.append(t.column("run_id").to_numpy(zero_copy_only=False))
-    sha = np.concatenate(shas) if shas else np.array([], object)
-    order = np.argsort(sha, kind="stable")
-    sha = sha[order]
-    keep = np.ones(len(sha), bool)
-    keep[1:] = sha[1:] != sha[:-1]  # the writer embeds a content once per version; be safe anyway
-    order = order[keep]
-    dims = {v.shape[1] for v in vecs if len(v)}
-    if len(dims) > 1:
-        raise QueryError(f"one model version with embeddings of different sizes {sorted(dims)}")
-    matrix = np.concatenate(vecs)[order] if vecs else np.zeros((0, 0), np.float32)
-    return VersionRows(sha256=sha[keep], run_id=np.concatenate(runs)[order], vectors=matrix)
+@dataclass(frozen=True)
+class VersionFiles:
+    """The committed Parquet files of one model version: what a scan reads, file by file (picklable: a Ray task
+    reads its share of them itself)."""
+
+    root: str  # Store.root
+    files: tuple[str, ...]
 
 
-def neighbors_table(query_sha: np.ndarray, idx: np.ndarray, dist: np.ndarray, corpus_sha: np.ndarray,
-                    metric: str, version: str, run: str) -> pa.Table:
-    q, k = idx.shape
+def _vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    emb = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not len(emb):
+        return np.zeros((0, 0), np.float32)
+    dim = emb.type.list_size if pa.types.is_fixed_size_list(emb.type) else len(emb[0])
+    flat = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if flat.size != len(emb) * dim:
+        raise QueryError(f"one model version with embeddings of different sizes (a row of {dim} and others)")
+    return flat.reshape(len(emb), dim)
+
+
+def _batches(store: Store, rel: str, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
+    with store.open(rel) as fh:
+        yield from pq.ParquetFile(fh).iter_batches(batch_size=rows, columns=columns)
+
+
+def corpus_blocks(corpus: VersionFiles, rows: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(sha256 as topk.SHA, vectors) of every row of the version, in blocks of `rows` (the last fewer)."""
+    store = Store(corpus.root)
+
+    def pieces():
+        for rel in corpus.files:
+            for b in _batches(store, rel, ["sha256", "embedding"], rows):
+                yield np.asarray(b.column(0).to_numpy(zero_copy_only=False), topk.SHA), _vectors(b.column(1))
+
+    return topk.rebatch(pieces(), rows)
+
+
+def knn_files(queries: np.ndarray, query_sha: np.ndarray, corpus: VersionFiles, k: int, metric: str = "cosine",
+              backend: str = "numpy", block_rows: int = 2048, corpus_block: int = 16384) -> tuple[topk.TopK, int]:
+    """The k nearest rows of `corpus` to every query (its own row excluded), reading the corpus once, block by
+    block: (result, corpus rows). What a fan-out (ray_io.knn_ray) runs on groups of files, then merges."""
+    return topk.scan(queries, query_sha, corpus_blocks(corpus, corpus_block), k, metric, backend, block_rows)
+
+
+def query_chunks(store: Store, snap: catalog.Snapshot, files: list[str], targets: list[str], rows: int
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(sha256, run_id, vectors) of the rows of runs `targets`, at most `rows` at a time, each chunk sorted by
+    sha256; read from the files holding those runs only (a run's own files, or compacted ones: filtered)."""
+    wanted = set(targets)
+
+    def pieces():
+        for rel in files:
+            if not wanted & set(snap.runs_in(rel)):
+                continue
+            for b in _batches(store, rel, ["sha256", "run_id", "embedding"], rows):
+                run_id = b.column(1).to_numpy(zero_copy_only=False)
+                keep = np.isin(run_id, targets)
+                if keep.any():
+                    yield (np.asarray(b.column(0).to_numpy(zero_copy_only=False), topk.SHA)[keep], run_id[keep],
+                           _vectors(b.column(2))[keep])
+
+    for sha, run_id, vectors in topk.rebatch(pieces(), rows):
+        order = np.argsort(sha, kind="stable")
+        yield sha[order], run_id[order], vectors[order]
+
+
+def neighbors_table(query_sha: np.ndarray, neighbor_sha: np.ndarray, dist: np.ndarray, metric: str, version: str,
+                    run: str) -> pa.Table:
+    q, k = neighbor_sha.shape
     return pa.table({
-        "sha256": pa.array(np.repeat(query_sha, k), pa.string()),
+        "sha256": pa.array(np.repeat(np.asarray(query_sha).astype(str), k), pa.string()),
         "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), q)),
-        "neighbor": pa.array(corpus_sha[idx.ravel()] if idx.size else np.array([], object), pa.string()),
+        "neighbor": pa.array(neighbor_sha.ravel().astype(str), pa.string()),
         "distance": pa.array(dist.ravel().astype(np.float32)),
         "metric": pa.array([metric] * (q * k), pa.string()),
         "model_version": pa.array([version] * (q * k), pa.string()),
@@ -248,14 +212,14 @@ def runs_without_neighbors(listing: layout.Listing, version: str) -> list[str]:
 def compute_neighbors(root: str, run: str | None = None, model_version: str | None = None, k: int = 10,
                       metric: str = "cosine", backend: str | None = None, block_rows: int = 2048,
                       corpus_block: int = 16384, rows_per_part: int = 100_000,
-                      fan_out: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None) -> NeighborsResult:
+                      fan_out: Callable[..., tuple[topk.TopK, int]] | None = None) -> NeighborsResult:
     """The k nearest rows of model version V for every row of run R (with `run`: that committed run, V its
     version unless given; without: every committed run of V, the current version unless given, that has no
     neighbours yet, resumed runs included), written under the root's lease and committed as one record:
     ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet + ROOT/commits/W.json. A recomputed run's
     earlier neighbours are superseded in the same commit: a reader sees the old ones or the new ones, never
-    half. `fan_out` computes `knn` elsewhere, with its arguments (e.g. over Ray tasks: ray_io.knn_ray). Remote
-    roots use fsspec's configuration (credentials, endpoint), as the pipeline does."""
+    half. `fan_out` computes `knn_files` elsewhere, with its arguments (e.g. over Ray tasks: ray_io.knn_ray).
+    Remote roots use fsspec's configuration (credentials, endpoint), as the pipeline does."""
     t0 = time.perf_counter()
     if not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise QueryError(f"k must be a whole number between 1 and {MAX_K} (got {k!r})")
@@ -280,39 +244,75 @@ def compute_neighbors(root: str, run: str | None = None, model_version: str | No
         if not targets:
             return NeighborsResult(runs=[], model_version=model_version, queries=0, corpus=0, k=0, metric=metric,
                                    backend=backend, parts=[], seconds=time.perf_counter() - t0)
-        corpus = load_version(store, listing.embeddings[model_version])
-        mine = np.nonzero(np.isin(corpus.run_id, targets))[0]
-        idx, dist = (fan_out or knn)(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
-                                     corpus_block=corpus_block, backend=backend)
-        parts = write_parts(lock, listing.snapshot, commit_id, corpus, mine, idx, dist, metric, model_version,
-                            targets, rows_per_part)
-    return NeighborsResult(runs=targets, model_version=model_version, queries=len(mine), corpus=len(corpus.sha256),
-                           k=idx.shape[1], metric=metric, backend=f"{backend}{'+fan-out' if fan_out else ''}",
+        files = listing.embeddings[model_version]
+        corpus = VersionFiles(store.root, tuple(files))
+        writer = PartWriter(lock, commit_id, model_version, metric, rows_per_part)
+        queries = seen = k_out = 0
+        try:
+            for sha, runs, vectors in query_chunks(store, listing.snapshot, files, targets, QUERY_CHUNK):
+                top, seen = (fan_out or knn_files)(vectors, sha, corpus, k, metric, backend=backend,
+                                                   block_rows=block_rows, corpus_block=corpus_block)
+                k_out = max(0, min(k, seen - 1))  # every query's own row is in the corpus
+                writer.add(sha, runs, top.sha[:, :k_out], top.dist[:, :k_out])
+                queries += len(sha)
+                lock.check()
+            parts = writer.commit(listing.snapshot, targets)
+        except BaseException:
+            writer.abort()
+            raise
+    corpus_rows = seen if queries else sum(_rows(store, f) for f in files)
+    return NeighborsResult(runs=targets, model_version=model_version, queries=queries, corpus=corpus_rows,
+                           k=k_out, metric=metric, backend=f"{backend}{'+fan-out' if fan_out else ''}",
                            parts=[lock.store.uri(rel) for rel in parts], seconds=time.perf_counter() - t0)
 
 
-def write_parts(lock: RootLock, snap: catalog.Snapshot, commit_id: str, corpus: VersionRows, mine: np.ndarray,
-                idx: np.ndarray, dist: np.ndarray, metric: str, version: str, targets: list[str],
-                rows_per_part: int) -> list[str]:
-    """Write the neighbours of `targets` as ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet
-    (invisible until committed), carry over the other runs' rows of any earlier file that also held a target's
-    rows, then publish commits/W.json superseding the targets' earlier files. Deletes only what it wrote, and
-    only when it fails before committing. Returns the relative paths of the new parts of `targets`."""
-    store = lock.store
-    per = max(1, rows_per_part // max(1, idx.shape[1]))  # queries per part
-    added: dict[str, dict] = {}
-    try:
-        for run in targets:
-            rows = np.nonzero(corpus.run_id[mine] == run)[0]
-            folder = f"neighbors/model_version={version}/run={run}/commit={commit_id}"
-            for n, s in enumerate(range(0, len(rows), per)):
-                sel = rows[s:s + per]
-                rel = f"{folder}/part-{n:06d}.parquet"
-                store.write_parquet(rel, neighbors_table(corpus.sha256[mine][sel], idx[sel], dist[sel],
-                                                         corpus.sha256, metric, version, run))
-                added[rel] = {"rows": int(len(sel) * idx.shape[1]), "runs": [run]}
-            lock.check()
-        parts = list(added)
+def _rows(store: Store, rel: str) -> int:
+    with store.open(rel) as fh:
+        return pq.ParquetFile(fh).metadata.num_rows
+
+
+class PartWriter:
+    """Writes neighbours as ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet (invisible until
+    committed), `rows_per_part` rows a part, as chunks of queries arrive; then one commit record. Deletes only
+    what it wrote, and only when the job fails before committing (abort)."""
+
+    def __init__(self, lock: RootLock, commit_id: str, version: str, metric: str, rows_per_part: int) -> None:
+        self.lock, self.commit_id, self.version, self.metric = lock, commit_id, version, metric
+        self.rows_per_part = rows_per_part
+        self.pending: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        self.parts: dict[str, int] = {}
+        self.added: dict[str, dict] = {}
+
+    def add(self, query_sha: np.ndarray, runs: np.ndarray, neighbor_sha: np.ndarray, dist: np.ndarray) -> None:
+        per = max(1, self.rows_per_part // max(1, neighbor_sha.shape[1]))  # queries per part
+        for run in sorted(set(runs.tolist())):
+            sel = np.nonzero(runs == run)[0]
+            self.pending.setdefault(run, []).append((query_sha[sel], neighbor_sha[sel], dist[sel]))
+            while sum(len(p[0]) for p in self.pending.get(run, [])) >= per:
+                self._flush(run, per)
+
+    def _flush(self, run: str, per: int | None) -> None:
+        held = self.pending.pop(run, [])
+        if not held:
+            return
+        q, nb, d = (np.concatenate([h[i] for h in held]) for i in range(3))
+        cut = len(q) if per is None else per
+        if len(q) > cut:
+            self.pending[run] = [(q[cut:], nb[cut:], d[cut:])]
+        n = self.parts.get(run, 0)
+        self.parts[run] = n + 1
+        rel = f"neighbors/model_version={self.version}/run={run}/commit={self.commit_id}/part-{n:06d}.parquet"
+        self.lock.store.write_parquet(rel, neighbors_table(q[:cut], nb[:cut], d[:cut], self.metric, self.version, run))
+        self.added[rel] = {"rows": int(cut * nb.shape[1]), "runs": [run]}
+
+    def commit(self, snap: catalog.Snapshot, targets: list[str]) -> list[str]:
+        """Write what is pending, carry over the other runs' rows of any earlier file that also held a target's
+        rows, then publish commits/W.json superseding the targets' earlier files. Returns the new parts of
+        `targets`."""
+        for run in list(self.pending):
+            self._flush(run, None)
+        parts = list(self.added)
+        store, version = self.lock.store, self.version
         removed = []
         for n, rel in enumerate(f for f in snap.table_files("neighbors", version)
                                 if set(snap.runs_in(f)) & set(targets)):
@@ -321,15 +321,15 @@ def write_parts(lock: RootLock, snap: catalog.Snapshot, commit_id: str, corpus: 
             if others:  # a compacted file holding other runs' neighbours too: they stay visible
                 old = store.read_parquet(rel)
                 kept = old.filter(pc.invert(pc.is_in(old.column("run_id"), value_set=pa.array(targets, pa.string()))))
-                carried = f"neighbors/model_version={version}/commit={commit_id}/part-kept-{n:06d}.parquet"
+                carried = f"neighbors/model_version={version}/commit={self.commit_id}/part-kept-{n:06d}.parquet"
                 store.write_parquet(carried, kept)
-                added[carried] = {"rows": kept.num_rows, "runs": others}
-        if added or removed:
-            lock.check(commit=True)
+                self.added[carried] = {"rows": kept.num_rows, "runs": others}
+        if self.added or removed:
+            self.lock.check(commit=True)
             catalog.kill_point("neighbors-commit")
-            catalog.write_commit(store, commit_id, "neighbors", added, removed)
-    except BaseException:
-        for rel in added:
-            store.remove(rel)
-        raise
-    return parts
+            catalog.write_commit(store, self.commit_id, "neighbors", self.added, removed)
+        return parts
+
+    def abort(self) -> None:
+        for rel in self.added:
+            self.lock.store.remove(rel)

@@ -21,15 +21,17 @@ import warnings
 from collections import deque
 from typing import Any, Callable, Iterator
 
-from embedlib.config import TASK_RETRIES
+from embedlib.config import EXTRA_PROTOCOLS_ENV, TASK_RETRIES
 
 log = logging.getLogger(__name__)
 
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address` / RAY_ADDRESS when given, else start a local Ray sized to this machine. Ray's own
-    chatter (worker start-up, deprecations, per-operator progress) is kept out of the job's output."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Connect to `address` / RAY_ADDRESS when given, else start a local Ray sized to this machine, with its
+    dashboard when `dashboard` (Ray Train needs it: see below; the files jobs and kNN do without it, which
+    halves a local Ray's start-up CPU and its CPU per task: bench/ray_overhead.py). Ray's own chatter (worker
+    start-up, deprecations, per-operator progress) is kept out of the job's output."""
     import ray
 
     if ray.is_initialized():
@@ -47,8 +49,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # WARNING for the driver and every worker of the job (Ray Train logs each report at INFO); what the job's
     # code prints still reaches the driver.
     common = {"log_to_driver": True, "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="WARNING")}
+    # Storage protocols registered through the environment reach a remote cluster's workers too (a local
+    # cluster's workers inherit this process's environment).
+    extra = {EXTRA_PROTOCOLS_ENV: os.environ[EXTRA_PROTOCOLS_ENV]} if os.environ.get(EXTRA_PROTOCOLS_ENV) else {}
     if address:
-        ray.init(address=address, **common)
+        ray.init(address=address, **({"runtime_env": {"env_vars": extra}} if extra else {}), **common)
     else:
         # The dashboard serves the State API that Ray Train's placement-group cleaner polls: without it, that
         # actor warns every few seconds. Bound to loopback: nothing outside this machine reaches it. The cleaner
@@ -59,8 +64,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         port = _free_port()
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
         try:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=True, dashboard_host="127.0.0.1",
-                     runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}}, **common)
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                     runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}", **extra}}, **common)
         finally:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
     if on_sigterm is not None:
@@ -113,7 +118,19 @@ def map_tasks(fn: Callable, argsets: list[tuple]) -> Iterator[Any]:
 
 from embedlib.ray_io.files import ACTOR_ATTEMPTS, EmbedActor, GpuUnavailable, RayExecutor, executor_factory  # noqa: E402
 from embedlib.ray_io.knn import knn_ray  # noqa: E402
-from embedlib.ray_io.train import block_map, ray_block_map, train_with_ray  # noqa: E402
+
+_TRAINING = ("block_map", "ray_block_map", "train_with_ray")
+
+
+def __getattr__(name: str):
+    """The training entry points, imported at first use: they import torch (about 2 s of CPU and 450 MB of
+    RSS), which a files job's driver never needs (its workers load the model themselves)."""
+    if name in _TRAINING:
+        from embedlib.ray_io import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ACTOR_ATTEMPTS", "EmbedActor", "GpuUnavailable", "RayExecutor", "TASK_RETRIES", "block_map",
            "cluster_cpus", "cluster_gpus", "executor_factory", "init_ray", "knn_ray", "map_tasks",

@@ -166,11 +166,12 @@ class EmbedActor:
         return tasks.store_written(root, run_id, task, target, *loaded, embed=self.embedder.embed_views)
 
 
-def executor_factory(cfg: Config, address: str | None = None) -> Callable[[], RayExecutor]:
-    """What the jobs hand to the pipeline: Ray starts only once every input has been checked."""
+def executor_factory(cfg: Config, address: str | None = None, dashboard: bool = False) -> Callable[[], RayExecutor]:
+    """What the jobs hand to the pipeline: Ray starts only once every input has been checked (a local one
+    without its dashboard unless `dashboard`: a process that trains on the same Ray later needs it)."""
 
     def start() -> RayExecutor:
-        init_ray(address)
+        init_ray(address, dashboard=dashboard)
         return RayExecutor(cfg)
 
     return start

@@ -35,7 +35,7 @@ def block_map(address: str | None = None) -> Callable[..., Iterator[Any]]:
     training that is refused before it reads the corpus never starts Ray."""
 
     def mapped(fn: Callable, corpus, *args) -> Iterator[Any]:
-        init_ray(address)
+        init_ray(address, dashboard=True)  # Ray Train's placement-group cleaner polls the dashboard
         return ray_block_map(fn, corpus, *args)
 
     return mapped
@@ -91,7 +91,7 @@ def train_with_ray(cfg: Config, corpus, probe, document_frequency, storage: str,
     from ray.train.torch import TorchTrainer
 
 
-    init_ray()  # a no-op when the job's block map already started or joined Ray
+    init_ray(dashboard=True)  # a no-op when the job's block map already started or joined Ray
 
     trainer = TorchTrainer(
         train_loop_per_worker=ray_worker,
