@@ -20,6 +20,8 @@ def test_demo_runs_twice_and_shows_neighbours_families_errors_and_pictures(tmp_p
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         out = proc.stdout
         assert "Traceback" not in proc.stderr
+        # Ray Train's PreemptionWatcher logs an ERROR at creation (ray#53727): off on one machine, never shown
+        assert "PreemptionWatcher" not in proc.stderr + out
         for expected in ("[1/6] corpus", "BN health", "nearest to /usr/bin/[", "families (largest 15)",
                          "not embedded, by reason", "[6/6] pictures", "done in", "[4/6] neighbors",
                          "shared", f"embedlib serve --root {tmp_path / 'demo' / 'embeddings'}",

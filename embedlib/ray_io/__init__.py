@@ -63,9 +63,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
 
         port = _free_port()
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        # Ray Train v2 starts a PreemptionWatcher actor per worker group, whose creation logs an ERROR line
+        # (ray-project/ray#53727) into the job's output; one machine has no node to preempt, so it is off here
+        # (a cluster keeps Ray's default).
+        local_env = {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
         try:
             ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                     runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}", **extra}}, **common)
+                     runtime_env={"env_vars": {**local_env, **extra}}, **common)
         finally:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
     if on_sigterm is not None:
