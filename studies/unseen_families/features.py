@@ -5,7 +5,7 @@ TLSH, and the CPU cost of each view; never in CI, never in git (outputs under /w
       [--workers 2] [--shard 500] [--limit N]
 
 One record per readable manifest row (the first input.max_bytes = 16 MiB, as the product reads), in shards
-(OUT/shard-NNNNN.npz; a rerun skips finished shards). Ragged arrays are stored concatenated with counts
+(OUT/shard-<tag>-NNNNN.npz; a rerun does only the files no shard has yet). Ragged arrays are stored concatenated with counts
 (<key>_n). Kept per file:
 
   meta    path, family, sha256, size, name (basename), format, arch
@@ -171,15 +171,23 @@ def read_manifest(path: str) -> list[tuple[str, str]]:
     return [(p if os.path.isabs(p) else os.path.join(base, p), f or "") for p, f in zip(t.column("path").to_pylist(), fam)]
 
 
+def done_paths(out: str) -> set[str]:
+    got: set[str] = set()
+    for p in glob.glob(os.path.join(out, "shard-*.npz")):
+        got.update(np.load(p)["path"].tolist())
+    return got
+
+
 def build(manifest: str, out: str, workers: int, shard: int, limit: int | None) -> None:
-    files = sorted(read_manifest(manifest))[: limit or None]
+    """Files of `manifest` not in any shard of `out` yet, in new shards (shard-<tag>-NNNNN.npz): a cache can
+    grow with a corpus that is still being built, and the harness relabels rows from the final manifest."""
     os.makedirs(out, exist_ok=True)
-    jobs = []
-    for i in range(0, len(files), shard):
-        dst = os.path.join(out, f"shard-{i // shard:05d}.npz")
-        if not os.path.exists(dst):
-            jobs.append((files[i : i + shard], dst))
-    print(f"{len(files)} files, {len(jobs)} shards to do", flush=True)
+    done = done_paths(out)
+    files = [f for f in sorted(read_manifest(manifest)) if f[0] not in done][: limit or None]
+    tag = time.strftime("%Y%m%d%H%M%S")
+    jobs = [(files[i : i + shard], os.path.join(out, f"shard-{tag}-{i // shard:05d}.npz"))
+            for i in range(0, len(files), shard)]
+    print(f"{len(files)} new files, {len(jobs)} shards to do", flush=True)
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for n, dst in enumerate(pool.map(_shard, jobs), 1):
