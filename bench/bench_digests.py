@@ -3,7 +3,7 @@
   .venv/bin/python bench/bench_digests.py --files 300 --max-bytes 16777216
 
 Per-file times are CPU seconds (time.process_time) of one digest from bytes already in memory, so other
-load on the machine inflates them less than wall time. The pairwise part compares embedlib.digests'
+load on the machine inflates them less than wall time. The pairwise part compares embedlib.eval.digests'
 exact ssdeep matrix with ppdeep.compare on a sample of pairs, extrapolated to all pairs.
 """
 
@@ -19,8 +19,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from embedlib import digests  # noqa: E402
-from embedlib.corpus import system_executables, top_families  # noqa: E402
+from embedlib.eval import digests  # noqa: E402
+from embedlib.views import digests as file_digests  # noqa: E402
+from embedlib.files.corpus import system_executables, top_families  # noqa: E402
 
 
 def describe(name: str, seconds: list[float], total_mb: float) -> str:
@@ -52,7 +53,7 @@ def main() -> None:
     hashes: dict[str, list] = {"tlsh": [], "ssdeep": []}
     times: dict[str, list[float]] = {"tlsh": [], "ssdeep": []}
     for data in datas:
-        r = digests.timed_compute(data)
+        r = file_digests.timed_compute(data)
         for name in hashes:
             hashes[name].append(r[name])
             times[name].append(r[f"{name}_cpu_s"])

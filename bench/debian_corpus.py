@@ -9,7 +9,7 @@
 
 For every package x architecture: `apt-get download PKG:ARCH` into OUTPUT/debs, `dpkg -x` into
 OUTPUT/tree/ARCH/PKG (ARCH = 'all' for architecture-independent packages), then everything but regular ELF,
-PE and Mach-O files (by magic, embedlib.sources.sniff_format) is deleted from the tree and the survivors are
+PE and Mach-O files (by magic, embedlib.files.sources.sniff_format) is deleted from the tree and the survivors are
 listed in TREE/.index.json (size, sha256, format, machine). Explicit --packages / --extra-packages /
 --packages-file give families = binary package by default (the seed's setting: libc6, libc6-dbg,
 postgresql-15 on bookworm's nine architectures, about 5,000 files in 3 families).
@@ -58,9 +58,9 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import debian_packages as dp  # noqa: E402
 
-from embedlib.corpus import write_manifest  # noqa: E402
-from embedlib.inputs import InputFile  # noqa: E402
-from embedlib.sources import SNIFF_BYTES, sniff_format  # noqa: E402
+from embedlib.files.corpus import write_manifest  # noqa: E402
+from embedlib.files.inputs import InputFile  # noqa: E402
+from embedlib.files.sources import SNIFF_BYTES, sniff_format  # noqa: E402
 
 BOOKWORM_ARCHS = ("amd64", "arm64", "armel", "armhf", "i386", "mips64el", "mipsel", "ppc64el", "s390x")
 DEFAULT_PACKAGES = ("libc6", "libc6-dbg", "postgresql-15")

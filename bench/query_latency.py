@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from embedlib.query import connect, hnsw  # noqa: E402
-from embedlib.query.connect import sql_text  # noqa: E402
+from embedlib.sql import sql_text  # noqa: E402
 from embedlib.query.neighbors import knn  # noqa: E402
 
 DIM, CLUSTERS, RUN, VERSION = 128, 1000, "20261125T000000Z-bench0", "bench-v1"

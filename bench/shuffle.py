@@ -7,7 +7,7 @@ BatchNorm's batch statistics need batches of many families (ARCHITECTURE.md pitf
 in blocks of nearby paths, often one family each. Compared on the same samples table:
   in order          blocks as stored, no shuffle (a naive streaming reader)
   blocks only       the epoch's block permutation, batches cut from each block in turn (buffer = one batch)
-  buffer N          embedlib.dataset: block permutation + a shuffle buffer of N rows per worker (the product)
+  buffer N          embedlib.train.dataset: block permutation + a shuffle buffer of N rows per worker (the product)
   global            every training row permuted in memory (the reference for mixing)
   ray data          the first release's Ray Data random_shuffle + repartition (two all-to-all shuffles)
 Per method: distinct families per batch (mean), share of single-family batches, seconds to produce one
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from embedlib import dataset  # noqa: E402
+from embedlib.train import dataset  # noqa: E402
 from embedlib.config import load  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def main() -> None:
         import ray
 
         from embedlib import ray_io
-        from embedlib.pipeline.store import Store
+        from embedlib.root.store import Store
 
         ray_io.init_ray()
         store = Store(args.samples)

@@ -14,7 +14,23 @@ from typing import Any, Literal
 from embedlib.errors import UserError
 
 NormKind = Literal["batch", "batch-cumulative", "group", "none"]
+# Every view embedlib.views computes (its settings are ViewsConfig; what each is: embedlib/views/__init__.py)
+KNOWN_VIEWS: tuple[str, ...] = ("image", "strings", "idents", "bytehist", "tokens")
 NORM_KINDS: tuple[str, ...] = ("batch", "batch-cumulative", "group", "none")
+
+
+# ---- operational constants -----------------------------------------------------------------------------------
+# Not settings a user tunes per run: how the jobs behave operationally, with the reason for each value.
+
+DUCKDB_MEMORY = "512MB"  # the planning steps (match, plan, reconcile) spill to disk beyond this: flat at any scale
+TASK_RETRIES = 3  # Ray retries a task after a lost worker or an error: every task is idempotent (deterministic names)
+ACTOR_ATTEMPTS = 3  # actors a chunk may lose (and deaths in a row per actor) before plain CPU tasks take over
+COORDINATOR_START_S = 300.0  # Ray Train's autoscaling coordinator may take this long to start (30 s seen under load)
+LEASE_SECONDS = 600.0  # a root's lease holder silent this long is taken over (its own heartbeat gives up earlier)
+HEARTBEAT_SECONDS = 30.0  # how often the lease holder renews
+COMPACT_TARGET_MB = 128  # compacted files aim at this size: few files per query, small enough to stream
+COMPACT_ROW_GROUP_MB = 8  # DuckDB scans a Parquet file's row groups in parallel: several per file keep cores busy
+COMPACT_GRACE_SECONDS = 24 * 3600  # superseded files stay readable this long: longer than any query
 
 
 @dataclass(frozen=True)
@@ -40,7 +56,7 @@ class ViewsConfig:
     """Which fixed-shape views of a file the model sees (embedlib.views) and their settings. Like the raster
     settings, these change every input: they are part of the model's identity."""
 
-    # the measured recipe (bench/RETRIEVAL.md): printable strings, identifier names and the words inside both;
+    # the measured recipe (studies/retrieval/RETRIEVAL.md): printable strings, identifier names and the words inside both;
     # "image" is the byteplot
     names: tuple[str, ...] = ("strings", "idents", "tokens")
     buckets: int = 4096  # hash buckets of the strings and idents sketches (a power of two)
@@ -82,13 +98,13 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     seed: int = 0
     min_family_size: int = 2  # families with fewer training files are not classes (still embedded)
-    holdout_fraction: float = 0.2  # by sha256 hash: deterministic held-out split (embedlib.split)
+    holdout_fraction: float = 0.2  # by sha256 hash: deterministic held-out split (embedlib.train.split)
     max_failures: int = 3  # Ray Train restarts from the last checkpoint this many times
     precise_bn: bool = True  # recompute BN statistics over the corpus before saving
     precise_bn_max_samples: int = 50_000  # a uniform sample (by sha256 hash) of the training files
     probe_samples: int = 1024  # training files used for the BN health report (by hash, ~this many)
     shuffle_buffer: int = 50_000  # rows each worker shuffles at once (full shuffle when its share fits)
-    loss: str = "cosface"  # softmax | cosface | supcon | cosface+supcon (embedlib.train_loop.retrieval_loss)
+    loss: str = "cosface"  # softmax | cosface | supcon | cosface+supcon (embedlib.train.loop.retrieval_loss)
     margin: float = 0.2  # CosFace additive cosine margin
     supcon_temperature: float = 0.1
     supcon_weight: float = 1.0  # weight of the supcon term in cosface+supcon
@@ -96,12 +112,12 @@ class TrainConfig:
     pk_families: int = 32
     pk_files: int = 4
     schedule: str = "onecycle"  # learning rate: onecycle (warm up, then anneal to 0) | constant
-    unseen_family_fraction: float = 0.0  # families (by name hash, embedlib.split) kept out of training
+    unseen_family_fraction: float = 0.0  # families (by name hash, embedlib.train.split) kept out of training
 
 
 @dataclass(frozen=True)
 class HealthConfig:
-    """When a checkpoint's eval mode is said to betray training (embedlib.health.verdict): running statistics
+    """When a checkpoint's eval mode is said to betray training (embedlib.train.health.verdict): running statistics
     far from the training data's, or eval mode materially worse than train mode on training files."""
 
     max_mean_shift_std: float = 0.5  # running mean vs the training data's, in the data's standard deviations
@@ -119,6 +135,7 @@ class EmbedConfig:
     # "auto": GPU actors if the cluster has GPUs when the job starts; "true": always ask for a GPU per actor
     # (an autoscaler then starts GPU nodes, even from zero); "false": CPU actors.
     use_gpu: str = "auto"
+    gpu_wait_seconds: float = 600.0  # how long GPU actors may wait to be placed (an autoscaler adding GPU nodes)
     allow_unhealthy_model: bool = False  # refuse checkpoints whose BN health check failed unless set
 
 
@@ -216,8 +233,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"raster.size must be a multiple of 16 (four 2x poolings), got {cfg.raster.size}")
     if cfg.input.max_bytes <= 0 or cfg.input.max_hash_bytes < cfg.input.max_bytes:
         raise ConfigError("input.max_bytes must be positive and not above input.max_hash_bytes")
-    from embedlib.views import KNOWN_VIEWS  # views imports config: import here, not at module level
-
     unknown_views = set(cfg.views.names) - set(KNOWN_VIEWS)
     if unknown_views or not cfg.views.names or len(set(cfg.views.names)) != len(cfg.views.names):
         raise ConfigError(f"views.names must be distinct names from {KNOWN_VIEWS}, got {cfg.views.names!r}")

@@ -1,4 +1,4 @@
-"""The main job on the embedded default: this machine's executables -> trained CNN -> embeddings -> DuckDB.
+"""The main job on the embedded default: this machine's executables -> trained model -> embeddings -> DuckDB.
 
 Every step is the product's own library call, the same ones the jobs make; a newcomer sees what each step
 did, and the run ends with what they came for: nearest neighbours, the family table, the error table, and
@@ -18,11 +18,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedlib import corpus, health, pipeline, ray_io, training
+from embedlib import pipeline, ray_io
+
+from embedlib.files import corpus
+
+from embedlib.train import health
+
+from embedlib.train import labels
+
+from embedlib.train import trainer
 from embedlib.config import Config
 from embedlib.errors import UserError
-from embedlib.pipeline import catalog
-from embedlib.pipeline.store import Store
+from embedlib.root import catalog
+from embedlib.root.store import Store
 
 DEFAULT_EXAMPLES = ("/usr/bin/ls", "/usr/bin/python3.11", "/usr/bin/gcc-12")
 
@@ -70,9 +78,12 @@ def run_demo(work: str, cfg: Config, limit: int = 0, examples=DEFAULT_EXAMPLES,
     say("[3/6] train (Ray Train, then precise BN and the BN health check)")
     for stale in (paths.model, paths.ray):  # a fresh model each run: the demo shows training every time
         shutil.rmtree(stale, ignore_errors=True)
-    meta = training.train(paths.corpus, paths.model, cfg,
-                          fit=lambda c, corp, probe, df: ray_io.train_with_ray(c, corp, probe, df, paths.ray, "demo"),
-                          block_map=ray_io.ray_block_map, say=lambda line: say("      " + line))
+    meta = trainer.train(paths.corpus, paths.model, cfg, fit=ray_io.train_with_ray, block_map=ray_io.block_map(),
+                          storage=paths.ray, name="demo", labels=labels.for_training(paths.manifest, paths.corpus, cfg),
+                          say=lambda line: say("      " + line))
+    if not meta["training"]["healthy"]:
+        raise DemoError("the model's training record says it did not really train:\n"
+                        + health.describe_training(meta["training"]))
     if not meta["bn_health"]["healthy"]:
         raise DemoError("the trained model failed its BatchNorm health check even after precise BN:\n"
                         + health.describe(meta["bn_health"]))
@@ -117,10 +128,11 @@ def query_report(paths: DemoPaths, version: str, examples, say: Callable[[str], 
 
 
 def make_pictures(paths: DemoPaths, cfg: Config, version: str, families: int = 6, per_family: int = 6) -> list[str]:
-    """A byteplot gallery of the largest families (the files' raw layout, the CNN's view) and a PCA map of the
+    """A byteplot gallery of the largest families (the files' raw layout, the byteplot view) and a PCA map of the
     embeddings."""
-    from embedlib import plots, raster
-    from embedlib.sources import read_path
+    from embedlib.eval import plots
+    from embedlib.views import raster
+    from embedlib.files.sources import read_path
 
     os.makedirs(paths.pictures, exist_ok=True)
     emb = Store(paths.embeddings)

@@ -1,6 +1,6 @@
 """The only place that defines table columns. Every Parquet file we write is cast to one of these.
 
-An output root accumulates runs (see embedlib/pipeline/catalog.py for the folders):
+An output root accumulates runs (see embedlib/root/catalog.py for the folders):
   embeddings/  one row per (model_version, sha256): the embedding and what analysts filter on
   samples/     one row per (views_version, sha256): the model's input views, what training streams from
   errors/      one row per input path of a run that was not embedded (or sampled), with a status and a reason
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+# 3: `location` (the exact identity of each input, what change detection keys on) and `judged_under`
+# (errors: the setting a refusal depended on). Rows of older versions have neither: see README.
+SCHEMA_VERSION = 3
 
 # Per-path statuses recorded in errors/. Every input path of a run ends up in exactly one of the written
 # table (as its `path`) or errors/.
@@ -32,13 +34,21 @@ ERROR_STATUSES = (
 )
 # Outcomes that the same bytes would repeat: an unchanged path that ended so is not tried again.
 FINAL_ERRORS = (STATUS_EMPTY, STATUS_NOT_A_FILE, STATUS_SYMLINK, STATUS_TOO_LARGE, STATUS_RASTER_ERROR)
+# Outcomes that depend on an input setting (the key of config.InputConfig), not only on the bytes: the row
+# records the value it was judged under (`judged_under`), and a later run under another value judges again.
+SETTING_DEPENDENT = {STATUS_TOO_LARGE: "max_hash_bytes", STATUS_SYMLINK: "follow_symlinks"}
 FORMATS = ("elf", "pe", "macho", "other")
 
 # How one input path is identified and was found: text for people and SQL, exact bytes when the name is not
-# valid UTF-8, and what tells an unchanged file without reading it (size + mtime locally, ETag remotely).
+# valid UTF-8, the exact identity of what was opened, and what tells an unchanged file without reading it
+# (size + mtime locally, ETag remotely).
 _PATH_FIELDS = [
     pa.field("path", pa.string(), nullable=False),
     pa.field("path_raw", pa.binary()),  # the exact name when `path` (UTF-8 with \xNN escapes) cannot hold it
+    # What was opened, exactly: the absolute local path bytes (a manifest's relative path made absolute against
+    # the manifest's folder) or the object URI's UTF-8 bytes. Change detection keys on this, never on `path`:
+    # two files can show the same text. Null for a row that names nothing (an empty manifest cell).
+    pa.field("location", pa.binary()),
     pa.field("size_bytes", pa.int64()),
     pa.field("mtime_ns", pa.int64()),
     pa.field("etag", pa.string()),
@@ -87,6 +97,8 @@ ERRORS = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
         pa.field("sha256", pa.string()),
+        # for a SETTING_DEPENDENT status, the setting it was judged under, e.g. "input.max_hash_bytes=2147483648"
+        pa.field("judged_under", pa.string()),
     ]
     + _RUN_FIELDS,
     metadata=_meta("errors"),
@@ -128,11 +140,14 @@ NEIGHBORS = pa.schema(
 
 # ---- staging between stages (Arrow IPC files under _work/, never Parquet) --------------------------------
 
+# Staging rows carry `target` (what to open); it becomes `location` when a row is written.
+_STAGED_PATH_FIELDS = [f for f in _PATH_FIELDS if f.name != "location"]
+
 # What the listing found: one row per input path, in listing order. `target` is what to open: the exact
 # local path bytes, or a URI's UTF-8 bytes. A row with a status is already an error (e.g. a manifest row
 # with an empty path): it goes to errors/ as it is.
 LISTING = pa.schema(
-    _PATH_FIELDS
+    _STAGED_PATH_FIELDS
     + [
         pa.field("ordinal", pa.int64(), nullable=False),  # position in the listing: the last tie-breaker
         pa.field("target", pa.binary(), nullable=False),
@@ -142,8 +157,8 @@ LISTING = pa.schema(
     ]
 )
 
-# The known state of listed paths from earlier runs (the match step): a path whose size and mtime/etag are
-# unchanged is not read again.
+# The known state of listed paths from earlier runs (the match step, by `location`): a path whose size and
+# mtime/etag are unchanged is not read again.
 KNOWN = pa.schema(
     [
         pa.field("known_size", pa.int64()),
@@ -152,12 +167,13 @@ KNOWN = pa.schema(
         pa.field("known_sha256", pa.string()),
         pa.field("known_status", pa.string()),  # "ok" for a path that was written, else its error status
         pa.field("known_version", pa.string()),  # the model (or views) version of that outcome
+        pa.field("known_judged_under", pa.string()),  # the setting a setting-dependent outcome was judged under
     ]
 )
 
 # After hashing: every listed path whose content is known (read now, or unchanged since an earlier run).
 HASHED = pa.schema(
-    _PATH_FIELDS
+    _STAGED_PATH_FIELDS
     + [
         pa.field("ordinal", pa.int64(), nullable=False),
         pa.field("target", pa.binary(), nullable=False),
@@ -171,7 +187,7 @@ HASHED = pa.schema(
 
 # One content to write (the plan): its representative path (the smallest) and how to open it.
 PLANNED = pa.schema(
-    _PATH_FIELDS
+    _STAGED_PATH_FIELDS
     + [
         pa.field("target", pa.binary(), nullable=False),
         pa.field("remote", pa.bool_(), nullable=False),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import signal
 import sys
 from typing import Callable
 
@@ -35,13 +37,30 @@ def load_config(args: argparse.Namespace, base: config.Config | None = None) -> 
         raise config.ConfigError(f"config file {exc.filename} does not exist") from None
 
 
+def command_line(job: str, argv: list[str] | None) -> str:
+    """How this job was started, as a shell command (recorded so that a parked run names what resumes it)."""
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", "-m", job, *(a for a in args if a != "--abandon-unfinished")])
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _interrupt(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (`ray job stop`, a pod being deleted) interrupts like Ctrl-C: the root's lease is released."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Run a job's main; a UserError becomes one line on stderr and its exit code, never a traceback."""
+    """Run a job's main; a UserError becomes one line on stderr and its exit code, never a traceback. SIGTERM
+    (`ray job stop`, a pod being deleted) interrupts like Ctrl-C: the root's lease is released, exit 130."""
     setup_logging()
+    interrupt_on_sigterm()
     try:
         main(argv)
     except UserError as exc:

@@ -23,7 +23,7 @@ import argparse
 
 from embedlib import config as config_mod
 from embedlib.config import NORM_KINDS, Config
-from embedlib.study_run import DEFAULT_OUTPUT, run
+from embedlib.study.run import DEFAULT_OUTPUT, run
 
 from jobs._common import run_cli
 

@@ -1,4 +1,4 @@
-"""The main job on the embedded default: this machine's executables -> trained CNN -> embeddings -> DuckDB.
+"""The main job on the embedded default: this machine's executables -> trained model -> embeddings -> DuckDB.
 
   python -m jobs.demo                 # everything under runs/demo: local Ray, local Parquet, a DuckDB file
   python -m jobs.demo --limit 300     # a quicker, smaller run

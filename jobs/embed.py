@@ -5,9 +5,11 @@
 
 Each run embeds only contents not yet embedded with this model in OUTPUT (unchanged files are not even
 re-read), writes OUTPUT/embeddings/model_version=V/run=R/, OUTPUT/errors/run=R/ and a summary row in
-OUTPUT/runs/. A killed run is finished by running the same command again. A second run started while one is
-in progress exits with code 75. Refuses a checkpoint whose BatchNorm health check failed unless
---allow-unhealthy-model.
+OUTPUT/runs/. A killed run is finished by running the same command again; an unfinished run of another input
+is parked (one line names the command that resumes it) and does not block this one. A second run started
+while one is in progress exits with code 75, as does a run that lost the root's lease (rerun it later).
+Refuses a checkpoint whose training record (epochs that ran no step or skipped training rows) or BatchNorm
+health check failed unless --allow-unhealthy-model.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from embedlib import checkpoint, pipeline
+from embedlib import pipeline
+
+from embedlib.model import checkpoint
 from embedlib.config import Config
 
-from jobs._common import add_config_args, executor_for, load_config, run_cli
+from jobs._common import add_config_args, command_line, executor_for, load_config, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--glob", action="store_true", help="take --input as a glob pattern (e.g. '/data/**/*.exe')")
     parser.add_argument("--output", required=True, help="output root (local or s3://...): runs accumulate there")
     parser.add_argument("--allow-unhealthy-model", action="store_true",
-                        help="embed even if the checkpoint failed its BatchNorm health check")
+                        help="embed even if the checkpoint failed its health check (training record, BatchNorm)")
     parser.add_argument("--abandon-unfinished", action="store_true",
-                        help="delete the partial output of an interrupted run of ANOTHER job in --output")
+                        help="delete the partial output of unfinished runs of OTHER jobs or inputs in --output "
+                             "(by default they are parked: left for their own command to resume)")
     parser.add_argument("--neighbors", type=int, default=0, metavar="K",
                         help="then store the K nearest rows of every file each run embedded (as jobs.neighbors)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -48,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     summaries = pipeline.embed_files(args.model, args.input, args.output, cfg, glob=args.glob,
                                      executor=executor_for(args, cfg),
                                      progress=not args.no_progress, abandon_unfinished=args.abandon_unfinished,
-                                     allow_unhealthy=args.allow_unhealthy_model)
+                                     allow_unhealthy=args.allow_unhealthy_model,
+                                     command=command_line("jobs.embed", argv))
     for summary in summaries:
         print(summary.describe("embedded"))
         if args.neighbors:

@@ -4,7 +4,7 @@
       --output runs/eval
   python -m jobs.evaluate --labels manifest.csv --embeddings runs/emb          # one variant named "embedding"
 
-Protocol (embedlib.retrieval): families whose name hashes below --unseen-fraction were never trained on (their
+Protocol (embedlib.eval.retrieval): families whose name hashes below --unseen-fraction were never trained on (their
 files are the "unseen" queries); in the other families, files whose sha256 hashes below --holdout-fraction are
 the "known" queries; the gallery is every labelled file that every variant embedded. Both fractions default
 to the --model checkpoint's training settings (train.unseen_family_fraction, train.holdout_fraction), else 0.2.
@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from embedlib import evaluation, retrieval
+from embedlib.eval import evaluation
+
+from embedlib.eval import retrieval
 from embedlib.config import InputConfig
 
 from jobs._common import setup_logging

@@ -12,7 +12,7 @@ import argparse
 
 from embedlib import pipeline
 
-from jobs._common import add_config_args, executor_for, load_config, run_cli
+from jobs._common import add_config_args, command_line, executor_for, load_config, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,14 +21,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--glob", action="store_true", help="take --input as a glob pattern")
     parser.add_argument("--output", required=True, help="output root (local or s3://...)")
     parser.add_argument("--abandon-unfinished", action="store_true",
-                        help="delete the partial output of an interrupted run of ANOTHER job in --output")
+                        help="delete the partial output of unfinished runs of OTHER jobs or inputs in --output "
+                             "(by default they are parked: left for their own command to resume)")
     parser.add_argument("--no-progress", action="store_true")
     add_config_args(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args)
     summaries = pipeline.rasterize_files(args.input, args.output, cfg, glob=args.glob,
                                          executor=executor_for(args, cfg),
-                                         progress=not args.no_progress, abandon_unfinished=args.abandon_unfinished)
+                                         progress=not args.no_progress, abandon_unfinished=args.abandon_unfinished,
+                                         command=command_line("jobs.rasterize", argv))
     for summary in summaries:
         print(summary.describe("rasterized"))
 

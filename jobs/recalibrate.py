@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 
-from embedlib import checkpoint, pipeline, ray_io, training
+from embedlib import pipeline, ray_io
+
+from embedlib.model import checkpoint
+
+from embedlib.train import trainer
 
 from jobs._common import add_config_args, load_config, run_cli
 
@@ -35,8 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         for summary in pipeline.rasterize_files(args.input, samples, cfg,
                                                 executor=ray_io.executor_factory(cfg, args.ray_address)):
             print("rasterize: " + summary.describe("rasterized"))
-    ray_io.init_ray(args.ray_address)
-    training.recalibrate(args.model, samples, args.output, ray_io.ray_block_map, args.max_samples)
+    trainer.recalibrate(args.model, samples, args.output, ray_io.block_map(args.ray_address), args.max_samples)
 
 
 if __name__ == "__main__":

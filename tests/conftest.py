@@ -6,12 +6,13 @@ import contextlib
 import os
 import shutil
 import socket
+import sys
 from collections import defaultdict
 
 import pytest
 
-from embedlib import corpus
-from embedlib.inputs import InputFile
+from embedlib.files import corpus
+from embedlib.files.inputs import InputFile
 
 
 @contextlib.contextmanager
@@ -21,7 +22,7 @@ def moto_s3(bucket: str):
     import fsspec
     from moto.server import ThreadedMotoServer
 
-    from embedlib import sources
+    from embedlib.files import sources
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -48,9 +49,12 @@ def moto_s3(bucket: str):
                 os.environ[k] = v
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """One real local Ray cluster for the whole session (no dashboard: faster start)."""
+    """A real local Ray cluster for the tests of one module, shut down after them: Ray prints its workers' output
+    and the raylet's error reports (the traceback of an actor a test broke on purpose) on this process's stdout
+    and stderr whenever they arrive, so while it runs here no test may read its own captured output (see
+    _no_ray_while_reading_output). A Ray test parses a command's output from a subprocess instead."""
     import ray
 
     from embedlib import ray_io
@@ -60,16 +64,37 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _no_ray_while_reading_output(request):
+    """A test that reads its captured output (capsys, capfd) never runs while this process is a Ray driver:
+    what it parsed could be another test's Ray output. Fails such a test at once instead of letting it flake."""
+    if {"capsys", "capfd"} & set(request.fixturenames):
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            pytest.fail("this test reads its captured output while Ray runs in this process (its workers' output "
+                        "and error reports land there at any time): run the command as a subprocess, or use Ray "
+                        "in another module")
+    yield
+
+
 @pytest.fixture(scope="session")
 def system_files() -> list[InputFile]:
     return corpus.system_executables(["/usr/bin", "/usr/sbin"])
+
+
+def size_of(path: str) -> int | None:
+    """A file's size, or None when it vanished since it was listed (a package being installed meanwhile)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
 
 
 def pick_families(files: list[InputFile], families: int, per_family: int, max_size: int = 400_000) -> list[InputFile]:
     """`per_family` files from each of the `families` largest dpkg families (small files: fast tests)."""
     by_family: dict[str, list[InputFile]] = defaultdict(list)
     for f in files:
-        if f.family and os.path.getsize(f.path) <= max_size:
+        if f.family and (size_of(f.path) or max_size + 1) <= max_size:
             by_family[f.family].append(f)
     ranked = sorted(by_family, key=lambda k: (-len(by_family[k]), k))[:families]
     chosen = [f for fam in ranked for f in by_family[fam][:per_family]]
@@ -108,3 +133,42 @@ def bad_inputs(tmp_path):
     paths["fifo"] = d / "fifo"
     os.mkfifo(paths["fifo"])
     return d, {k: str(v) for k, v in paths.items()}
+
+
+def trained_checkpoint(path: str, cfg, seed: int = 0, rows: int = 64, epochs: int = 2) -> dict:
+    """A small checkpoint that really trained, in this process, on `rows` synthetic files of 2 families (random
+    sketch counts, one family's buckets shifted), with its true training record, precise BN and health report:
+    pipeline and query tests need a model that passes the health gate, not a good one."""
+    import numpy as np
+
+    from embedlib.model import checkpoint
+
+    from embedlib.train import health
+    from embedlib.train.precise_bn import precise_statistics
+    from embedlib.train.loop import batches_of, make_optimizer, new_model, set_seed, train_epoch
+    from embedlib.views import view_specs
+
+    set_seed(seed)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(rows) % 2
+    views = {}
+    for name, (shape, dtype) in view_specs(cfg).items():
+        counts = rng.integers(0, 3, (rows, *shape))
+        counts[labels == 1, ..., : shape[-1] // 2] += 2
+        views[name] = counts.astype(dtype)
+    model = new_model(cfg, 2)
+    optimizer = make_optimizer(model, cfg)
+    batch = 16
+    history = []
+    for epoch in range(epochs):
+        stats = train_epoch(model, batches_of(views, labels, batch, shuffle=True, seed=epoch, drop_last=True),
+                            optimizer, cfg)
+        history.append({"epoch": epoch, "steps": stats["steps"], "samples_all_ranks": stats["samples"],
+                        "loss": stats["loss"], "world": 1, "batch_rows": batch})
+    precise_statistics(model, lambda: (b for b, _ in batches_of(views, labels, batch)))
+    model.eval()
+    probe = list(batches_of(views, labels, batch, shuffle=True, seed=seed, drop_last=True))
+    train_cfg = dict(cfg.to_dict()["train"], epochs=epochs, num_workers=1, batch_size=batch)
+    extra = {"history": history, "train_files": rows, "training": health.training_report(history, rows, train_cfg),
+             "bn_health": health.bn_health(model, probe, cfg.health), "note": "trained on synthetic rows (tests)"}
+    return checkpoint.save(path, model, cfg, ["a", "b"], extra)

@@ -1,8 +1,8 @@
 """A small but realistic output root in the pipeline's layout, with schema.py's columns, written through the
 pipeline's own atomic Store (tests/test_end_to_end.py queries a root that jobs.embed really wrote; this one
 adds what a single real run cannot: several runs, two model versions of different sizes, chosen vectors):
-three finished runs under two model versions, errors, runs rows, a staging folder of an unfinished run and a
-lock file (both must be ignored).
+three finished runs under two model versions, errors, runs rows, and an unfinished run (whole Parquet parts in
+every table, staging files, a lock file, no runs row): readers must not see any of it.
 
   R1  model mv-a (D=6)   30 files of 3 families, errors: empty, duplicate
   R2  model mv-b (D=8)   the same 30 contents re-embedded under mv-b (beta-07 now among gamma), 6 new (two part
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedlib import schema
-from embedlib.pipeline.store import Store
+from embedlib.root.store import Store
 
 RUN1, RUN2, RUN3 = "20261101T010000Z-aaaaaa", "20261102T010000Z-bbbbbb", "20261103T010000Z-cccccc"
 RUN_UNFINISHED = "20261104T010000Z-dddddd"
@@ -71,7 +71,8 @@ def write_root(root: str, dims: dict[str, int] | None = None) -> FixtureRoot:
         return _unit(centers[version][family] + scale * rng.normal(size=dim_of[version]))
 
     def row(name: str, family: str | None, version: str, run: str, vector: np.ndarray, size: int) -> dict:
-        r = {"sha256": sha(name), "path": f"/corpus/{name}", "path_raw": None, "size_bytes": size,
+        r = {"sha256": sha(name), "path": f"/corpus/{name}", "path_raw": None,
+             "location": f"/corpus/{name}".encode(), "size_bytes": size,
              "mtime_ns": 1_700_000_000_000_000_000 + size, "etag": None,
              "format": "pe" if name.endswith(".exe") else "elf", "family": family, "truncated": size > 60_000,
              "tlsh": None, "ssdeep": None, "model_version": version, "run_id": run}
@@ -150,7 +151,22 @@ def write_root(root: str, dims: dict[str, int] | None = None) -> FixtureRoot:
     ], RUN3)
     write_run(RUN3, MV_B, 3, len(r3), 2, 2)
 
-    # An unfinished run: staging files (never *.parquet) and a lock; both must be invisible to the views.
+    # An unfinished run: whole Parquet parts in every table (one content already written by R2, two new ones),
+    # staging files and a lock, but no runs row. None of it may be visible to any reader.
+    ghost = [dict(out.rows[MV_B][sha(names[0][0])], run_id=RUN_UNFINISHED)]
+    ghost += [{**ghost[0], "sha256": sha(f"ghost-{j}"), "path": f"/corpus/ghost-{j}"} for j in range(2)]
+    flat = np.concatenate([vec(MV_B, "alpha") for _ in ghost]).astype(np.float32)
+    cols = {k: [r[k] for r in ghost] for k in ghost[0]}
+    cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim_of[MV_B])
+    store.write_parquet(f"embeddings/model_version={MV_B}/run={RUN_UNFINISHED}/part-000000.parquet",
+                        pa.Table.from_pydict(cols, schema=embeddings_schema(dim_of[MV_B], MV_B)))
+    store.write_parquet(f"errors/run={RUN_UNFINISHED}/part-read-000000.parquet", pa.Table.from_pylist(
+        [{k: None for k in schema.ERRORS.names} | {"path": "/corpus/ghost.bin", "status": "empty", "reason": "0 bytes",
+                                                   "model_version": MV_B, "run_id": RUN_UNFINISHED}],
+        schema=schema.ERRORS))
+    store.write_parquet(f"neighbors/model_version={MV_B}/run={RUN_UNFINISHED}/part-000000.parquet", pa.Table.from_pylist(
+        [{"sha256": sha("ghost-0"), "rank": 1, "neighbor": sha(names[0][0]), "distance": 0.5, "metric": "cosine",
+          "model_version": MV_B, "run_id": RUN_UNFINISHED}], schema=schema.NEIGHBORS))
     store.write_bytes(f"_work/{RUN_UNFINISHED}/run.json", json.dumps({"run_id": RUN_UNFINISHED}).encode())
     store.write_bytes(f"_work/{RUN_UNFINISHED}/plan/000000.arrow", b"staging, never *.parquet")
     store.write_bytes("_lock.json", json.dumps({"run_id": RUN_UNFINISHED}).encode())
@@ -171,7 +187,7 @@ def write_root(root: str, dims: dict[str, int] | None = None) -> FixtureRoot:
 def write_embedded_root(root: str, model_uri: str, paths: list[str]) -> dict[str, np.ndarray]:
     """A one-run root whose rows were embedded by a real checkpoint (for `embedlib similar --file`):
     the runs row records the model, as the pipeline's config does. Returns sha256 -> vector."""
-    from embedlib.embedder import Embedder
+    from embedlib.model.embedder import Embedder
 
     embedder = Embedder(model_uri, device="cpu")
     store = Store(root)
@@ -201,9 +217,9 @@ def tiny_checkpoint(path: str, seed: int = 0) -> str:
     """A real (untrained) checkpoint, small enough to build in a test."""
     import torch
 
-    from embedlib import checkpoint
+    from embedlib.model import checkpoint
     from embedlib.config import Config, from_dict
-    from embedlib.model import build_model
+    from embedlib.model.network import build_model
 
     torch.manual_seed(seed)
     cfg = from_dict({"raster": {"size": 16}, "views": {"names": ["image"]},

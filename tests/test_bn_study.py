@@ -1,4 +1,4 @@
-"""The BatchNorm study (jobs/bn_study.py, embedlib/study.py): pure helpers, and main() at a tiny scale on this
+"""The BatchNorm study (jobs/bn_study.py, embedlib/study/bn.py): pure helpers, and main() at a tiny scale on this
 machine's own executables, checking the property the study exists for: a briefly trained BN network with a
 slow moving average (momentum 0.01) disagrees with itself between train and eval mode, and precise BN (on a
 copy) makes eval mode agree again."""
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from embedlib import study
+from embedlib.study import bn
 from embedlib.config import Config, ModelConfig
-from embedlib.corpus import system_executables, top_families, write_manifest
-from embedlib.model import batch_norms, build_model
-from embedlib.inputs import InputFile
-from embedlib.train_loop import make_optimizer, train_step
+from embedlib.files.corpus import system_executables, top_families, write_manifest
+from embedlib.model.network import batch_norms, build_model
+from embedlib.files.inputs import InputFile
+from embedlib.train.loop import make_optimizer, train_step
 
 # Small roots that still hold three large dpkg families on a Debian machine (libc6-dbg, libc6's gconv
 # modules, postgresql); any machine with 3 families of >= 40 ELF files under them will do.
@@ -28,7 +28,7 @@ PER_FAMILY = 40
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory) -> str:
     files = system_executables([r for r in ROOTS if os.path.isdir(r)])
-    chosen = study.top_view(top_families(files, PER_FAMILY), 3, PER_FAMILY)
+    chosen = bn.top_view(top_families(files, PER_FAMILY), 3, PER_FAMILY)
     if len({f.family for f in chosen}) < 3:
         pytest.skip("this machine has fewer than 3 dpkg families with >= 40 ELF files under the test roots")
     return write_manifest(chosen, str(tmp_path_factory.mktemp("bn") / "manifest.csv"))
@@ -42,23 +42,23 @@ def _rows(path: str) -> list[dict]:
 def test_views_cap_and_rank_families():
     files = [InputFile(f"/x/a{i}", "a") for i in range(10)] + [InputFile(f"/x/b{i}", "b") for i in range(6)] + \
         [InputFile(f"/x/c{i}", "c") for i in range(3)] + [InputFile("/x/none", None)]
-    top = study.top_view(files, 2, per_family=4)
+    top = bn.top_view(files, 2, per_family=4)
     assert sorted({f.family for f in top}) == ["a", "b"] and len(top) == 8
-    assert study.top_view(files, 2, per_family=4) == top  # deterministic
-    assert sorted({f.family for f in study.multi_view(files, 3)}) == ["a", "b", "c"]
-    assert sorted({f.family for f in study.multi_view(files, 6)}) == ["a", "b"]
+    assert bn.top_view(files, 2, per_family=4) == top  # deterministic
+    assert sorted({f.family for f in bn.multi_view(files, 3)}) == ["a", "b", "c"]
+    assert sorted({f.family for f in bn.multi_view(files, 6)}) == ["a", "b"]
 
 
 def test_make_study_data_dedupes_and_drops_conflicts():
     shas = [f"{i:064x}" for i in range(40)] + ["0" * 63 + "1", "f" * 64, "f" * 64]
     fams = ["a" if i % 2 else "b" for i in range(40)] + ["a", "a", "b"]  # sha 1 repeated in its own family;
     images = np.arange(len(shas), dtype=np.uint8)[:, None, None].repeat(4, 1).repeat(4, 2)  # "f"*64 in two
-    data = study.make_study_data("t", shas, fams, images, holdout_fraction=0.25)
+    data = bn.make_study_data("t", shas, fams, images, holdout_fraction=0.25)
     assert data.dropped == {"duplicate": 1, "conflicting_family": 2}
     assert data.families == ["a", "b"]
     assert len(data.train_labels) + len(data.heldout_labels) == 40
     assert 0 < len(data.heldout_labels) < 20
-    again = study.make_study_data("t", shas, fams, images, holdout_fraction=0.25)
+    again = bn.make_study_data("t", shas, fams, images, holdout_fraction=0.25)
     assert np.array_equal(again.heldout_images, data.heldout_images)  # split is a function of sha256
 
 
@@ -72,13 +72,13 @@ def test_precise_copy_leaves_the_trained_model_alone():
     for start in (0, 32):
         train_step(model, images[start:start + 32], labels[start:start + 32], optimizer)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    twin = study.precise_copy(model, images.numpy(), batch_size=10)
+    twin = bn.precise_copy(model, images.numpy(), batch_size=10)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    (_, bn), (_, twin_bn) = batch_norms(model)[0], batch_norms(twin)[0]
+    (_, model_bn), (_, twin_bn) = batch_norms(model)[0], batch_norms(twin)[0]
     x = images.float().unsqueeze(1) / 127.5 - 1.0
     first = twin.encoders["image"].features[0](x)  # the first BN's input is a per-sample function: exact population stats
     assert torch.allclose(twin_bn.running_mean, first.mean(dim=(0, 2, 3)), atol=1e-5)
-    assert not torch.allclose(bn.running_mean, twin_bn.running_mean, atol=1e-3)
+    assert not torch.allclose(model_bn.running_mean, twin_bn.running_mean, atol=1e-3)
 
 
 def test_bn_study_main_tiny_shows_the_seed_gap_and_precise_bn_closes_it(tiny_manifest, tmp_path):
@@ -116,7 +116,7 @@ def test_bn_study_main_tiny_shows_the_seed_gap_and_precise_bn_closes_it(tiny_man
     # No BN layers: precise BN does not apply, and the table says so instead of recomputing.
     for norm in ("group", "none"):
         for seed in seeds:
-            assert by[(norm, seed, "yes")]["note"] == study.NO_BN_NOTE and not by[(norm, seed, "no")]["note"]
+            assert by[(norm, seed, "yes")]["note"] == bn.NO_BN_NOTE and not by[(norm, seed, "no")]["note"]
             assert float(by[(norm, seed, "no")]["top1_agreement"]) == 1.0
     summary = (out / "summary.md").read_text()
     assert "mean±std over 3 seeds" in summary and "## Verdicts" in summary

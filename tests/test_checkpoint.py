@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
-from embedlib import checkpoint
+from embedlib.model import checkpoint
 from embedlib.config import Config, ModelConfig, ViewsConfig
-from embedlib.model import build_model
+from embedlib.model.network import build_model
 
 CFG = Config(views=ViewsConfig(names=("image",)), model=ModelConfig(channels=(4, 8, 8, 8), embedding_dim=8))
 

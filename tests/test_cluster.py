@@ -7,46 +7,56 @@ against the real code:
   * `python -m jobs.X` names a file jobs/X.py, and the job's own argument parser accepts the arguments;
   * --config files exist and, with every --set, load through embedlib.config (unknown keys are errors);
   * the cluster a RayJob brings up can run what its config asks for (GPUs for Ray Train workers and for
-    embedding actors, CPUs left for Ray Data), and GPU worker groups start non-empty (jobs.embed picks
+    embedding actors, CPUs left for Ray tasks), and GPU worker groups start non-empty (jobs.embed picks
     GPU or CPU from the GPUs present when it starts);
   * every RayCluster, RayJob and RayCronJob (and the RayJob templates of the CronJob fallback) is valid
     against KubeRay's own CRD schemas (cluster/kuberay/crds/, see SOURCE.md there), made strict where the
     API server would silently prune an unknown field; names pass KubeRay's length and DNS rules;
   * the nightly embedding writes into one output root every night (incremental), the weekly retrain into a
-    new folder per week; no scheduled run can outlive the interval to the next one; RayJobs delete their
-    clusters; entrypoints write to object storage;
+    new folder per week named from the SCHEDULED time (embedlib.schedule, or the fallback's last-fire.sh,
+    checked against each other), so retries resume; no scheduled run can outlive the interval to the next
+    one, and compaction ends before the next nightly run; RayJobs delete their clusters; entrypoints write
+    to object storage;
+  * every RayJob hands its own name to the driver as EMBEDLIB_LEASE_OWNER (KubeRay's submitter command is
+    replayed through bash with a stand-in `ray`); object-store credentials come from a Secret through
+    envFrom, never from runtimeEnvYAML; the fallback CronJob fails (exit 75) when it skips a night; the
+    RayJob history CronJob deletes only old finished RayJobs;
   * every Ray image, the Dockerfile and the launcher use pyproject's Ray (and torch) pins.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import functools
-import importlib
 import json
-import re
 import os
+import random
+import re
 import shlex
+import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
-from unittest import mock
 
 import pytest
 import yaml
 
 from embedlib import config as embedlib_config
+from shell_commands import Command, job_commands, parse_with_job_parser
+from embedlib.schedule import last_fire_time, next_fire_time
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 CONFIGS = CLUSTER / "configs"
 IMAGE_CONFIG_DIR = "/opt/embedlib/configs"  # where cluster/Dockerfile puts cluster/configs/
 OBJECT_STORE = ("s3://", "gs://")
-URI_FLAGS = ("--input", "--output", "--model", "--workdir", "--samples")
-RUN_VARYING = ("$(date", "__RUN_DATE__", "__RUN_WEEK__")  # what makes a scheduled run's paths its own
+URI_FLAGS = ("--input", "--output", "--model", "--workdir", "--samples", "--root")
+# What makes a scheduled run's paths its own: its SCHEDULED time (never `$(date ...)`, the submission time).
+RUN_VARYING = ("$(python -m embedlib.schedule ", "__RUN_DATE__", "__RUN_WEEK__")
 RAY_KINDS = {"RayCluster", "RayJob", "RayCronJob"}
 
 CRDS = CLUSTER / "kuberay" / "crds"  # KubeRay's CRD schemas for the release the manifests target (SOURCE.md)
@@ -84,6 +94,9 @@ PYTHON_TAG = "py" + re.search(r"(\d+)\.(\d+)", _pyproject()["project"]["requires
 
 # -- the YAML under cluster/ ------------------------------------------------------------------------------
 
+NOT_K8S = ("launcher", "helm")  # cluster/ folders whose YAML is not Kubernetes objects (ray up, Helm values)
+
+
 def yaml_files() -> list[Path]:
     return sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yaml", ".yml"))
 
@@ -96,7 +109,7 @@ def k8s_documents() -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, document) of every Kubernetes object under cluster/, including RayJob templates kept in
     ConfigMaps (the CronJob fallback creates RayJobs from those)."""
     for path in yaml_files():
-        if "launcher" in path.parts:
+        if set(NOT_K8S) & set(path.parts):
             continue
         for i, doc in enumerate(load_documents(path)):
             where = f"{path.relative_to(REPO)}[{i}] {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
@@ -158,38 +171,6 @@ def pod_templates(cluster_spec: dict[str, Any]) -> Iterator[tuple[str, dict[str,
 
 # -- commands: `python -m jobs.X ...` ---------------------------------------------------------------------
 
-SHELL_OPERATORS = {";", "&&", "||", "|", "&"}
-
-
-@dataclass
-class Command:
-    module: str
-    argv: list[str]
-
-    def values(self, flag: str) -> list[str]:
-        return [self.argv[i + 1] for i, a in enumerate(self.argv[:-1]) if a == flag]
-
-    @property
-    def overrides(self) -> list[str]:
-        return self.values("--set")
-
-
-def job_commands(text: str) -> list[Command]:
-    """Every `python -m jobs.X ARGS` in a shell command line."""
-    tokens = shlex.split(text, comments=True)
-    commands = []
-    for i, token in enumerate(tokens[:-2]):
-        if re.fullmatch(r"(\S*/)?python(3(\.\d+)?)?", token) and tokens[i + 1] == "-m" and \
-                tokens[i + 2].startswith("jobs."):
-            argv = []
-            for arg in tokens[i + 3:]:
-                if arg in SHELL_OPERATORS:
-                    break
-                argv.append(arg)
-            commands.append(Command(tokens[i + 2].removeprefix("jobs."), argv))
-    return commands
-
-
 def entrypoint_commands() -> list[tuple[JobSpec, Command]]:
     out = []
     for job in rayjob_specs():
@@ -224,29 +205,6 @@ def effective_config(command: Command) -> embedlib_config.Config:
     path = config_path(configs[0]) if configs else None
     assert path is None or path.is_file(), f"jobs.{command.module}: --config {configs[0]} -> {path} does not exist"
     return embedlib_config.load(str(path) if path else None, command.overrides)
-
-
-class _Parsed(Exception):
-    def __init__(self, namespace: argparse.Namespace) -> None:
-        self.namespace = namespace
-
-
-def parse_with_job_parser(command: Command) -> argparse.Namespace:
-    """Run the job's main() only as far as its argument parser: parse_args is stopped right after parsing."""
-    module = importlib.import_module(f"jobs.{command.module}")
-    real_parse_args = argparse.ArgumentParser.parse_args
-
-    def parse_and_stop(self, args=None, namespace=None):
-        raise _Parsed(real_parse_args(self, args, namespace))
-
-    with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_and_stop):
-        try:
-            module.main(command.argv)
-        except _Parsed as parsed:
-            return parsed.namespace
-        except SystemExit as exc:
-            raise AssertionError(f"jobs.{command.module} rejects its arguments {command.argv} (exit {exc.code})")
-    raise AssertionError(f"jobs.{command.module}.main() returned without parsing arguments")
 
 
 # -- resources --------------------------------------------------------------------------------------------
@@ -295,8 +253,8 @@ def check_job_fits(cfg: embedlib_config.Config, module: str, groups: list[Group]
         else:
             assert any(g.cpus >= cfg.train.cpus_per_worker for g in groups), \
                 f"{where}: no worker pod has train.cpus_per_worker={cfg.train.cpus_per_worker} CPUs"
-        # Ray Train workers hold their CPUs for the whole run; Ray Data must still get some.
-        assert cpus_max > held, f"{where}: Ray Train holds {held} of {cpus_max} CPUs, none left for Ray Data"
+        # Ray Train workers hold their CPUs for the whole run; Ray tasks (rasterizing, per-block work) need some.
+        assert cpus_max > held, f"{where}: Ray Train holds {held} of {cpus_max} CPUs, none left for Ray tasks"
     if module == "embed":
         if gpu_groups:
             assert sum(g.min * g.gpus for g in groups) >= 1, \
@@ -437,15 +395,30 @@ def is_dns1035_label(name: str) -> bool:
     return bool(re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name)) and len(name) <= 63
 
 
+SCHEDULE_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)  # where schedules are sampled from (a Thursday)
+
+
+def fire_times(schedule: str, days: int = 63) -> list[datetime]:
+    """The times a schedule fires in `days` days from SCHEDULE_EPOCH, as KubeRay's and Kubernetes' parser
+    (robfig/cron) computes them: embedlib.schedule."""
+    out, t = [], SCHEDULE_EPOCH
+    while (t := next_fire_time(schedule, t)) < SCHEDULE_EPOCH + timedelta(days=days):
+        out.append(t)
+    return out
+
+
 def cron_interval_seconds(schedule: str) -> int:
-    """The shortest time between two runs of a 5-field cron line of the forms this folder uses
-    ("M H * * *" daily, "M H * * D" weekly)."""
-    minute, hour, dom, month, dow = schedule.split()
-    assert minute.isdigit() and hour.isdigit() and dom == "*" and month == "*", f"unsupported schedule {schedule!r}"
-    if dow == "*":
-        return 86_400
-    assert re.fullmatch(r"[0-7]", dow), f"unsupported schedule {schedule!r}"
-    return 7 * 86_400
+    """The shortest time between two runs of a schedule."""
+    fires = fire_times(schedule)
+    assert len(fires) >= 2, f"{schedule!r} fires less than twice in {len(fires)} weeks"
+    return int(min((b - a).total_seconds() for a, b in zip(fires, fires[1:])))
+
+
+def worst_case_seconds(spec: dict[str, Any]) -> int:
+    """How long a RayJob can live at most: KubeRay restarts the activeDeadlineSeconds clock for every retry
+    (initRayJobStatusIfNeed sets StartTime), never retries an attempt that hit the deadline, and keeps a
+    finished cluster for ttlSecondsAfterFinished."""
+    return (spec["activeDeadlineSeconds"] + spec.get("ttlSecondsAfterFinished", 0)) * (spec.get("backoffLimit", 0) + 1)
 
 
 # =========================================================================================================
@@ -458,7 +431,7 @@ def test_yaml_parses(path: Path) -> None:
     assert docs, f"{path} holds no YAML document"
     for doc in docs:
         assert isinstance(doc, dict), f"{path}: a document is not a mapping"
-        if "launcher" not in path.parts:
+        if not set(NOT_K8S) & set(path.parts):
             assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path}: not a Kubernetes object: {list(doc)}"
 
 
@@ -607,61 +580,193 @@ def test_weekly_retrain_writes_a_new_run_per_week() -> None:
 
 def test_scheduled_runs_cannot_overlap_the_next_one() -> None:
     """RayCronJob (KubeRay 1.6) has no concurrencyPolicy, and a CronJob's policy only covers its creator pods.
-    So a scheduled RayJob's whole life must fit in its interval: KubeRay restarts the activeDeadlineSeconds
-    clock for every retry (initRayJobStatusIfNeed sets StartTime), never retries an attempt that hit the
-    deadline, and keeps a finished cluster for ttlSecondsAfterFinished."""
+    So a scheduled RayJob's whole life must fit in its interval (worst_case_seconds). That is also what keeps
+    a weekly run's retries inside the week its name comes from."""
     scheduled = [job for job in rayjob_specs() if job.scheduled]
     assert scheduled
     for job in scheduled:
         assert job.schedule, f"{job.where}: no schedule found for this template"
-        deadline = job.spec.get("activeDeadlineSeconds")
-        assert deadline, f"{job.where}: no activeDeadlineSeconds: a stuck run would overlap every later one"
-        worst = (deadline + job.spec.get("ttlSecondsAfterFinished", 0)) * (job.spec.get("backoffLimit", 0) + 1)
+        assert job.spec.get("activeDeadlineSeconds"), \
+            f"{job.where}: no activeDeadlineSeconds: a stuck run would overlap every later one"
+        worst = worst_case_seconds(job.spec)
         interval = cron_interval_seconds(job.schedule)
         assert worst < interval, f"{job.where}: up to {worst} s of RayJob for a schedule every {interval} s"
 
 
-def test_cronjob_fallback_script_forbids_overlap(tmp_path: Path) -> None:
-    """Run the nightly CronJob's script for real (sh, date, sed) against a stand-in kubectl."""
-    docs = [d for _, d in k8s_documents()]
-    cron = next(d for d in docs if d.get("kind") == "CronJob" and d["metadata"]["name"] == "embed-nightly")
-    configmap = next(d for d in docs if d.get("kind") == "ConfigMap")
-    templates = tmp_path / "templates"
-    templates.mkdir()
-    for key, text in configmap["data"].items():
-        (templates / key).write_text(text)
+REAL_DATE = shutil.which("date")
+
+
+def stub_bin(tmp_path: Path) -> Path:
+    """A stand-in kubectl (answers from STUB_* variables, records its calls) and a `date` whose clock is
+    STUB_NOW (seconds since 1970): `date -u +%s` answers it, every other use is the real date."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     (bin_dir / "kubectl").write_text(
         '#!/bin/sh\n'
         'echo "$*" >> "$STUB_DIR/calls"\n'
         'if [ "$1 $2" = "get rayjob" ] && [ "$3" = "-l" ]; then printf "%s" "$STUB_LIST"; exit 0; fi\n'
-        'if [ "$1 $2" = "get rayjob" ]; then case " $STUB_EXISTING " in *" $3 "*) exit 0;; esac; exit 1; fi\n'
+        'if [ "$1 $2" = "get rayjob" ]; then case " $STUB_EXISTING " in *" $3 "*) printf Running; exit 0;; esac; exit 1; fi\n'
         'if [ "$1 $2" = "create -f" ]; then cat > "$STUB_DIR/created.yaml"; exit 0; fi\n'
+        'if [ "$1 $2" = "delete rayjob" ]; then echo "$3" >> "$STUB_DIR/deleted"; exit 0; fi\n'
         'exit 2\n')
-    (bin_dir / "kubectl").chmod(0o755)
-    script = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    script = script.replace("/templates/", f"{templates}/")
-    today = subprocess.run(["date", "-u", "+%Y-%m-%d"], capture_output=True, text=True, check=True).stdout.strip()
+    (bin_dir / "date").write_text(
+        '#!/bin/sh\n'
+        f'if [ -n "${{STUB_NOW:-}}" ] && [ "$*" = "-u +%s" ]; then echo "$STUB_NOW"; exit 0; fi\n'
+        f'exec {REAL_DATE} "$@"\n')
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    return bin_dir
 
-    def run(existing: str = "", listing: str = "") -> tuple[str, Path]:
-        state = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
-        state.mkdir()
-        env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_DIR": str(state), "STUB_EXISTING": existing,
-               "STUB_LIST": listing}
-        proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout, state / "created.yaml"
 
-    out, created = run(listing="embed-nightly-2026-11-22=Complete embed-nightly-2026-11-23=Failed ")
+def creator(name: str) -> dict[str, Any]:
+    return next(d for d in creator_cronjobs() if d["metadata"]["name"] == name)
+
+
+def templates_dir(tmp_path: Path) -> Path:
+    configmap = next(d for _, d in k8s_documents() if d.get("kind") == "ConfigMap")
+    templates = tmp_path / "templates"
+    templates.mkdir(exist_ok=True)
+    for key, text in configmap["data"].items():
+        (templates / key).write_text(text)
+    return templates
+
+
+def run_creator(tmp_path: Path, name: str, now: datetime, existing: str = "", listing: str = "",
+                shell: str = "sh") -> tuple[int, str, Path]:
+    """Run a fallback CronJob's script for real (sh, date, sed) against the stand-ins, at time `now`."""
+    script = creator(name)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    script = script.replace("/templates/", f"{templates_dir(tmp_path)}/")
+    state = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+    state.mkdir()
+    env = {"PATH": f"{stub_bin(tmp_path)}:{os.environ['PATH']}", "STUB_DIR": str(state), "STUB_EXISTING": existing,
+           "STUB_LIST": listing, "STUB_NOW": str(int(now.timestamp()))}
+    proc = subprocess.run([shell, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    return proc.returncode, proc.stdout + proc.stderr, state / "created.yaml"
+
+
+def test_cronjob_fallback_script_forbids_overlap(tmp_path: Path) -> None:
+    """Run the nightly CronJob's script for real against a stand-in kubectl. A night it skips because an
+    earlier nightly RayJob is still active is an error (exit 75), and the Job fails at once."""
+    now = datetime(2026, 11, 24, 9, 30, tzinfo=timezone.utc)
+    rc, out, created = run_creator(tmp_path, "embed-nightly", now,
+                                   listing="embed-nightly-2026-11-22=Complete embed-nightly-2026-11-23=Failed ")
     rayjob = yaml.safe_load(created.read_text())
-    assert rayjob["metadata"]["name"] == f"embed-nightly-{today}" and not schema_errors(rayjob)
-    out, created = run(listing="embed-nightly-2026-11-23=Complete embed-nightly-2026-11-24=Running ")
-    assert not created.exists() and "embed-nightly-2026-11-24 still active" in out
-    out, created = run(listing="embed-nightly-2026-11-24= ")  # just created: no status yet
-    assert not created.exists(), out
-    out, created = run(existing=f"embed-nightly-{today}")
-    assert not created.exists() and "exists already" in out
+    assert rc == 0 and rayjob["metadata"]["name"] == "embed-nightly-2026-11-24" and not schema_errors(rayjob), out
+    rc, out, created = run_creator(tmp_path, "embed-nightly", now,
+                                   listing="embed-nightly-2026-11-23=Complete embed-nightly-2026-11-24=Running ")
+    assert rc == 75 and not created.exists() and "embed-nightly-2026-11-24 still active (Running)" in out, out
+    rc, out, created = run_creator(tmp_path, "embed-nightly", now, listing="embed-nightly-2026-11-24= ")  # no status yet
+    assert rc == 75 and not created.exists() and "(New)" in out, out
+    rc, out, created = run_creator(tmp_path, "embed-nightly", now, existing="embed-nightly-2026-11-24")
+    assert rc == 0 and not created.exists() and "exists already" in out, out
+    # before 02:00 the night is yesterday's: a manual trigger at 01:00 finds (or recreates) that RayJob
+    rc, out, created = run_creator(tmp_path, "embed-nightly", now.replace(hour=1))
+    assert rc == 0 and yaml.safe_load(created.read_text())["metadata"]["name"] == "embed-nightly-2026-11-23", out
+    # ... and the Job fails at once on 75 (and on 2, a broken script), instead of retrying
+    job = creator("embed-nightly")["spec"]["jobTemplate"]["spec"]
+    container = job["template"]["spec"]["containers"][0]["name"]
+    fail_now = [r for r in job.get("podFailurePolicy", {}).get("rules", []) if r["action"] == "FailJob"]
+    assert any(r["onExitCodes"]["operator"] == "In" and {2, 75} <= set(r["onExitCodes"]["values"])
+               and r["onExitCodes"].get("containerName") == container for r in fail_now), job.get("podFailurePolicy")
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
+
+
+def schedule_in_script(cron: dict[str, Any]) -> str:
+    match = re.search(r"^\s*SCHEDULE='([^']+)'", cronjob_script_text(cron), flags=re.M)
+    assert match, f"CronJob {cron['metadata']['name']}: no SCHEDULE='...' in its script"
+    return match.group(1)
+
+
+def cronjob_script_text(cron: dict[str, Any]) -> str:
+    return cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+
+
+def shells() -> list[str]:
+    """The POSIX shells on this machine that the kubectl image's /bin/sh might be."""
+    return [s for s in ("sh", "dash", "bash", "busybox") if shutil.which(s)]
+
+
+@pytest.mark.parametrize("name", ["embed-nightly", "train-weekly", "compact-weekly"])
+def test_fallback_last_fire_agrees_with_embedlib_schedule(tmp_path: Path, name: str) -> None:
+    """last-fire.sh (the creator pods have no Python) and embedlib.schedule name a run after the same
+    scheduled time, around the fire times and at random times."""
+    cron = creator(name)
+    schedule = schedule_in_script(cron)
+    assert schedule == cron["spec"]["schedule"] and cron["spec"].get("timeZone") in ("Etc/UTC", "UTC"), \
+        f"CronJob {name}: the script computes the runs of {schedule!r} (UTC)"
+    rng = random.Random(name)
+    nows = []
+    for fire in fire_times(schedule, days=21):
+        nows += [fire - timedelta(seconds=1), fire, fire + timedelta(seconds=59), fire + timedelta(hours=21)]
+    nows += [SCHEDULE_EPOCH + timedelta(seconds=rng.randrange(400 * 86400)) for _ in range(40)]
+    templates = templates_dir(tmp_path)
+    loop = "".join(f"STUB_NOW={int(n.timestamp())}; export STUB_NOW; last_fire '{schedule}'\n" for n in nows)
+    for shell in shells():
+        cmd = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
+        proc = subprocess.run(cmd + [f"set -eu\n. {templates}/last-fire.sh\n{loop}"], capture_output=True, text=True,
+                              env={"PATH": f"{stub_bin(tmp_path)}:{os.environ['PATH']}"}, timeout=120)
+        assert proc.returncode == 0, (shell, proc.stderr)
+        got = [int(line) for line in proc.stdout.split()]
+        want = [int(last_fire_time(schedule, n).timestamp()) for n in nows]
+        assert got == want, f"{shell}: last_fire disagrees with embedlib.schedule for {schedule!r}"
+    # and it refuses what it cannot compute (exit 2), rather than naming a run wrongly
+    for bad in ("0 2 1 * *", "0 2 * * 1-5", "*/5 2 * * *", "08 2 * * *", "0 24 * * *", "0 2 * *"):
+        proc = subprocess.run(["sh", "-c", f". {templates}/last-fire.sh; last_fire '{bad}'"], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 2 and "unsupported" in proc.stderr, (bad, proc.stdout, proc.stderr)
+
+
+def test_fallback_weekly_retry_keeps_its_week(tmp_path: Path) -> None:
+    """The bug of issue 17: the weekly retrain fired Sunday 03:00 and triggered again after Monday 00:00 UTC
+    must find the same week's RayJob, not create next week's."""
+    fired = datetime(2026, 11, 22, 3, 0, tzinfo=timezone.utc)  # a Sunday: ISO week 2026-w47
+    names = set()
+    for later in (timedelta(minutes=5), timedelta(hours=21, minutes=30), timedelta(days=6, hours=23, minutes=59)):
+        rc, out, created = run_creator(tmp_path, "train-weekly", fired + later)
+        assert rc == 0, out
+        rayjob = yaml.safe_load(created.read_text())
+        names.add(rayjob["metadata"]["name"])
+        command = job_commands(rayjob["spec"]["entrypoint"])[0]
+        assert command.values("--name") == ["weekly-2026-w47"], command.argv
+        assert command.values("--workdir") == ["s3://YOUR_BUCKET/embedlib/train/week=2026-w47"], command.argv
+    assert names == {"train-weekly-2026-w47"}
+    rc, out, created = run_creator(tmp_path, "train-weekly", fired + timedelta(days=7))
+    assert rc == 0 and yaml.safe_load(created.read_text())["metadata"]["name"] == "train-weekly-2026-w48", out
+
+
+def test_rayjob_history_prunes_only_old_finished_rayjobs(tmp_path: Path) -> None:
+    docs = [d for _, d in k8s_documents()]
+    cron = next(d for d in docs if d.get("kind") == "CronJob" and d["metadata"]["name"] == "rayjob-history")
+    script = cronjob_script_text(cron)
+    keep = int(re.search(r"^\s*KEEP=(\d+)", script, flags=re.M).group(1))
+    # every schedule's RayJobs are covered: the RayCronJobs' label and the fallback templates' label
+    for where, doc in k8s_documents():
+        if doc.get("kind") == "RayCronJob":
+            assert f"ray.io/cronjob-name={doc['metadata']['name']}" in script, where
+        elif doc.get("kind") == "RayJob" and "data[" in where:
+            assert f"embedlib/schedule={doc['metadata']['labels']['embedlib/schedule']}" in script, where
+    # RBAC: it may list and delete RayJobs
+    account = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]
+    roles = {b["roleRef"]["name"] for b in docs if b.get("kind") == "RoleBinding"
+             and any(s["name"] == account for s in b["subjects"])}
+    verbs = {v for r in docs if r.get("kind") == "Role" and r["metadata"]["name"] in roles
+             for rule in r["rules"] if "rayjobs" in rule["resources"] for v in rule["verbs"]}
+    assert {"list", "delete"} <= verbs, verbs
+    # oldest first, as --sort-by=.metadata.creationTimestamp lists them
+    states = ["Complete"] * (keep + 3) + ["Failed", "Running", "Complete", "Suspended", "ValidationFailed", ""]
+    items = [(f"embed-nightly-{i:05d}", s) for i, s in enumerate(states)]
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {"PATH": f"{stub_bin(tmp_path)}:{os.environ['PATH']}", "STUB_DIR": str(state),
+           "STUB_LIST": " ".join(f"{n}={s}" for n, s in items) + " "}
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    deleted = (state / "deleted").read_text().split() if (state / "deleted").exists() else []
+    finished = [n for n, s in items if s in ("Complete", "Failed", "ValidationFailed")]
+    selectors = len(re.findall(r"(?:ray\.io/cronjob-name|embedlib/schedule)=", script))
+    # the stand-in answers every selector with the same list: each pass deletes the same oldest ones
+    assert deleted == finished[: len(finished) - keep] * selectors, deleted
+    assert not {n for n, s in items if s not in ("Complete", "Failed", "ValidationFailed")} & set(deleted)
 
 
 def test_rayjobs_delete_their_clusters() -> None:
@@ -748,9 +853,15 @@ def test_pods_use_defined_service_accounts() -> None:
             assert (ns, account) in defined, f"{where}: ServiceAccount {ns}/{account} is not defined under cluster/"
 
 
+def creator_cronjobs() -> list[dict[str, Any]]:
+    """The CronJobs that create RayJobs (cronjob-fallback.yaml), not the history pruner."""
+    return [d for _, d in k8s_documents() if d.get("kind") == "CronJob" and "kubectl create" in cronjob_script(d)]
+
+
 def test_cronjob_fallback_can_create_rayjobs() -> None:
     docs = [d for _, d in k8s_documents()]
-    cronjobs = [d for d in docs if d.get("kind") == "CronJob"]
+    cronjobs = creator_cronjobs()
+    assert {c["metadata"]["name"] for c in cronjobs} == {"embed-nightly", "train-weekly", "compact-weekly"}
     for cron in cronjobs:
         name, ns = cron["metadata"]["name"], cron["metadata"].get("namespace")
         assert len(cron["spec"]["schedule"].split()) == 5, f"CronJob {name}: schedule"
@@ -874,3 +985,205 @@ def test_readme_commands() -> None:
         parse_with_job_parser(command)
         if command.module != "query":
             effective_config(command)
+
+
+# -- the lease owner and the scheduled time, through KubeRay's own submitter command ----------------------
+
+OWNER_VAR = "EMBEDLIB_LEASE_OWNER"
+OWNER_LABEL = "metadata.labels['batch.kubernetes.io/job-name']"
+
+
+def kuberay_submit_command(spec: dict[str, Any], job_id: str) -> str:
+    """The shell line KubeRay 1.6.2 runs in the submitter pod (K8sJobMode): common/job.go BuildJobSubmitCommand
+    joins these words with spaces into `bash -ce -- LINE` (rayjob_controller.go configureSubmitterContainer).
+    The entrypoint is pasted in unquoted, so the submitter's bash expands its ${...} and $(...); the runtime
+    env is Go's strconv.Quote of its JSON, which json.dumps reproduces for ASCII."""
+    address = "http://embedlib-head-svc.embedlib.svc.cluster.local:8265"
+    words = ["if", "!", "ray", "job", "status", "--address", address, job_id, ">/dev/null", "2>&1", ";", "then",
+             "ray", "job", "submit", "--address", address, "--no-wait"]
+    if spec.get("runtimeEnvYAML"):
+        words += ["--runtime-env-json", json.dumps(json.dumps(yaml.safe_load(spec["runtimeEnvYAML"]),
+                                                              separators=(",", ":")))]
+    words += ["--submission-id", job_id, "--", spec["entrypoint"].strip(), ";", "fi", ";",
+              "ray", "job", "logs", "--address", address, "--follow", job_id]
+    return " ".join(words)
+
+
+def submit_through_kuberay(tmp_path: Path, spec: dict[str, Any], rayjob_name: str, now: datetime,
+                           env_from_pod: dict[str, str] | None = None) -> tuple[dict[str, str], list[str], dict]:
+    """Replay the submitter pod: its environment (the downward API's EMBEDLIB_LEASE_OWNER = the RayJob's name,
+    KubeRay's own variables), bash, a stand-in `ray` that records what `ray job submit` sends (Ray 2.60's CLI
+    joins the entrypoint words with shlex.join on Linux), and a `python` whose embedlib.schedule runs at
+    `now`. Returns the variables the entrypoint assigns, the command the head runs, and the runtime env."""
+    bin_dir = stub_bin(tmp_path)
+    record = tmp_path / f"submitted-{rayjob_name}-{int(now.timestamp())}.json"
+    (bin_dir / "ray").write_text(
+        f"#!{sys.executable}\n"
+        "import json, shlex, sys\n"
+        "args = sys.argv[1:]\n"
+        "if args[:2] == ['job', 'status']: sys.exit(1)  # not submitted yet\n"
+        "if args[:2] == ['job', 'logs']: sys.exit(0)\n"
+        "assert args[:2] == ['job', 'submit'], args\n"
+        "i = args.index('--')\n"
+        "env = json.loads(args[args.index('--runtime-env-json') + 1]) if '--runtime-env-json' in args[:i] else {}\n"
+        f"json.dump({{'entrypoint': shlex.join(args[i + 1:]), 'runtime_env': env}}, open({str(record)!r}, 'w'))\n")
+    (bin_dir / "python").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1 $2" = "-m embedlib.schedule" ]; then shift 2; exec {sys.executable} -m embedlib.schedule '
+        f'--now {now.isoformat()} "$@"; fi\n'
+        f'exec {sys.executable} "$@"\n')
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+           "RAY_DASHBOARD_ADDRESS": "embedlib-head-svc:8265", "RAY_JOB_SUBMISSION_ID": f"{rayjob_name}-abcde"}
+    env.update(env_from_pod if env_from_pod is not None else {OWNER_VAR: rayjob_name})
+    line = kuberay_submit_command(spec, f"{rayjob_name}-abcde")
+    proc = subprocess.run(["/bin/bash", "-ce", "--", line], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "embedlib.schedule:" not in proc.stderr, proc.stderr
+    submitted = json.loads(record.read_text())
+    words = shlex.split(submitted["entrypoint"])  # what the head's /bin/sh -c parses
+    assigned = {}
+    while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+        key, _, value = words.pop(0).partition("=")
+        assigned[key] = value
+    return assigned, words, submitted["runtime_env"]
+
+
+def rendered_rayjob_specs() -> list[tuple[str, dict[str, Any], str]]:
+    """(where, RayJob spec, an example of the RayJob's name) for every RayJob the manifests make."""
+    out = []
+    for where, doc in rendered_ray_objects():
+        if doc["kind"] == "RayJob":
+            out.append((where, doc["spec"], doc["metadata"]["name"]))
+        elif doc["kind"] == "RayCronJob":
+            out.append((where, doc["spec"]["jobTemplate"], f"{doc['metadata']['name']}-x7k2p"))  # constructRayJob
+    return out
+
+
+def test_every_rayjob_hands_its_name_to_the_driver_as_lease_owner(tmp_path: Path) -> None:
+    """EMBEDLIB_LEASE_OWNER must be the RayJob's name, the same for every attempt (a retry may then take over
+    its own dead attempt's lease at once) and different between RayJobs (a RayCronJob's are named
+    <name>-<5 random characters>). Nothing in a RayJob's spec knows that name, so the submitter pod reads it
+    from its Job's name (KubeRay names the submitter Job after the RayJob, rayjob_controller.go
+    createNewK8sJob; Kubernetes labels the Job's pods batch.kubernetes.io/job-name) and the entrypoint passes
+    it on to the driver, whose environment is the head's, not the submitter's."""
+    specs = rendered_rayjob_specs()
+    assert len(specs) >= 8, [w for w, _, _ in specs]
+    now = datetime(2026, 11, 24, 9, 30, tzinfo=timezone.utc)
+    for where, spec, name in specs:
+        assert spec.get("submissionMode", "K8sJobMode") == "K8sJobMode", f"{where}: no submitter pod, no owner"
+        containers = ((spec.get("submitterPodTemplate") or {}).get("spec") or {}).get("containers") or []
+        assert containers, f"{where}: no submitterPodTemplate"
+        owner_env = [e for e in containers[0].get("env", []) if e["name"] == OWNER_VAR]
+        assert [e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in owner_env] == [OWNER_LABEL], \
+            f"{where}: the submitter (container 0, the one KubeRay runs `ray job submit` in) must set {OWNER_VAR}"
+        assert "command" not in containers[0], f"{where}: a submitter command replaces KubeRay's `ray job submit`"
+        assigned, words, runtime_env = submit_through_kuberay(tmp_path, spec, name, now)
+        assert assigned == {OWNER_VAR: name}, f"{where}: the driver gets {assigned}"
+        assert OWNER_VAR not in (runtime_env.get("env_vars") or {}), f"{where}: {OWNER_VAR} belongs in the entrypoint"
+        command = job_commands(shlex.join(words))
+        assert command and words[:3] == ["python", "-m", f"jobs.{command[0].module}"], f"{where}: {words[:4]}"
+        parse_with_job_parser(command[0])
+    # Without the submitter's variable (another submission mode, a hand-made pod) the owner is empty, never
+    # a literal "${EMBEDLIB_LEASE_OWNER}": the library must treat an empty owner as none.
+    where, spec, name = specs[0]
+    assigned, _, _ = submit_through_kuberay(tmp_path, spec, name, now, env_from_pod={})
+    assert assigned == {OWNER_VAR: ""}, assigned
+
+
+def test_scheduled_runs_are_named_from_the_scheduled_time() -> None:
+    """No scheduled entrypoint reads the clock (`$(date ...)` is the submission time); every
+    `python -m embedlib.schedule 'EXPR'` in a RayCronJob's entrypoint is that RayCronJob's own schedule, and
+    KubeRay's parser accepts the schedule (embedlib.schedule follows robfig/cron)."""
+    seen = 0
+    for where, doc in k8s_documents():
+        if doc.get("kind") != "RayCronJob":
+            continue
+        schedule = doc["spec"]["schedule"]
+        last_fire_time(schedule, SCHEDULE_EPOCH)  # parses, and it fires
+        entrypoint = doc["spec"]["jobTemplate"]["entrypoint"]
+        assert "$(date" not in entrypoint and "`date" not in entrypoint, f"{where}: named from the submission time"
+        for expr in re.findall(r"\$\(python -m embedlib\.schedule '([^']*)'", entrypoint):
+            assert expr == schedule, f"{where}: names its run after {expr!r}, but runs on {schedule!r}"
+            seen += 1
+    for job in rayjob_specs():
+        if job.scheduled:
+            assert "$(date" not in job.spec["entrypoint"], f"{job.where}: named from the submission time"
+    assert seen >= 3, "the weekly retrain names --workdir, --output and --name from its schedule"
+
+
+@pytest.mark.parametrize("later,week", [
+    (timedelta(minutes=12), "2026-w47"),                 # the first attempt, once its cluster is up
+    (timedelta(hours=21, minutes=30), "2026-w47"),       # a retry after Monday 00:00 UTC: the bug of issue 17
+    (timedelta(days=6, hours=23, minutes=59), "2026-w47"),
+    (timedelta(days=7, minutes=12), "2026-w48"),         # next week's run
+])
+def test_weekly_retrain_retry_resumes_the_same_week(tmp_path: Path, later: timedelta, week: str) -> None:
+    doc = next(d for _, d in k8s_documents() if d.get("kind") == "RayCronJob" and d["metadata"]["name"] == "train-weekly")
+    fired = datetime(2026, 11, 22, 3, 0, tzinfo=timezone.utc)  # a Sunday 03:00 UTC
+    assert fired in fire_times(doc["spec"]["schedule"], days=365)
+    _, words, _ = submit_through_kuberay(tmp_path, doc["spec"]["jobTemplate"], "train-weekly-x7k2p", fired + later)
+    command = job_commands(shlex.join(words))[0]
+    assert command.values("--name") == [f"weekly-{week}"], command.argv
+    assert command.values("--workdir") == [f"s3://YOUR_BUCKET/embedlib/train/week={week}"], command.argv
+    assert command.values("--output") == [f"s3://YOUR_BUCKET/embedlib/models/candidates/week={week}"], command.argv
+
+
+def test_compaction_ends_before_the_next_nightly_run() -> None:
+    """jobs.compact takes the root's lease: a compaction still running at 02:00 would make that night's run
+    exit 75. Its whole life (worst_case_seconds) from any fire time must end before the next nightly fire."""
+    pairs = 0
+    for nightly in rayjob_specs():
+        commands = job_commands(nightly.spec["entrypoint"])
+        if not (nightly.scheduled and commands[0].module == "embed"):
+            continue
+        for compact in rayjob_specs():
+            if not (compact.scheduled and job_commands(compact.spec["entrypoint"])[0].module == "compact"):
+                continue
+            if ("data[" in nightly.where) != ("data[" in compact.where):
+                continue  # RayCronJobs with RayCronJobs, the fallback with the fallback
+            pairs += 1
+            for start in fire_times(compact.schedule, days=28):
+                end = start + timedelta(seconds=worst_case_seconds(compact.spec))
+                assert end < next_fire_time(nightly.schedule, start), \
+                    f"{compact.where}: a compaction from {start} may run until {end}, past the next nightly run"
+    assert pairs == 2, pairs
+
+
+CREDENTIAL_NAMES = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIALS|ENDPOINT)", re.I)
+OBJECT_STORE_SECRET = "embedlib-object-store"
+
+
+def test_object_store_credentials_come_from_a_secret() -> None:
+    """runtimeEnvYAML is stored in the RayJob object (readable by anyone who may get RayJobs) and sent to the
+    dashboard: keys and endpoints of an S3-compatible store come from a Secret, through envFrom on every Ray
+    pod, whose environment every Ray worker process and the driver inherit."""
+    for job in rayjob_specs():
+        env = (yaml.safe_load(job.spec.get("runtimeEnvYAML") or "{}") or {}).get("env_vars") or {}
+        leaked = [k for k in env if CREDENTIAL_NAMES.search(k)]
+        assert not leaked, f"{job.where}: {leaked} in runtimeEnvYAML; put them in the Secret {OBJECT_STORE_SECRET}"
+        assert "env_vars" not in (job.spec.get("submitterPodTemplate") or {}), job.where
+    pods = 0
+    for where, spec in ray_cluster_specs():
+        for group, template in pod_templates(spec):
+            container = template["spec"]["containers"][0]
+            for var in container.get("env", []):
+                assert not CREDENTIAL_NAMES.search(var["name"]) or "valueFrom" in var, \
+                    f"{where}: {group} sets {var['name']} in the manifest"
+            refs = [e["secretRef"] for e in container.get("envFrom", []) if "secretRef" in e]
+            assert {"name": OBJECT_STORE_SECRET, "optional": True} in refs, \
+                f"{where}: {group} does not take {OBJECT_STORE_SECRET} (optional: IRSA/Workload Identity need none)"
+            pods += 1
+    assert pods >= 20, pods
+    # no Secret with keys in the repository
+    assert not [d for _, d in k8s_documents() if d.get("kind") == "Secret"]
+
+
+def test_kuberay_helm_values_turn_on_raycronjob() -> None:
+    """The chart's values.yaml (kuberay-operator 1.6.2) lists these five gates, RayCronJob false; a list value
+    replaces the chart's as a whole, so the file must repeat every gate."""
+    values = load_documents(CLUSTER / "helm" / "kuberay-operator-values.yaml")[0]
+    gates = {g["name"]: g["enabled"] for g in values["featureGates"]}
+    assert gates == {"RayClusterStatusConditions": True, "RayJobDeletionPolicy": True, "RayMultiHostIndexing": True,
+                     "RayServiceIncrementalUpgrade": False, "RayCronJob": True}, gates

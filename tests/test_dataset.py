@@ -9,8 +9,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from embedlib import corpus, dataset, pipeline, split
+from embedlib import pipeline
+
+from embedlib.files import corpus
+
+from embedlib.train import dataset
+
+from embedlib.train import split
 from embedlib.config import Config, InputConfig, RasterConfig, TrainConfig, ViewsConfig
+from embedlib.train.labels import Labels
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +51,60 @@ def test_scan_labels_with_the_one_split_rule(samples_root):
     assert train == set(expected.train)
 
 
-def test_every_rank_gets_the_same_steps_and_rows_are_not_dropped_for_good(samples_root):
+def _share_rows(corp, share) -> list[str]:
+    return [s for piece in share for s in dataset.read_block(corp, piece.block, "train")[2][piece.start:piece.stop]]
+
+
+def test_every_rank_gets_the_same_steps_and_every_row_is_trained_each_epoch(samples_root):
     root, cfg = samples_root
     corp = dataset.scan_corpus(root, cfg)
-    bs, world = 8, 3
-    seen: Counter = Counter()
-    for epoch in range(6):
-        steps = dataset.steps_per_epoch(corp, world, epoch, seed=0, batch_size=bs)
-        shares = dataset.epoch_shares(corp, world, epoch, seed=0)
-        assert sorted(b.path for s in shares for b in s) == sorted(b.path for b in corp.blocks)
-        for rank, share in enumerate(shares):
-            batches = list(dataset.shuffled_batches(corp, share, bs, steps, buffer_rows=32, seed=epoch * 10 + rank))
-            assert len(batches) == steps and all(len(y) == bs for _, y in batches)
-            for views, _ in batches:
-                seen.update(map(bytes, views["image"].reshape(len(views["image"]), -1)))
-    every = {bytes(v) for b in corp.blocks for v in dataset.read_block(corp, b, "train")[0]["image"].reshape(-1, 256)}
-    assert set(seen) == every  # over a few epochs, every training row was trained on
+    every = {s for b in corp.blocks for s in dataset.read_block(corp, b, "train")[2]}
+    for world, bs in ((3, 8), (2, 16), (4, 5)):
+        steps = dataset.steps_per_epoch(corp, world, bs)
+        for epoch in range(3):
+            shares = dataset.epoch_shares(corp, world, epoch, seed=0)
+            rows = [_share_rows(corp, share) for share in shares]
+            assert {len(r) for r in rows} == {corp.train_rows // world}  # equal shares of rows, not of blocks
+            flat = [s for r in rows for s in r]
+            assert len(flat) == len(set(flat)) and len(every - set(flat)) == corp.train_rows % world
+            seen = set()
+            for rank, share in enumerate(shares):
+                batches = list(dataset.shuffled_batches(corp, share, bs, steps, buffer_rows=32, seed=epoch * 10 + rank))
+                assert len(batches) == steps and all(len(y) == bs for _, y in batches)
+                seen |= {bytes(v) for views, _ in batches for v in views["image"].reshape(bs, -1)}
+            # no row sits out beyond the rounding to whole batches: fewer than one batch per rank
+            assert len(seen) >= corp.train_rows - world * bs
+
+
+def test_a_corpus_of_one_block_trains_on_every_worker(samples_root):
+    """The defect: shares were whole blocks, so with one block (256 files, the default shard) the second worker got
+    nothing and every rank ran min(...) = 0 steps, yet the model was saved as healthy."""
+    root, cfg = samples_root
+    corp = dataset.scan_corpus(root, cfg)
+    one = dataclasses.replace(corp, blocks=corp.blocks[:1])
+    assert one.blocks[0].train_rows >= 4
+    shares = dataset.epoch_shares(one, 2, 0, seed=0)
+    assert all(sum(p.rows for p in share) == one.train_rows // 2 for share in shares)
+    assert dataset.steps_per_epoch(one, 2, 2) == one.train_rows // 2 // 2 > 0
+
+
+def test_pk_batches_give_every_rank_the_agreed_steps_even_with_single_family_shares(samples_root):
+    """The defect: 3 single-family blocks on 2 ranks with P=2 x K=4 gave [8, 0] batches: a hang on NCCL."""
+    root, cfg = samples_root
+    first = dataset.scan_corpus(root, cfg).blocks[:3]
+    store = dataset.Store(root)
+    pairs = [(sha, f"family-{i}") for i, b in enumerate(first)
+             for sha in store.read_parquet(b.path, columns=["sha256"]).column("sha256").to_pylist()]
+    corp = dataset.scan_corpus(root, cfg, labels=Labels.from_pairs(pairs, "one family per block"))
+    corp3 = dataclasses.replace(corp, blocks=tuple(b for b in corp.blocks if b.path in {f.path for f in first}))
+    assert all(len(set(dataset.read_block(corp3, b, "train")[1].tolist())) == 1 for b in corp3.blocks)
+    steps = dataset.steps_per_epoch(corp3, 2, 8)
+    assert steps > 0
+    for epoch in range(4):
+        for rank, share in enumerate(dataset.epoch_shares(corp3, 2, epoch, seed=0)):
+            batches = list(dataset.shuffled_batches(corp3, share, 8, steps, buffer_rows=8, seed=rank, pk=(2, 4)))
+            assert len(batches) == steps, (epoch, rank)
+            assert all(len(y) >= 4 for _, y in batches)
 
 
 def test_shuffle_buffer_mixes_family_clustered_blocks(samples_root):
@@ -67,7 +112,8 @@ def test_shuffle_buffer_mixes_family_clustered_blocks(samples_root):
     corp = dataset.scan_corpus(root, cfg)
     blocks = list(corp.blocks)
     in_order = [y for b in blocks for y in np.array_split(dataset.read_block(corp, b, "train")[1], 2) if len(y)]
-    mixed = [y for _, y in dataset.shuffled_batches(corp, blocks, 8, corp.train_rows // 8, 10_000, seed=0)]
+    whole = [dataset.Slice(b, 0, b.train_rows) for b in blocks]
+    mixed = [y for _, y in dataset.shuffled_batches(corp, whole, 8, corp.train_rows // 8, 10_000, seed=0)]
     assert dataset.family_mixing(mixed) > dataset.family_mixing(in_order) + 1
 
 
@@ -79,7 +125,7 @@ def test_precise_bn_sample_is_uniform_by_hash_not_path_order(samples_root):
     # drawn from all over the corpus: the first blocks (in path order) do not hold the whole sample
     assert sum(1 for n in picked if n) > len(corp.blocks) / 2
     capped = dataclasses.replace(corp, rule=dataclasses.replace(corp.rule, precise_fraction=1.0))
-    assert sum(len(dataset.read_block(capped, b, "precise")[1]) for b in corp.blocks) == corp.train_rows
+    assert sum(len(dataset.read_block(capped, b, "precise")[1]) for b in corp.blocks) == corp.rule.statistics_files
 
 
 def test_no_samples_of_these_settings_is_one_clear_error(samples_root):

@@ -1,4 +1,4 @@
-"""embedlib.digests on real executables of this machine."""
+"""embedlib.eval.digests on real executables of this machine."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import ppdeep
 import pytest
 import tlsh
 
-from embedlib import digests
+from embedlib.eval import digests
+from embedlib.views import digests as file_digests
 
 LS, CP = "/usr/bin/ls", "/usr/bin/cp"
 needs_coreutils = pytest.mark.skipif(not (os.path.isfile(LS) and os.path.isfile(CP)), reason="no /usr/bin/ls, cp")
@@ -26,7 +27,7 @@ def small_executables(n: int, max_size: int = 200_000) -> list[str]:
 
 @needs_coreutils
 def test_real_files_against_themselves_and_each_other():
-    ls, cp = (digests.compute(open(p, "rb").read()) for p in (LS, CP))
+    ls, cp = (file_digests.compute(open(p, "rb").read()) for p in (LS, CP))
     assert ls["tlsh"] and ls["ssdeep"] and cp["tlsh"] and cp["ssdeep"]
     assert tlsh.diff(ls["tlsh"], ls["tlsh"]) == 0
     assert ppdeep.compare(ls["ssdeep"], ls["ssdeep"]) == 100
@@ -38,10 +39,10 @@ def test_real_files_against_themselves_and_each_other():
 
 
 def test_short_and_flat_inputs_have_no_tlsh():
-    assert digests.compute(b"0123456789")["tlsh"] is None
-    assert digests.tlsh_digest(b"\0" * 4096) is None  # no variety: TLSH says TNULL
-    assert digests.compute(b"0123456789")["ssdeep"] == ppdeep.hash(b"0123456789")
-    assert digests.ssdeep_digest(b"") is None
+    assert file_digests.compute(b"0123456789")["tlsh"] is None
+    assert file_digests.tlsh_digest(b"\0" * 4096) is None  # no variety: TLSH says TNULL
+    assert file_digests.compute(b"0123456789")["ssdeep"] == ppdeep.hash(b"0123456789")
+    assert file_digests.ssdeep_digest(b"") is None
     assert np.isnan(digests.tlsh_distance("TNULL", "TNULL"))
     assert np.isnan(digests.ssdeep_similarity("not a digest", "3:a:b"))
 
@@ -71,7 +72,7 @@ def test_digest_file_reads_bounded_bytes_and_checks_identity(tmp_path):
     sha = hashlib.sha256(data).hexdigest()
     full = digests.digest_file(path, max_bytes=len(data) + 10, expected_sha256=sha)
     assert full["reason"] == "" and full["bytes"] == len(data)
-    assert full["tlsh"] == digests.tlsh_digest(data) and full["ssdeep"] == ppdeep.hash(data)
+    assert full["tlsh"] == file_digests.tlsh_digest(data) and full["ssdeep"] == ppdeep.hash(data)
     assert full["tlsh_cpu_s"] >= 0 and full["ssdeep_wall_s"] >= 0
     head = digests.digest_file(path, max_bytes=1000)
     assert head["bytes"] == 1000 and head["ssdeep"] == ppdeep.hash(data[:1000])

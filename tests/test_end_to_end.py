@@ -14,10 +14,16 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from embedlib import checkpoint, config, corpus, pipeline, query, ray_io, schema, training
-from embedlib.health import UnhealthyModelError
-from embedlib.inputs import InputFile
-from embedlib.model import batch_norms
+from embedlib import config, pipeline, query, ray_io, schema
+
+from embedlib.model import checkpoint
+
+from embedlib.files import corpus
+
+from embedlib.train import trainer
+from embedlib.train.health import UnhealthyModelError
+from embedlib.files.inputs import InputFile
+from embedlib.model.network import batch_norms
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,9 +47,8 @@ def trained(ray_local, small_corpus, tmp_path_factory):
     manifest = corpus.write_manifest(small_corpus, str(work / "train.csv"))
     executor = ray_io.RayExecutor(cfg)
     (summary,) = pipeline.rasterize_files(manifest, str(work / "corpus"), cfg, executor=executor, progress=False)
-    meta = training.train(str(work / "corpus"), str(work / "model"), cfg,
-                          fit=lambda c, corp, probe, df: ray_io.train_with_ray(c, corp, probe, df, str(work / "ray"), "e2e"),
-                          block_map=ray_io.ray_block_map)
+    meta = trainer.train(str(work / "corpus"), str(work / "model"), cfg, fit=ray_io.train_with_ray,
+                          block_map=ray_io.ray_block_map, storage=str(work / "ray"), name="e2e")
     return work, cfg, meta, summary
 
 
@@ -162,18 +167,18 @@ def test_unhealthy_checkpoint_is_refused_unless_allowed(embedded, tmp_path):
     sick = dict(ckpt.meta, bn_health={"healthy": False, "problems": ["eval-mode accuracy 0.33 is 0.54 below ..."]})
     extra = {k: v for k, v in sick.items() if k not in ("config", "families")}
     checkpoint.save(str(tmp_path / "sick"), ckpt.model, ckpt.config, ckpt.families, extra)
-    with pytest.raises(UnhealthyModelError, match="failed its BatchNorm health check"):
+    with pytest.raises(UnhealthyModelError, match="failed its health check"):
         pipeline.embed_files(str(tmp_path / "sick"), manifest, str(tmp_path / "out"), cfg, progress=False)
     (summary,) = pipeline.embed_files(str(tmp_path / "sick"), manifest, str(tmp_path / "out"), cfg, progress=False,
                                       allow_unhealthy=True)
     assert summary.counts["written"] > 0
 
 
-def test_query_over_the_real_output_root(embedded, capsys):
-    """embedlib.query over what jobs.embed wrote: views, similar() against numpy, jobs.neighbors, --file."""
+def test_query_over_the_real_output_root(embedded):
+    """embedlib.query over what jobs.embed wrote: views, similar() against numpy, jobs.neighbors, --file. The
+    command's output is read from its own process: this one's stdout also carries Ray's output."""
     import numpy as np
 
-    from embedlib.query.cli import main as embedlib_main
     from embedlib.query.neighbors import compute_neighbors
 
     work, _, files, _, summary = embedded
@@ -199,14 +204,16 @@ def test_query_over_the_real_output_root(embedded, capsys):
     assert con.execute("SELECT count(*) FROM neighbors").fetchone()[0] == 3 * emb.num_rows
     assert con.execute("SELECT count(*) FROM attribution").fetchone()[0] == emb.num_rows
     path = emb.column("path").to_pylist()[q]
-    assert embedlib_main(["similar", "--file", path, "-k", "3", "--root", root, "--format", "csv"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    proc = subprocess.run([sys.executable, "-m", "jobs.query", "similar", "--file", path, "-k", "3", "--root", root,
+                           "--format", "csv"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
     assert lines[1].split(",")[2] == shas[q] and float(lines[1].split(",")[1]) < 1e-5  # the file itself
 
 
 def test_recalibrate_writes_a_new_healthy_version(trained, tmp_path):
     work, _, meta, _ = trained
-    new = training.recalibrate(str(work / "model"), str(work / "corpus"), str(tmp_path / "recal"),
+    new = trainer.recalibrate(str(work / "model"), str(work / "corpus"), str(tmp_path / "recal"),
                                ray_io.ray_block_map)
     assert new["recalibrated_from"] == meta["model_version"] and new["bn_health"]["healthy"]
     assert checkpoint.load(str(tmp_path / "recal")).version == new["model_version"]

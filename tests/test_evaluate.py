@@ -135,9 +135,9 @@ def test_baselines_alone_and_bad_arguments(tmp_path):
 
 
 def test_embedding_cost_with_a_real_multi_view_checkpoint(tmp_path):
-    from embedlib import checkpoint
+    from embedlib.model import checkpoint
     from embedlib.config import Config, from_dict
-    from embedlib.model import build_model
+    from embedlib.model.network import build_model
     from embedlib.views import view_specs
 
     out, labels, rows = build_run(tmp_path)
@@ -152,7 +152,7 @@ def test_embedding_cost_with_a_real_multi_view_checkpoint(tmp_path):
 
 
 def test_pca_2d_recovers_the_main_axes():
-    from embedlib.plots import pca_2d
+    from embedlib.eval.plots import pca_2d
 
     rng = np.random.default_rng(1)
     x = np.zeros((50, 5))

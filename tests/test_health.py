@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from embedlib.config import Config, HealthConfig, ModelConfig, TrainConfig
-from embedlib.health import accuracy_drop_tolerance, bn_health, verdict
-from embedlib.model import build_model
-from embedlib.precise_bn import precise_statistics
-from embedlib.train_loop import batches_of, make_optimizer, train_epoch
+from embedlib.train.health import accuracy_drop_tolerance, bn_health, verdict
+from embedlib.model.network import build_model
+from embedlib.train.precise_bn import precise_statistics
+from embedlib.train.loop import batches_of, make_optimizer, train_epoch
 
 
 def _seed_families(n_per: int, size: int = 32, seed: int = 0):

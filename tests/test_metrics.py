@@ -1,4 +1,4 @@
-"""embedlib.metrics against hand-computed cases and brute force."""
+"""embedlib.eval.metrics against hand-computed cases and brute force."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from embedlib import metrics
+from embedlib.eval import metrics
 
 
 def two_families():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from embedlib.config import ModelConfig
-from embedlib.model import batch_norms, build_model
+from embedlib.model.network import batch_norms, build_model
 
 
 @pytest.mark.parametrize("norm", ["batch", "batch-cumulative", "group", "none"])

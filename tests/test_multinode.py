@@ -35,9 +35,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from embedlib import corpus
-from embedlib.inputs import InputFile
-from conftest import pick_families
+from embedlib.files import corpus
+from embedlib.files.inputs import InputFile
+from conftest import pick_families, size_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -47,7 +47,7 @@ EXCLUDES = [".venv", ".git", "runs", "out", ".pytest_cache", "*.egg-info", "__py
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 TINY = ["raster.size=32", "model.channels=[8, 16, 16, 32]", "model.embedding_dim=32", "model.skip_dim=16",
         "model.hidden=16", "views.buckets=256", "train.epochs=2",
-        "train.batch_size=16", "train.num_workers=2", "train.cpus_per_worker=1", "train.min_family_size=3",
+        "train.batch_size=8", "train.num_workers=2", "train.cpus_per_worker=1", "train.min_family_size=3",
         "train.holdout_fraction=0.2", "train.probe_samples=64", "input.shard_size=8"]
 
 
@@ -328,8 +328,11 @@ def unique_contents(files: list[InputFile], limit: int) -> list[InputFile]:
     """At most `limit` files with pairwise different contents (so every path must end up in embeddings)."""
     seen, out = set(), []
     for f in files:
-        with open(f.path, "rb") as fh:
-            digest = hashlib.sha256(fh.read()).hexdigest()
+        try:
+            with open(f.path, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+        except OSError:  # vanished since it was listed
+            continue
         if digest not in seen:
             seen.add(digest)
             out.append(f)
@@ -381,7 +384,7 @@ def embed_inputs() -> list[InputFile]:
     """Up to 1,200 real ELF files of distinct contents: enough work that the worker node can be killed while
     the job runs (a few seconds of embedding on this machine; the job also loads the model per actor)."""
     files = corpus.system_executables(["/usr/bin", "/usr/sbin", "/usr/lib"])
-    files = unique_contents([f for f in files if os.path.getsize(f.path) <= 400_000], limit=1200)
+    files = unique_contents([f for f in files if (size_of(f.path) or 400_001) <= 400_000], limit=1200)
     assert len(files) >= 400, f"this machine has only {len(files)} small ELF files"
     return files
 

@@ -7,6 +7,7 @@ real `python -m jobs.embed` subprocesses.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import signal
@@ -19,11 +20,11 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 import torch
+from conftest import trained_checkpoint
 
-from embedlib import checkpoint, pipeline, schema
+from embedlib import pipeline, schema
 from embedlib.config import Config, InputConfig, ModelConfig, ViewsConfig
-from embedlib.train_loop import new_model
-from embedlib.pipeline import catalog
+from embedlib.root import lease
 from embedlib.pipeline.stages import embed_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,11 +34,11 @@ SMALL_MODEL = ModelConfig(embedding_dim=24, skip_dim=16, hidden=16)
 
 @pytest.fixture(scope="module")
 def model_uri(tmp_path_factory) -> str:
-    """A tiny checkpoint (random weights: these tests are about the pipeline, not the model)."""
+    """A tiny checkpoint trained on synthetic rows (these tests are about the pipeline, not the model)."""
     path = str(tmp_path_factory.mktemp("model") / "model")
     torch.manual_seed(0)
     cfg = Config(views=SMALL_VIEWS, model=SMALL_MODEL)
-    checkpoint.save(path, new_model(cfg, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
+    trained_checkpoint(path, cfg, seed=0)
     return path
 
 
@@ -162,7 +163,7 @@ def test_a_second_model_version_gets_its_own_rows(model_uri, tmp_path):
     other = str(tmp_path / "model2")
     torch.manual_seed(1)
     cfg = Config(views=SMALL_VIEWS, model=SMALL_MODEL)
-    checkpoint.save(other, new_model(cfg, 2), cfg, ["a", "b"], {"bn_health": {"healthy": True}})
+    trained_checkpoint(other, cfg, seed=1)
     src = tmp_path / "in"
     _corpus(src, 4)
     _embed(model_uri, src, tmp_path / "out")
@@ -191,10 +192,10 @@ def test_another_run_in_progress_is_refused(model_uri, tmp_path):
     src = tmp_path / "in"
     _corpus(src, 2)
     store = pipeline.Store(str(tmp_path / "out"))
-    lock = catalog.RootLock(store, "holder")
+    lock = lease.RootLock(store, "holder")
     lock.acquire()
     try:
-        with pytest.raises(catalog.RunInProgress, match="another run") as info:
+        with pytest.raises(lease.RunInProgress, match="another run") as info:
             _embed(model_uri, src, tmp_path / "out")
         assert info.value.exit_code == 75
     finally:
@@ -287,3 +288,228 @@ def test_embed_job_can_store_the_new_rows_neighbours(model_uri, tmp_path):
     rows = _table(tmp_path / "out", "neighbors")
     assert len(rows) == 5 * 3 and {r["rank"] for r in rows} == {1, 2, 3}
     assert all(r["neighbor"] != r["sha256"] for r in rows)
+
+
+# ---- known means the same file ------------------------------------------------------------------------------------
+
+def _twins(first, second) -> list[str]:
+    """Two files of equal size and mtime, different content (as reproducible builds make them)."""
+    data = bytearray(open("/usr/bin/ls", "rb").read())
+    with open(first, "wb") as fh:
+        fh.write(data)
+    data[len(data) // 2] ^= 0xFF
+    with open(second, "wb") as fh:
+        fh.write(data)
+    for path in (first, second):
+        os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    return [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in (first, second)]
+
+
+def test_the_same_relative_path_at_two_sites_is_two_files(model_uri, tmp_path):
+    """Two manifests at different sites both list `007`: same size and mtime, other content. The second site's
+    file is not 'known' because the first site's `007` was: it is embedded."""
+    for site in ("site1", "site2"):
+        (tmp_path / site).mkdir()
+        (tmp_path / site / "m.csv").write_text("path,family\n007,x\n")
+    first, second = _twins(tmp_path / "site1" / "007", tmp_path / "site2" / "007")
+    _embed(model_uri, tmp_path / "site1" / "m.csv", tmp_path / "out")
+    (again,) = _embed(model_uri, tmp_path / "site2" / "m.csv", tmp_path / "out")
+    assert again.counts["written"] == 1 and again.counts["skipped_known"] == 0
+    emb = _table(tmp_path / "out", "embeddings")
+    assert sorted(r["sha256"] for r in emb) == sorted([first, second])
+    assert sorted(r["location"] for r in emb) == sorted(os.fsencode(str(tmp_path / s / "007")) for s in ("site1", "site2"))
+    (third,) = _embed(model_uri, tmp_path / "site2" / "m.csv", tmp_path / "out")  # and it is known now
+    assert third.counts["skipped_known"] == 1 and third.counts["bytes_read"] == 0
+
+
+@pytest.mark.parametrize("first", ["raw", "backslash"])
+def test_a_name_that_is_not_utf8_is_not_its_escaped_text(model_uri, tmp_path, first):
+    """`tw\\xff.bin` (the byte 0xff) and a UTF-8 file literally named `tw\\\\xff.bin` show the same `path` text;
+    whichever came first, the other is embedded too."""
+    src = tmp_path / "in"
+    src.mkdir()
+    raw, backslash = os.fsencode(str(src)) + b"/tw\xff.bin", os.fsencode(str(src)) + b"/tw\\xff.bin"
+    assert raw.decode("utf-8", "backslashreplace") == backslash.decode()
+    stash = tmp_path / "stash"
+    stash.mkdir()
+    order = [raw, backslash] if first == "raw" else [backslash, raw]
+    shas = _twins(order[0], os.fsencode(str(stash / "later")))
+    _embed(model_uri, src, tmp_path / "out")
+    os.rename(os.fsencode(str(stash / "later")), order[1])
+    (again,) = _embed(model_uri, src, tmp_path / "out")
+    assert again.counts["written"] == 1 and again.counts["skipped_known"] == 1
+    emb = _table(tmp_path / "out", "embeddings")
+    assert sorted(r["sha256"] for r in emb) == sorted(shas)
+    assert {r["location"] for r in emb} == {raw, backslash}
+
+
+# ---- refusals that depend on settings -------------------------------------------------------------------------------
+
+def test_a_raised_limit_embeds_what_the_lower_one_refused(model_uri, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copyfile("/usr/bin/ls", src / "big")
+    size = os.path.getsize(src / "big")
+    (first,) = _embed(model_uri, src, tmp_path / "out", cfg=_cfg(max_hash_bytes=size - 1))
+    assert first.counts["failed"] == 1
+    (same,) = _embed(model_uri, src, tmp_path / "out", cfg=_cfg(max_hash_bytes=size - 1))
+    assert same.counts["skipped_known"] == 1  # the same limit: the refusal stands, nothing new is written
+    (raised,) = _embed(model_uri, src, tmp_path / "out", cfg=_cfg(max_hash_bytes=size))
+    assert raised.counts["written"] == 1
+    err = _table(tmp_path / "out", "errors")
+    assert [(r["status"], r["judged_under"]) for r in err] == [("too_large", f"input.max_hash_bytes={size - 1}")]
+
+
+def test_a_root_of_schema_version_2_is_read_once_more_then_known(model_uri, tmp_path):
+    """Rows written before `location` existed never match: their files are read once more (their contents are
+    already embedded: duplicate rows, nothing written twice), and are known from then on."""
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "in"
+    _corpus(src, 3)
+    (src / "empty").write_bytes(b"")
+    out = tmp_path / "out"
+    _embed(model_uri, src, out)
+    for part in glob.glob(f"{out}/embeddings/**/*.parquet", recursive=True) + glob.glob(f"{out}/errors/**/*.parquet",
+                                                                                        recursive=True):
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns([c for c in ("location", "judged_under") if c in table.column_names]), part)
+    (again,) = _embed(model_uri, src, out)
+    c = again.counts
+    assert (c["written"], c["duplicates"], c["failed"]) == (0, 3, 1) and c["bytes_read"] > 0
+    (third,) = _embed(model_uri, src, out)
+    assert third.counts["skipped_known"] == 4 and third.counts["bytes_read"] == 0
+    assert len(_table(out, "embeddings")) == 3
+
+
+def test_a_symlink_refused_unfollowed_is_embedded_once_symlinks_are_followed(model_uri, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    os.symlink("/usr/bin/ls", src / "link")
+    (first,) = _embed(model_uri, src, tmp_path / "out")
+    assert first.counts["failed"] == 1
+    (followed,) = _embed(model_uri, src, tmp_path / "out", cfg=_cfg(follow_symlinks=True))
+    assert followed.counts["written"] == 1
+    err = _table(tmp_path / "out", "errors")
+    assert [(r["status"], r["judged_under"]) for r in err] == [("symlink", "input.follow_symlinks=false")]
+
+
+# ---- every input check that can fail happens before the lock and before Ray ------------------------------------
+
+def _bad_csv(path, good_rows=0):
+    with open(path, "w") as fh:
+        fh.write("path,family\n")
+        fh.writelines(f"/data/corpus/file{i:07d}.bin,fam{i % 50}\n" for i in range(good_rows))
+        fh.write("/usr/bin/cat,b,extra\n")
+        fh.writelines(f"/data/corpus/more{i:07d}.bin,fam{i % 50}\n" for i in range(good_rows))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv_extra_field", "parquet_int_path"])
+def test_a_bad_manifest_is_refused_before_the_lock_and_ray_and_blocks_nothing(model_uri, tmp_path, kind):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedlib.files.inputs import InputError
+
+    if kind == "csv_extra_field":
+        bad, message = _bad_csv(tmp_path / "bad.csv"), "row 1 has 3 fields"
+    else:
+        bad, message = tmp_path / "bad.parquet", "column 'path' holds int64"
+        pq.write_table(pa.table({"path": [1, 2]}), bad)
+    out = tmp_path / "out"
+    started = []
+
+    def start_ray():  # an executor factory, as the jobs pass one: it must never be called
+        started.append(True)
+        return pipeline.LocalExecutor()
+
+    lock = lease.RootLock(pipeline.Store(str(out)), "holder")
+    lock.acquire()
+    try:  # another run holds the root: the manifest is refused first, by its own fault
+        with pytest.raises(InputError, match=message):
+            _embed(model_uri, bad, out, executor=start_ray)
+    finally:
+        lock.release()
+    with pytest.raises(InputError, match=message):
+        _embed(model_uri, bad, out, executor=start_ray)
+    assert not started
+    assert not (out / "_work").exists() or [d for d in os.listdir(out / "_work") if d != "tmp"] == []
+    src = tmp_path / "in"
+    _corpus(src, 2)
+    (ok,) = _embed(model_uri, src, out)  # another input into the same root is not blocked
+    assert ok.counts["written"] == 2
+
+
+def test_a_manifest_that_breaks_while_listing_leaves_nothing_that_blocks_the_root(model_uri, tmp_path):
+    """The manifest passed the check, then changed before the listing read it (as a file being rewritten can):
+    the run fails with one line and removes its staging, so the next run of another input proceeds."""
+    from embedlib.files.inputs import InputError
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\n/usr/bin/ls\n/usr/bin/cp\n")
+
+    def start_then_break():  # called after the lock, before the listing
+        _bad_csv(manifest, good_rows=100_000)  # the bad row comes after some listing chunks were written
+        return pipeline.LocalExecutor()
+
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="row 100001 has 3 fields"):
+        _embed(model_uri, manifest, out, executor=start_then_break, cfg=Config(input=InputConfig(shard_size=8192)))
+    assert [d for d in os.listdir(out / "_work") if d != "tmp"] == []
+    src = tmp_path / "in"
+    _corpus(src, 2)
+    (ok,) = _embed(model_uri, src, out)
+    assert ok.counts["written"] == 2
+
+
+def _without_root_privileges(cmd: list[str]) -> list[str]:
+    """cmd as an unprivileged process: root (as in containers) writes through any mode bits."""
+    if os.geteuid() != 0:
+        return cmd
+    capsh = shutil.which("capsh")
+    if capsh is None:
+        pytest.skip("running as root without capsh: no folder can be made unwritable")
+    import shlex
+
+    return [capsh, "--drop=cap_dac_override,cap_dac_read_search,cap_fowner", "--", "-c", shlex.join(cmd)]
+
+
+def test_bad_manifests_and_roots_are_one_line_before_anything_starts(model_uri, tmp_path):
+    big_bad = _bad_csv(tmp_path / "big-bad.csv", good_rows=200_000)  # the error comes mid-stream
+    (tmp_path / "a-file").write_bytes(b"not a folder")
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    locked.chmod(0o555)
+    base = [sys.executable, "-m", "jobs.embed", "--model", model_uri, "--no-progress"]
+    cases = [
+        (base + ["--input", str(big_bad), "--output", str(tmp_path / "o")], "row 200001 has 3 fields"),
+        (base + ["--input", "/usr/bin/ls", "--output", str(tmp_path / "a-file")], "is a file"),
+        (base + ["--input", "/usr/bin/ls", "--output", str(tmp_path / "a-file" / "below")], "is a file"),
+        (_without_root_privileges(base + ["--input", "/usr/bin/ls", "--output", str(locked / "out")]),
+         "cannot be written"),
+    ]
+    for cmd, message in cases:
+        for _ in range(3 if "big-bad" in " ".join(cmd) else 1):  # a streaming reader once crashed at exit
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 2 and message in proc.stderr, (cmd, proc.stderr[-2000:])
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "o" / "_work") or os.listdir(tmp_path / "o" / "_work") in ([], ["tmp"])
+    assert os.listdir(locked) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_glob_job_over_symlink_loops_ends_and_embeds_nothing_outside_the_tree(model_uri, tmp_path):
+    tree = tmp_path / "tree"
+    files = _corpus(tree / "a" / "b", 2)
+    os.symlink("..", tree / "a" / "up")
+    os.symlink("../..", tree / "a" / "b" / "upup")
+    _corpus(tmp_path / "outside", 1)
+    os.symlink(tmp_path / "outside", tree / "a" / "out")
+    (summary,) = _embed(model_uri, f"{tree}/**", tmp_path / "out", glob=True)
+    emb, err = _accounted(tmp_path / "out")
+    assert sorted(emb) == sorted(files)
+    status = {r["path"]: r["status"] for r in _table(tmp_path / "out", "errors")}
+    assert status == {str(tree / "a" / "up"): "symlink", str(tree / "a" / "b" / "upup"): "symlink",
+                      str(tree / "a" / "out"): "symlink"}
+    assert summary.counts["files_seen"] == 5

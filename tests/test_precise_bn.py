@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from embedlib.config import ModelConfig
-from embedlib.model import batch_norms, build_model
-from embedlib.precise_bn import Moments, precise_statistics
+from embedlib.model.network import batch_norms, build_model
+from embedlib.train.precise_bn import Moments, precise_statistics
 
 
 def _model(seed=0):
@@ -80,3 +80,43 @@ def test_apply_false_reports_without_changing():
     assert set(report) == {name for name, _ in batch_norms(model)}
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert report["encoders.image.features.1"]["abs_log_var_ratio"] > 0  # fresh running stats (var 1) are far from precise
+
+
+def _multi_view_model(seed=0):
+    from embedlib.config import Config, ViewsConfig
+    from embedlib.views import view_specs
+
+    cfg = Config(views=ViewsConfig(names=("image", "strings", "idents", "tokens"), buckets=64),
+                 model=ModelConfig(norm="batch", bn_momentum=0.01, channels=(4, 8, 8, 8), embedding_dim=24,
+                                   skip_dim=8, hidden=16))
+    torch.manual_seed(seed)
+    return build_model(cfg.model, 3, view_specs(cfg))
+
+
+def _views(n=29, seed=2):
+    rng = np.random.default_rng(seed)
+    return {"image": torch.from_numpy(rng.integers(0, 256, (n, 32, 32), dtype=np.uint8)),
+            **{k: torch.from_numpy(rng.integers(0, 4, (n, 64), dtype=np.uint8)) for k in ("strings", "idents", "tokens")}}
+
+
+def test_independent_layers_are_measured_in_one_pass_with_the_same_result(monkeypatch):
+    """bn_stages groups the k-th BN of every view's encoder: the three sketch encoders and the image's first conv
+    BN are one pass, and the result equals recalibrating one layer at a time."""
+    from embedlib.model import network as model_mod
+
+    views = _views()
+    batches = [{k: v[:11] for k, v in views.items()}, {k: v[11:] for k, v in views.items()}]
+    staged = _multi_view_model()
+    assert model_mod.bn_stages(staged)[0] == ["encoders.image.features.1", "encoders.strings.norm",
+                                              "encoders.idents.norm", "encoders.tokens.norm"]
+    calls = []
+    precise_statistics(staged, lambda: calls.append(1) or batches)
+    assert len(calls) == len(staged.encoders["image"].features) // 4  # one pass per conv block, sketches included
+    one_by_one = _multi_view_model()
+    monkeypatch.setattr(model_mod, "bn_stages", lambda m: [[n] for n, _ in batch_norms(m)])
+    calls.clear()
+    precise_statistics(one_by_one, lambda: calls.append(1) or batches)
+    assert len(calls) == len(batch_norms(one_by_one))
+    for (name, a), (_, b) in zip(batch_norms(staged), batch_norms(one_by_one)):
+        assert torch.allclose(a.running_mean, b.running_mean, rtol=1e-5, atol=1e-6), name
+        assert torch.allclose(a.running_var, b.running_var, rtol=1e-5, atol=1e-6), name

@@ -79,8 +79,10 @@ def test_views_follow_the_layout(con, fx):
     cols = [r[0] for r in con.execute("DESCRIBE embeddings").fetchall()]
     assert "run" not in cols and cols[-1] == "embedding"  # no hive column added from the path
     assert con.execute("SELECT count(*) FROM embedding_duplicates").fetchone()[0] == 0
-    # the unfinished run's staging file and the lock are invisible
-    assert con.execute("SELECT count(*) FROM embeddings_all WHERE run_id = $r", {"r": qf.RUN_UNFINISHED}).fetchone()[0] == 0
+    # the unfinished run's Parquet parts (every table), staging files and the lock are invisible
+    for table in ("embeddings_all", "errors", "neighbors_all", "attribution"):
+        assert con.execute(f"SELECT count(*) FROM {table} WHERE run_id = $r", {"r": qf.RUN_UNFINISHED}).fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM embeddings_all WHERE path LIKE '/corpus/ghost%'").fetchone()[0] == 0
 
 
 def test_embeddings_match_what_was_written(con, fx):
@@ -240,8 +242,13 @@ def test_neighbors_rerun_replaces_and_leaves_no_temporary_file(tmp_path):
     assert sorted(os.listdir(folder)) == ["part-000000.parquet"]
     t = pq.read_table(again.parts[0])
     assert t.num_rows == 36 * 3 and t.schema.field("rank").type == "int32"
-    latest = compute_neighbors(fx2.root, k=2)  # default: the latest finished run, its model version
-    assert (latest.run_id, latest.model_version, latest.queries, latest.corpus) == (qf.RUN3, qf.MV_B, 9, 45)
+    c = query.connect(fx2.root)  # readers see the rewrite only (the first one's files wait for jobs.compact)
+    assert c.execute("SELECT count(*) FROM neighbors WHERE run_id = $r", {"r": qf.RUN2}).fetchone()[0] == 36 * 3
+    assert os.listdir(os.path.join(fx2.root, "_work", "tmp")) == []
+    latest = compute_neighbors(fx2.root, k=2)  # default: every run of the current version without neighbours
+    assert (latest.runs, latest.model_version, latest.queries, latest.corpus) == ([qf.RUN3], qf.MV_B, 9, 45)
+    done = compute_neighbors(fx2.root, k=2)
+    assert done.runs == [] and "already has neighbours; nothing to do" in done.describe()
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -531,7 +538,7 @@ def test_neighbors_of_a_run_that_embedded_nothing(tmp_path):
     import pyarrow as pa
 
     from embedlib import schema
-    from embedlib.pipeline.store import Store
+    from embedlib.root.store import Store
 
     fx2 = qf.write_root(str(tmp_path / "r"))
     empty_run = "20261104T010000Z-eeeeee"
@@ -540,5 +547,6 @@ def test_neighbors_of_a_run_that_embedded_nothing(tmp_path):
         "run_id": empty_run, "job": "embed", "model_version": qf.MV_B, "raster": "{}", "input": "/corpus",
         "started": now, "finished": now, "seconds": 1.0, "embedlib_version": "t", "config": "{}"}
     Store(fx2.root).write_parquet(f"runs/{empty_run}.parquet", pa.Table.from_pylist([row], schema=schema.RUNS))
-    result = compute_neighbors(fx2.root, k=3)
-    assert (result.run_id, result.model_version, result.queries, result.parts) == (empty_run, qf.MV_B, 0, [])
+    result = compute_neighbors(fx2.root, run=empty_run, k=3)
+    assert (result.runs, result.model_version, result.queries, result.parts) == ([empty_run], qf.MV_B, 0, [])
+    assert compute_neighbors(fx2.root, k=3).runs == [qf.RUN2, qf.RUN3]  # the empty run needs none

@@ -175,10 +175,11 @@ def test_neighbors_job_cli(tmp_path, capsys):
     fx = qf.write_root(str(tmp_path / "n"))
     assert neighbors_job.main(["--root", fx.root, "-k", "3"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"neighbors: 9 rows of run {qf.RUN3} x 45 rows of model version mv-b, k=3")
+    assert out.startswith(f"neighbors: 45 rows of 2 runs without neighbours ({qf.RUN2}, {qf.RUN3}) x 45 rows of "
+                          "model version mv-b, k=3")
     for argv, message in [(["--root", fx.root, "-k", "0"], "k must be"), (["--root", str(tmp_path / "x")], "does not exist"),
                           (["--root", fx.root, "--run", "r0"], "run 'r0' has no embeddings")]:
-        assert neighbors_job.main(argv) == 1
+        assert neighbors_job.main(argv) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err
 

@@ -26,7 +26,8 @@ def test_views_macros_neighbors_and_the_command_on_s3(s3, tmp_path, capsys):
     fx = qf.write_root(root)
     qf.write_root("s3://embedlib/nightly/o'brien 1 a b")  # what a glob would match: never read
     result = compute_neighbors(root, run=qf.RUN3, k=4)
-    assert result.queries == 9 and result.parts[0].endswith("run=20261103T010000Z-cccccc/part-000000.parquet")
+    assert result.queries == 9 and result.parts[0].endswith("/part-000000.parquet")
+    assert "/neighbors/model_version=mv-b/run=20261103T010000Z-cccccc/commit=" in result.parts[0]  # under the lease
 
     con = query.connect(root)
     assert con.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 45

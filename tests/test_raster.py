@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from embedlib import raster
+from embedlib.views import raster
 
 
 @pytest.mark.parametrize(

@@ -1,19 +1,21 @@
-"""embedlib.retrieval: the protocol's split, query choice (both modes), scorers and per-query metrics."""
+"""embedlib.eval.retrieval: the protocol's split, query choice (both modes), scorers and per-query metrics."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from embedlib import metrics, retrieval
-from embedlib.split import bucket
+from embedlib.eval import metrics
+
+from embedlib.eval import retrieval
+from embedlib.train.split import FAMILY_SALT, bucket
 
 
 def test_roles_follow_the_family_and_file_hashes():
     shas = [f"{i:064x}" for i in range(400)]
     families = [f"fam{i % 40}" for i in range(400)]
     role = retrieval.roles(shas, families, 0.25, 0.2)
-    unseen = {f for f in set(families) if bucket(f, retrieval.FAMILY_SALT) < 0.25}
+    unseen = {f for f in set(families) if bucket(f, FAMILY_SALT) < 0.25}
     assert 0 < len(unseen) < 40
     for s, f, r in zip(shas, families, role):
         assert r == ("unseen" if f in unseen else "known" if bucket(s) < 0.2 else "train")

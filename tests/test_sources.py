@@ -4,7 +4,9 @@ import struct
 
 import pytest
 
-from embedlib import schema, sources
+from embedlib import schema
+
+from embedlib.files import sources
 from embedlib.config import InputConfig
 
 SMALL = InputConfig(max_bytes=64 * 1024, max_hash_bytes=200_000)

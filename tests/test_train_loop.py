@@ -1,4 +1,4 @@
-"""Losses and the P x K sampler of embedlib.train_loop (pure functions)."""
+"""Losses and the P x K sampler of embedlib.train.loop (pure functions)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from embedlib.config import Config, TrainConfig
-from embedlib.train_loop import cosface_loss, pk_batches, retrieval_loss, supcon_loss
+from embedlib.train.dataset import pk_batches
+from embedlib.train.loop import cosface_loss, retrieval_loss, supcon_loss
 
 
 def test_cosface_is_cross_entropy_with_the_true_cosine_lowered():

@@ -11,7 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from embedlib import raster, views
+from embedlib import views
+
+from embedlib.views import raster
 from embedlib.config import Config, ConfigError, ViewsConfig, load
 
 CFG = Config(views=ViewsConfig(names=views.VIEW_NAMES))

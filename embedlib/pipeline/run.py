@@ -2,11 +2,13 @@
 
 One run = listing -> match (what earlier runs knew) -> hash -> plan -> write -> runs row. The driver lists
 the input into chunk files (memory O(chunk)), hands tasks to an executor (in-process, or Ray through
-embedlib/ray_io.py), and keeps only counts: its memory does not grow with the number of files.
+embedlib/ray_io/), and keeps only counts: its memory does not grow with the number of files.
 
 Reruns: the root's lock makes runs one at a time (a second one refuses, exit 75). An interrupted run of the
 same job is finished first (its tasks with completion markers are kept, the others redone under the same
-names), then a new run picks up whatever the input gained meanwhile.
+names), then a new run picks up whatever the input gained meanwhile. An interrupted run of another job or input
+is parked, not in the way: it resumes when its own command runs again, reconciled with what was committed
+meanwhile.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from typing import Callable, Iterator, Protocol
 
 from tqdm.auto import tqdm
 
-from embedlib import inputs
+from embedlib.files import inputs
 from embedlib.errors import UserError
-from embedlib.pipeline import catalog, tasks
-from embedlib.pipeline.catalog import JobIdentity, RootLock, chunk_name, work
+from embedlib.pipeline import tasks
+from embedlib.root import catalog
+from embedlib.root.catalog import JobIdentity, chunk_name, work
+from embedlib.root.lease import RootLock
+from embedlib.root.lease import announce
 from embedlib.pipeline.stages import Counts
-from embedlib.pipeline.store import WORK, Store
+from embedlib.root.store import WORK, Store, check_root
 from embedlib.pipeline.tasks import Target
 
 
@@ -76,14 +81,18 @@ class OldLayout(UserError):
 
 def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor | Callable[[], Executor], *,
             shard_size: int = 256, progress: bool = True, abandon_unfinished: bool = False,
-            config_json: dict | None = None) -> list[RunSummary]:
+            config_json: dict | None = None, command: str | None = None) -> list[RunSummary]:
     """Finish any interrupted run of this same job in `root`, then run once more over the input.
 
+    An interrupted run of another job or input is parked: left unfinished and invisible (its own command resumes
+    it later), announced in one line on stderr; with abandon_unfinished its partial output is deleted instead.
     Everything that can be refused is refused before `executor` is called (when it is a factory, e.g. one that
-    starts Ray): a missing input, catalog.RunInProgress when another run holds the root, and
-    catalog.UnfinishedRunMismatch when an interrupted run of another job waits there (unless
-    abandon_unfinished: then its partial output is deleted)."""
+    starts Ray): before the lock, a missing input, a manifest that cannot be read through (inputs.check_input)
+    and an output root no run could write (store.check_root); then lease.RunInProgress when another run
+    holds the root. `command` is recorded in the run's run.json: what a later run names as the command that
+    resumes it."""
     spec = inputs.check_input(identity.input, identity.glob)
+    check_root(root)
     store = Store(root)
     if store.exists("_run.json") or store.exists("_inputs.parquet"):
         raise OldLayout(f"{store.root} was written by embedlib 0.1 (one run per folder); write to a new output root")
@@ -93,6 +102,9 @@ def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor
         store.clean_temporaries()
         for run_id in set(catalog.finished_runs(store)) & set(store.listdir(WORK)):
             store.remove(work(run_id))  # killed after its runs row, before its staging was removed
+        for name in store.listdir(WORK):
+            if name != "tmp" and not store.exists(work(name, "run.json")):
+                store.remove(work(name))  # killed while listing, before its run.json: nothing else was written
         resume = []
         for run_id, info in catalog.unfinished_runs(store):
             if identity.same_as(info["identity"]):
@@ -101,13 +113,13 @@ def run_job(identity: JobIdentity, target: Target, root: str, executor: Executor
                 abandon(store, run_id, info)
             else:
                 other = info["identity"]
-                raise catalog.UnfinishedRunMismatch(
-                    f"run {run_id} ({other['job']} of {other['input']}, version {other['version']}) was interrupted "
-                    f"in {store.root}: run that command again to finish it, or pass --abandon-unfinished to delete "
-                    "its partial output")
+                resume_with = catalog.resume_command(info, store.root)
+                announce(f"parked run {run_id} ({other['job']} of {other['input']}, version {other['version']}): "
+                         f"it stays unfinished and invisible; resume it with: {resume_with}")
         if callable(executor) and not hasattr(executor, "write"):
             executor = executor()
-        return [_execute(store, run_id, identity, spec, target, executor, shard_size, progress, config_json)
+        meta = {"config": config_json or {}, "command": command}
+        return [_execute(store, run_id, identity, spec, target, executor, shard_size, progress, meta, lock)
                 for run_id in resume + [lock.run_id]]
     finally:
         lock.release()
@@ -127,34 +139,54 @@ def _bar(progress: bool, desc: str, total: int | None) -> tqdm:
                 file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=False)
 
 
+def _list(store: Store, run_id: str, spec: inputs.InputSpec, shard_size: int, progress: bool,
+          lock: RootLock) -> dict:
+    """List the input into _work/<run>/listing/ chunk files (from scratch: a partial listing of a killed run is
+    discarded). When the listing fails (the manifest changed since it was checked, a store stopped answering),
+    the run's staging is removed, so nothing it leaves blocks the root: nothing else was written yet."""
+    store.remove(work(run_id, "listing"))
+    chunks = files = 0
+    try:
+        with _bar(progress, "listing", None) as bar:
+            for table in inputs.listing_batches(spec, shard_size):
+                lock.check()
+                store.write_ipc(work(run_id, "listing", chunk_name(chunks, "arrow")), table)
+                chunks, files = chunks + 1, files + table.num_rows
+                bar.update(table.num_rows)
+    except BaseException as exc:
+        store.remove(work(run_id))
+        if isinstance(exc, OSError):
+            raise inputs.InputError(f"input {spec.text} could not be listed: {exc}") from None
+        raise
+    listing = {"chunks": chunks, "files": files, "shard_size": shard_size}
+    store.write_json(work(run_id, "listing", "_done.json"), listing)
+    return listing
+
+
 def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.InputSpec, target: Target,
-             executor: Executor, shard_size: int, progress: bool, config_json: dict | None) -> RunSummary:
+             executor: Executor, shard_size: int, progress: bool, meta: dict, lock: RootLock) -> RunSummary:
+    """One run from wherever it stopped to its runs row. The lease is checked between tasks and phases and right
+    before the commit: a run that lost it stops (LeaseLost) and commits nothing. A resumed run is reconciled
+    with what other runs committed meanwhile before it commits (tasks.reconcile_task)."""
     started = time.perf_counter()
     info = store.read_json(work(run_id, "run.json"))
     resumed = info is not None
-    if not resumed:
-        info = {"identity": asdict(identity), "started": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "raster": target.config.to_dict()["raster"], "config": config_json or {}}
-        store.write_json(work(run_id, "run.json"), info)
     phases: dict[str, float] = {}
     root = store.root
     shard_size = max(1, shard_size)
 
     t = time.perf_counter()
     listing = store.read_json(work(run_id, "listing", "_done.json"))
-    if listing is None:  # (re)list from scratch: a partial listing of a killed run is discarded
-        store.remove(work(run_id, "listing"))
-        chunks = files = 0
-        with _bar(progress, "listing", None) as bar:
-            for table in inputs.listing_batches(spec, shard_size):
-                store.write_ipc(work(run_id, "listing", chunk_name(chunks, "arrow")), table)
-                chunks, files = chunks + 1, files + table.num_rows
-                bar.update(table.num_rows)
-        listing = {"chunks": chunks, "files": files, "shard_size": shard_size}
-        store.write_json(work(run_id, "listing", "_done.json"), listing)
+    if listing is None:
+        listing = _list(store, run_id, spec, shard_size, progress, lock)
+    if not resumed:  # only a listed run is a run: one that failed or was killed while listing blocks nothing
+        info = {"identity": asdict(identity), "started": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "raster": target.config.to_dict()["raster"], "config": meta["config"], "command": meta["command"]}
+        store.write_json(work(run_id, "run.json"), info)
     shard_size = listing["shard_size"]  # a resumed run keeps the chunking it started with
     phases["list"] = time.perf_counter() - t
 
+    lock.check()
     t = time.perf_counter()
     matched = bool(catalog.table_files(store, target.table, exclude_run=run_id)
                    or catalog.table_files(store, "errors", exclude_run=run_id))
@@ -170,10 +202,12 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
         bar.update(listing["files"] - sum(min(shard_size, listing["files"] - i * shard_size) for i in todo))
         for counts in executor.map(tasks.hash_task, [(root, run_id, i, target.config, matched, target.version)
                                                     for i in todo]):
+            lock.check()
             bar.update(counts["files_seen"])
     phases["hash"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    lock.check()
     plan = store.read_json(work(run_id, "plan", "_done.json"))
     if plan is None:
         plan = executor.run_one(tasks.plan_task, root, run_id, target.table, target.version, listing["chunks"],
@@ -185,8 +219,17 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
     todo = [j for j in range(plan["chunks"]) if chunk_name(j, "json") not in done]
     with _bar(progress, "embedding" if target.table == "embeddings" else "views", plan.get("planned")) as bar:
         for counts in executor.write(root, run_id, todo, target):
+            lock.check()
             bar.update(counts["written"] + counts["failed"])
     phases["write"] = time.perf_counter() - t
+
+    dropped = 0
+    if resumed:
+        lock.check()
+        reconciled = store.read_json(work(run_id, "reconcile", "_done.json"))
+        if reconciled is None:
+            reconciled = executor.run_one(tasks.reconcile_task, root, run_id, target.table, target.version)
+        dropped = reconciled["dropped"]
 
     totals = Counts(files_seen=listing["files"])
     for marker in tasks.marker_counts(store, run_id, "hashed"):
@@ -194,7 +237,10 @@ def _execute(store: Store, run_id: str, identity: JobIdentity, spec: inputs.Inpu
     totals.add({k: plan[k] for k in ("skipped_known", "duplicates")})
     for marker in tasks.marker_counts(store, run_id, "written"):
         totals.add(marker)
+    totals.add({"written": -dropped, "duplicates": dropped})
     finished = dt.datetime.now(dt.timezone.utc)
+    catalog.kill_point("commit")
+    lock.check(commit=True)
     store.write_parquet(catalog.runs_part(run_id), catalog.runs_row(run_id, info, totals.as_dict(), finished))
     store.remove(work(run_id))
     return RunSummary(run_id, store.root, resumed, totals.as_dict(), time.perf_counter() - started, phases)

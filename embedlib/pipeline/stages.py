@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from embedlib import schema, views
 from embedlib.config import Config, InputConfig
-from embedlib.sources import Stat, read_file, stat_target
+from embedlib.files.sources import Stat, read_file, stat_target
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,26 @@ class Counts:
         return dict(vars(self))
 
 
+def location(row: dict) -> bytes | None:
+    """The exact identity a row's file is known by in the written tables: what a staging row opens (`target`),
+    or the `location` of a row already written (a resumed run's rows that reconcile turns into duplicates)."""
+    return row.get("target") or row.get("location") or None
+
+
+def judged_under(status: str | None, cfg: InputConfig) -> str | None:
+    """The setting a setting-dependent outcome was judged under ("input.max_hash_bytes=N"), else None."""
+    key = schema.SETTING_DEPENDENT.get(status or "")
+    if key is None:
+        return None
+    value = getattr(cfg, key)
+    return f"input.{key}={str(value).lower() if isinstance(value, bool) else value}"
+
+
 def error_row(row: dict, status: str, reason: str, tag: RunTag, **extra) -> dict:
     """An errors-table row for a listing/hashed/planned row."""
     keep = ("path", "path_raw", "size_bytes", "mtime_ns", "etag", "family", "sha256")
     out = {k: row.get(k) for k in keep}
+    out["location"] = location(row)
     out.update(extra)
     out.update(status=status, reason=reason, model_version=tag.version, run_id=tag.run_id)
     return out
@@ -75,8 +91,8 @@ class HashResult:
 def hash_rows(rows: list[dict], cfg: InputConfig, tag: RunTag) -> HashResult:
     """Identify each listed path's content: from an earlier run when the file is unchanged (same size and
     mtime, or ETag), else by reading and hashing it (bounded). An unchanged path whose last outcome under this
-    version the same bytes would repeat (empty, too large, ...) is skipped; listing errors pass through as
-    error rows."""
+    version the same bytes would repeat (empty, too large, ...) is skipped, unless that outcome depended on a
+    setting that differs now (a raised input.max_hash_bytes); listing errors pass through as error rows."""
     out = HashResult()
     for row in rows:
         out.counts.files_seen += 1
@@ -96,7 +112,8 @@ def _hash_one(row: dict, cfg: InputConfig, tag: RunTag, out: HashResult) -> None
     listed = Stat(None, "", row.get("size_bytes"), None, row.get("etag")) if row.get("etag") else None
     st = listed or stat_target(row["target"], row["remote"], cfg)
     if _unchanged(row, st):
-        if row["known_status"] in schema.FINAL_ERRORS and row.get("known_version") == tag.version:
+        if (row["known_status"] in schema.FINAL_ERRORS and row.get("known_version") == tag.version
+                and row.get("known_judged_under") == judged_under(row["known_status"], cfg)):
             out.counts.skipped_known += 1
             return
         if row.get("known_sha256"):
@@ -106,7 +123,8 @@ def _hash_one(row: dict, cfg: InputConfig, tag: RunTag, out: HashResult) -> None
     read = read_file(row["target"], row["remote"], cfg, hash_all=True, known=st)
     ident = {"size_bytes": read.size_bytes, "mtime_ns": read.mtime_ns, "etag": read.etag}
     if not read.ok:
-        out.errors.append(error_row({**row, **ident}, read.status, read.reason, tag))
+        out.errors.append(error_row({**row, **ident}, read.status, read.reason, tag,
+                                    judged_under=judged_under(read.status, cfg)))
         return
     out.counts.bytes_read += read.size_bytes or 0
     out.hashed.append({**row, **ident, "sha256": read.sha256, "format": read.format, "unchanged": False})
@@ -136,7 +154,8 @@ def read_views(rows: list[dict], cfg: Config, tag: RunTag) -> ViewsResult:
                 continue
             read = read_file(row["target"], row["remote"], cfg.input, hash_all=False, known=st)
             if not read.ok:
-                out.errors.append(error_row(row, read.status, read.reason, tag))
+                out.errors.append(error_row(row, read.status, read.reason, tag,
+                                            judged_under=judged_under(read.status, cfg.input)))
                 continue
             out.bytes_read += len(read.data)
             try:
@@ -146,7 +165,7 @@ def read_views(rows: list[dict], cfg: Config, tag: RunTag) -> ViewsResult:
                 continue
             extra = {"format": read.format, "truncated": read.truncated}
             if cfg.input.digests:
-                from embedlib import digests  # optional dependency (the eval extra)
+                from embedlib.views import digests  # optional dependency (the eval extra)
 
                 extra.update(digests.compute(read.data))
             out.rows.append({**row, **extra})
@@ -186,7 +205,8 @@ def written_table(rows: list[dict], tag: RunTag, columns: dict[str, pa.Array], t
     """Rows of the written table (embeddings or samples): the planned rows' metadata plus `columns`."""
     if not rows:
         return target_schema.empty_table()
-    base = pa.Table.from_pylist([{**r, "model_version": tag.version, "run_id": tag.run_id} for r in rows])
+    base = pa.Table.from_pylist([{**r, "location": location(r), "model_version": tag.version,
+                                  "run_id": tag.run_id} for r in rows])
     for name, array in columns.items():
         base = base.append_column(name, array)
     return schema.conform(base, target_schema)

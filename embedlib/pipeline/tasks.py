@@ -1,6 +1,6 @@
 """The pipeline's tasks: read a staging file, run a stage, write the outputs atomically under deterministic
 names, then a completion marker. Plain functions of (root, run, task number, settings): the driver runs them
-in-process or as Ray tasks (embedlib/ray_io.py) and they behave the same. A task redone after a kill
+in-process or as Ray tasks (embedlib/ray_io/) and they behave the same. A task redone after a kill
 overwrites its own files, so nothing is ever written twice.
 """
 
@@ -10,20 +10,19 @@ import json
 import tempfile
 from dataclasses import dataclass
 
-import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from embedlib import schema, views
 from embedlib.config import Config
-from embedlib.pipeline import catalog
-from embedlib.pipeline.catalog import chunk_name, errors_part, work, written_part
+from embedlib.root import catalog, duck
+from embedlib.root.catalog import chunk_name, errors_part, work, written_part
 from embedlib.pipeline.stages import Counts, RunTag, embed_batch, error_row, hash_rows, read_views, written_table
-from embedlib.pipeline.store import Store
+from embedlib.root.store import Store
 from embedlib.sql import sql_text
 
-DUCKDB_MEMORY = "512MB"  # the planning queries spill to disk beyond this: memory stays flat at any scale
 
 
 @dataclass(frozen=True)
@@ -51,39 +50,23 @@ def _write_errors(store: Store, run_id: str, stage: str, task: int, rows: list[d
         store.remove(rel)  # a redone task that now has none must not leave an earlier attempt's rows
 
 
-def _duckdb(temp_dir: str) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute("SET memory_limit = $m", {"m": DUCKDB_MEMORY})
-    con.execute("SET temp_directory = $t", {"t": temp_dir})
-    con.execute("SET preserve_insertion_order = false")
-    return con
-
-
-def _register(con, store: Store, name: str, files: list[str], fmt: str, empty: pa.Schema,
-              columns: list[str] | None = None) -> None:
-    """Expose exact files (never a glob: roots may be named `run[1]`) to DuckDB as a view `name`."""
-    if files:
-        ds = pads.dataset([store.path(f) for f in files], format=fmt, filesystem=store.arrow_filesystem())
-        con.register(name, ds.scanner(columns=columns) if columns else ds)
-    else:
-        con.register(name, (empty.empty_table().select(columns) if columns else empty.empty_table()))
-
-
 # ---- match: what earlier runs knew about the listed paths ----------------------------------------------------
 
 def match_task(root: str, run_id: str, table: str, chunks: int) -> dict:
-    """Join the listing with the latest known state of each path in earlier runs (table + errors), and write
-    one known/NNNNNN.arrow per listing chunk (schema.LISTING + schema.KNOWN), in listing order."""
+    """Join the listing with the latest known state of each file in earlier runs (table + errors), by its exact
+    identity (`location`), and write one known/NNNNNN.arrow per listing chunk (schema.LISTING + schema.KNOWN),
+    in listing order."""
     store = Store(root)
     prior = [f for f in catalog.table_files(store, table, exclude_run=run_id)]
     prior_errors = catalog.table_files(store, "errors", exclude_run=run_id)
     listing = [work(run_id, "listing", chunk_name(i, "arrow")) for i in range(chunks)]
-    cols = ["path", "size_bytes", "mtime_ns", "etag", "sha256", "model_version", "run_id"]
+    cols = ["location", "size_bytes", "mtime_ns", "etag", "sha256", "model_version", "run_id"]
     with tempfile.TemporaryDirectory() as tmp:
-        con = _duckdb(tmp)
-        _register(con, store, "listing", listing, "ipc", schema.LISTING)
-        _register(con, store, "prior_written", prior, "parquet", schema.embeddings_schema(1), cols)
-        _register(con, store, "prior_errors", prior_errors, "parquet", schema.ERRORS, cols + ["status"])
+        con = duck.connect(tmp)
+        duck.register(con, store, "listing", listing, "ipc", schema.LISTING)
+        duck.register(con, store, "prior_written", prior, "parquet", schema.embeddings_schema(1), cols)
+        duck.register(con, store, "prior_errors", prior_errors, "parquet", schema.ERRORS,
+                  cols + ["status", "judged_under"])
         reader = con.execute(sql_text("pipeline_match"), {"shard_size": _shard_size(store, run_id)}) \
             .to_arrow_reader(65536)
         _write_by_chunk(store, run_id, "known", reader, chunks)
@@ -156,9 +139,9 @@ def plan_task(root: str, run_id: str, target_table: str, version: str, hashed_ch
     tag = RunTag(version, run_id)
     planned, dups, n_plan, n_dup, n_planned = [], [], 0, 0, 0
     with tempfile.TemporaryDirectory() as tmp:
-        con = _duckdb(tmp)
-        _register(con, store, "hashed", hashed, "ipc", schema.HASHED)
-        _register(con, store, "done", done_files, "parquet", schema.embeddings_schema(1), ["sha256", "path"])
+        con = duck.connect(tmp)
+        duck.register(con, store, "hashed", hashed, "ipc", schema.HASHED)
+        duck.register(con, store, "done", done_files, "parquet", schema.embeddings_schema(1), ["sha256", "path"])
         reader = con.execute(sql_text("pipeline_plan"), {"version": version}).to_arrow_reader(65536)
         for batch in reader:
             for row in batch.to_pylist():
@@ -187,6 +170,49 @@ def plan_task(root: str, run_id: str, target_table: str, version: str, hashed_ch
         _write_errors(store, run_id, "dup", n_dup, dups)
     result = {**counts.as_dict(), "chunks": n_plan, "planned": n_planned}
     store.write_json(work(run_id, "plan", "_done.json"), result)
+    return result
+
+
+# ---- reconcile: a resumed run against what others committed meanwhile -----------------------------------------
+
+def reconcile_task(root: str, run_id: str, table: str, version: str) -> dict:
+    """A resumed run's rows whose content another run committed under `version` while this one was unfinished
+    (parked, killed): dropped from its parts and recorded as `duplicate` error rows, so no sha256 appears twice
+    in a version. The rows to drop are decided once (reconcile/drop.arrow) before any part is rewritten, so a
+    kill anywhere in here redoes exactly the same work. Returns {"dropped": n}, also written as the marker."""
+    store = Store(root)
+    own = store.find(f"{table}/{catalog.VERSION_KEYS[table]}={version}/run={run_id}", ".parquet")
+    decided = work(run_id, "reconcile", "drop.arrow")
+    if store.exists(decided):
+        drop = store.read_ipc(decided)
+    else:
+        done = catalog.table_files(store, table, version, exclude_run=run_id)
+        drop = pa.table({"sha256": pa.array([], pa.string())})
+        if own and done:
+            head = pads.dataset([store.path(own[0])], format="parquet", filesystem=store.arrow_filesystem()).schema
+            columns = [c for c in head.names if c != "embedding" and not c.startswith("view_")]
+            with tempfile.TemporaryDirectory() as tmp:
+                con = duck.connect(tmp)
+                duck.register(con, store, "own", own, "parquet", head, columns)
+                duck.register(con, store, "done", done, "parquet", schema.embeddings_schema(1),
+                          ["sha256", "path", "run_id"])
+                drop = con.execute(sql_text("pipeline_reconcile")).to_arrow_table()
+                con.close()
+        store.write_ipc(decided, drop)
+    rows = drop.to_pylist()
+    tag = RunTag(version, run_id)
+    _write_errors(store, run_id, "reconcile", 0, [
+        error_row(r, schema.STATUS_DUPLICATE, f"same content as {r['same_as']} (committed by run {r['by_run']} "
+                  "while this run was unfinished)", tag) for r in rows])
+    if rows:
+        shas = pa.array(sorted({r["sha256"] for r in rows}), pa.string())
+        for rel in own:
+            part = store.read_parquet(rel)
+            kept = part.filter(pc.invert(pc.is_in(part.column("sha256"), value_set=shas)))
+            if kept.num_rows != part.num_rows:
+                store.write_parquet(rel, kept)
+    result = {"dropped": len(rows)}
+    store.write_json(work(run_id, "reconcile", "_done.json"), result)
     return result
 
 
@@ -227,9 +253,9 @@ def write_task(root: str, run_id: str, task: int, target: Target, threads: int =
     """Both halves in one process (the CPU path: every core reads, computes views and embeds its own chunks)."""
     embed = None
     if target.table == "embeddings":
-        from embedlib.embedder import cached_embedder
+        from embedlib.model.embedder import cached_embedder
 
-        embed = cached_embedder(target.model_uri, threads).embed_views
+        embed = cached_embedder(target.model_uri, threads, device="cpu").embed_views  # the CPU path, even beside a GPU
     return store_written(root, run_id, task, target, *load_views(root, run_id, task, target), embed=embed)
 
 

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import duckdb
 
-from embedlib.query.connect import sql_text, statement
+from embedlib.sql import sql_text, statement
 from embedlib.query.errors import DUCKDB_ERRORS, QueryError, translate
 
 Result = tuple[list[str], list[tuple]]

@@ -126,7 +126,7 @@ def embed_file(con: duckdb.DuckDBPyConnection, path: str, model: str | None) -> 
     import json
 
     from embedlib.config import InputConfig
-    from embedlib.embedder import Embedder
+    from embedlib.model.embedder import Embedder
 
     if not os.path.isfile(path):
         raise QueryError(f"--file {path!r} is not a file")

@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import os
 import re
-from importlib import resources
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 import embedlib
 from embedlib import schema
+from embedlib.sql import create_statement, requires, sql_text, statement
 from embedlib.query import layout
+from embedlib.root.store import Store
 from embedlib.query.errors import DUCKDB_ERRORS, QueryError, translate
 
-SQL_PACKAGE = "embedlib.query.sql"
-_PLACEHOLDER = re.compile(r"@(NAME|VARIABLE|DIM|METRIC|M|EF_CONSTRUCTION|EF|KEY)@")
 _CREATES = re.compile(r"CREATE OR REPLACE (?:VIEW|MACRO|TABLE) \"?(\w+)", re.I)
 
 # Objects built from the sources, in order: (name, SQL file of its SELECT, sources it reads).
@@ -46,70 +44,33 @@ DERIVED = ("helpers", "labelled_files", "neighbors", "attribution", "counts", "e
            "duplicates", "similar", "near_duplicates", "drift", "drift_versions")
 
 
-def _read(name: str) -> str:
-    return resources.files(SQL_PACKAGE).joinpath(f"{name}.sql").read_text()
-
-
-def _fill(text: str, fill: dict[str, int | str]) -> str:
-    """@NAME@ placeholders filled. Only sizes and identifiers that we computed are ever filled in; user values
-    are bound as $parameters."""
-
-    def sub(m: re.Match) -> str:
-        value = fill[m.group(1).lower()]
-        if not isinstance(value, int) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(f"refusing to fill @{m.group(1)}@ with {value!r}")
-        return str(value)
-
-    return _PLACEHOLDER.sub(sub, text)
-
-
-def sql_text(file: str, **fill: int | str) -> str:
-    """The text of sql/<file>.sql with its placeholders filled."""
-    return _fill(_read(file), fill)
-
-
-def statement(section: str, **fill: int | str) -> str:
-    """One `-- name:` section of sql/internal.sql, placeholders filled."""
-    sections = re.split(r"^-- name: (\w+)\n", _read("internal"), flags=re.M)
-    return _fill(dict(zip(sections[1::2], sections[2::2]))[section].strip(), fill)
-
-
-def create_statement(kind: str, name: str, select: str) -> str:
-    """CREATE OR REPLACE VIEW|TABLE name AS <one of our own SELECTs>."""
-    return sql_text(kind, name=name).replace("@SELECT@", select.strip().rstrip(";"))
-
-
-def requires(name: str) -> list[str]:
-    m = re.search(r"^-- requires: (.*)$", _read(name), flags=re.M)
-    return [x.strip() for x in m.group(1).split(",")] if m else []
-
-
-def _register_source(con: duckdb.DuckDBPyConnection, root: layout.Root, name: str, files: list[str],
+def _register_source(con: duckdb.DuckDBPyConnection, store: Store, name: str, files: list[str],
                      embedding_as_list: bool = False) -> None:
-    """A view `name` over exactly these files: read_parquet over a bound list of escaped names, or (a name
-    DuckDB's glob cannot express) a pyarrow dataset."""
-    uris = [root.uri(f) for f in files]
+    """A view `name` over exactly these files (relative to the root): read_parquet over a bound list of escaped
+    names, or (a name DuckDB's glob cannot express) a pyarrow dataset."""
+    uris = [store.uri(f) for f in files]
     if all(layout.duckdb_safe(u) for u in uris):
         con.execute(statement("set_files", variable=name), {"files": [layout.duckdb_path(u) for u in uris]})
         con.execute(sql_text("source_files", name=name, variable=name))
         return
-    fs = pafs.LocalFileSystem() if root.local else pafs.PyFileSystem(pafs.FSSpecHandler(root.fs))
-    schemas = [layout.file_schema(root, f) for f in files]
+    schemas = [layout.file_schema(store, f) for f in files]
     unified = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
     if embedding_as_list and "embedding" in unified.names:  # versions may differ in size: a plain list
         i = unified.get_field_index("embedding")
         unified = unified.set(i, pa.field("embedding", pa.list_(pa.float32())))
-    con.register(name, ds.dataset(files, schema=unified, filesystem=fs, format="parquet"))
+    con.register(name, ds.dataset([store.path(f) for f in files], schema=unified,
+                                  filesystem=store.arrow_filesystem(), format="parquet"))
 
 
 def _register_labels(con: duckdb.DuckDBPyConnection, labels: str, storage_options: dict | None) -> None:
-    lroot = layout.open_root(labels, storage_options, must_exist=False)
-    if not lroot.fs.isfile(lroot.path):
+    folder, _, name = labels.rstrip("/").rpartition("/")
+    where = layout.open_root(folder or ".", storage_options, must_exist=False)  # a local path is a path
+    if not where.exists(name) or where.is_folder(name):
         raise QueryError(f"labels manifest {labels!r} does not exist")
-    uri = lroot.uri(lroot.path)
-    if not lroot.local:
+    uri = where.uri(name)
+    if not where.local:
         try:
-            con.register_filesystem(lroot.fs)
+            con.register_filesystem(where.fs)
         except DUCKDB_ERRORS:
             pass  # the root's own filesystem, already registered
     if not layout.duckdb_safe(uri):
@@ -141,8 +102,8 @@ def connect(root: str | None = None, *, model_version: str | None = None, labels
     if database is not None:
         _check_database_path(database, must_exist=False)
     materialize = database is not None if materialize is None else materialize
-    r = layout.open_root(root, storage_options)
-    listing = layout.list_root(r)
+    store = layout.open_root(root, storage_options)
+    listing = layout.list_root(store)
     if listing.empty:
         raise QueryError(f"output root {root!r} is empty: no embeddings/, errors/ or runs/ files "
                          "(has a jobs.embed run finished into it?)")
@@ -151,7 +112,7 @@ def connect(root: str | None = None, *, model_version: str | None = None, labels
         known = ", ".join(sorted(listing.embeddings)) or "none"
         raise QueryError(f"model version {model_version!r} has no embeddings under {root!r} (versions: {known})")
     files = listing.embeddings.get(version, [])
-    dim = layout.embedding_dim(r, files[0]) if files else 0
+    dim = layout.embedding_dim(store, files[0]) if files else 0
     if database is not None and os.path.exists(database):
         open_database(database, read_only=True).close()  # refuse to replace a file that is not ours
     # A database file is built under a temporary name and renamed: a reader never sees half of it.
@@ -161,7 +122,7 @@ def connect(root: str | None = None, *, model_version: str | None = None, labels
     except DUCKDB_ERRORS as exc:
         raise QueryError(f"cannot create database {database!r}: {translate(exc)}") from exc
     try:
-        _build(con, r, listing, version, dim, labels, materialize, storage_options)
+        _build(con, store, listing, version, dim, labels, materialize, storage_options)
     except DUCKDB_ERRORS as exc:
         con.close()
         _remove(building)
@@ -184,12 +145,12 @@ def _remove(path: str) -> None:
             os.remove(p)
 
 
-def _build(con: duckdb.DuckDBPyConnection, r: layout.Root, listing: layout.Listing, version: str, dim: int,
+def _build(con: duckdb.DuckDBPyConnection, store: Store, listing: layout.Listing, version: str, dim: int,
            labels: str | None, materialize: bool, storage_options: dict | None) -> None:
     con.execute(statement("no_python_replacements"))
-    if not r.local:
-        con.register_filesystem(r.fs)
-    con.execute(sql_text("settings"), {"root": r.given, "model_version": version, "dim": dim, "labels": labels,
+    if not store.local:
+        con.register_filesystem(store.fs)
+    con.execute(sql_text("settings"), {"root": store.given, "model_version": version, "dim": dim, "labels": labels,
                                        "materialized": materialize, "embedlib_version": embedlib.__version__})
     missing: dict[str, str] = {}
     sources = {
@@ -202,7 +163,7 @@ def _build(con: duckdb.DuckDBPyConnection, r: layout.Root, listing: layout.Listi
     present = set()
     for name, files in sources.items():
         if files:
-            _register_source(con, r, name, files, embedding_as_list=name == "embedlib_src_embeddings_all")
+            _register_source(con, store, name, files, embedding_as_list=name == "embedlib_src_embeddings_all")
             present.add(name)
         elif name == "embedlib_src_errors":  # no error in any run: an empty table, not a missing one
             con.register(name, schema.ERRORS.empty_table())
@@ -211,10 +172,10 @@ def _build(con: duckdb.DuckDBPyConnection, r: layout.Root, listing: layout.Listi
         _register_labels(con, labels, storage_options)
         present.add("embedlib_src_labels")
     why = {
-        "embeddings": f"no embeddings under model version {version} in {r.given}",
-        "embeddings_all": f"no embeddings in {r.given}",
-        "runs": f"no finished run (runs/) in {r.given}",
-        "neighbors_all": f"no stored neighbours in {r.given}: run python -m jobs.neighbors --root ROOT first",
+        "embeddings": f"no embeddings under model version {version} in {store.given}",
+        "embeddings_all": f"no embeddings in {store.given}",
+        "runs": f"no finished run (runs/) in {store.given}",
+        "neighbors_all": f"no stored neighbours in {store.given}: run python -m jobs.neighbors --root ROOT first",
         "labels": "no labels manifest was given (--labels)",
     }
     built = set()

@@ -20,7 +20,7 @@ from typing import Sequence
 import duckdb
 
 from embedlib.query import analytics
-from embedlib.query.connect import sql_text, statement
+from embedlib.sql import sql_text, statement
 from embedlib.query.errors import QueryError
 
 METRICS = {"cosine": "cosine", "l2": "l2sq", "ip": "ip"}

@@ -1,10 +1,12 @@
-"""What an output root holds, found by listing it with fsspec: never by a glob, never by pasting it into SQL.
+"""What an output root holds for readers: exactly the committed files (embedlib.root.catalog.snapshot, the
+one definition the pipeline uses too), found by listing, never by a glob, never by pasting a path into SQL.
 
-  ROOT/embeddings/model_version=<V>/run=<R>/part-<NNNNNN>.parquet
-  ROOT/errors/run=<R>/part-<stage>-<NNNNNN>.parquet
-  ROOT/runs/<R>.parquet
-  ROOT/neighbors/model_version=<V>/run=<R>/part-<NNNNNN>.parquet
-  ROOT/_work/..., ROOT/_lock.json, temporary names: ignored (they never end in .parquet or start with . or _)
+  ROOT/embeddings/model_version=<V>/run=<R>/part-<NNNNNN>.parquet    visible once runs/<R>.parquet exists
+  ROOT/errors/run=<R>/part-<stage>-<NNNNNN>.parquet                  likewise
+  ROOT/runs/<R>.parquet                                              the commit of run R
+  ROOT/neighbors/model_version=<V>/run=<R>/commit=<W>/part-<N>.parquet  visible once commits/<W>.json exists
+  ROOT/<table>/.../commit=<W>/part-<N>.parquet                       compacted parts, likewise
+  ROOT/_work/..., ROOT/_lock.json, temporary names, the parts of unfinished or parked runs: never seen
 
 DuckDB treats [ ] * ? in read_parquet paths as glob syntax even in an explicit list of files (a file
 `part-00000[1].parquet` silently matched `part-000001.parquet`). `duckdb_path` escapes each of those
@@ -16,14 +18,15 @@ through a pyarrow dataset instead.
 
 from __future__ import annotations
 
-import posixpath
 import re
 from dataclasses import dataclass, field
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedlib.root import catalog
+from embedlib.files.sources import uri_protocol
+from embedlib.root.store import Store
 from embedlib.query.errors import QueryError
 
 TABLES = ("embeddings", "errors", "runs", "neighbors")
@@ -40,134 +43,90 @@ def duckdb_safe(uri: str) -> bool:
     return "\\" not in uri or not _GLOB.search(uri)
 
 
-def _partition_value(part: str, key: str) -> str | None:
-    """`key=value` folder names hold the value as it is (embedlib.pipeline.catalog writes them so)."""
-    return part[len(key) + 1:] if part.startswith(key + "=") else None
-
-
-def is_data_file(name: str) -> bool:
-    """Finished Parquet files only: temporary names never end in .parquet, hidden or _names are not data."""
-    base = posixpath.basename(name)
-    return base.endswith(".parquet") and not base.startswith((".", "_"))
-
-
-@dataclass
-class Root:
-    """An output root: its fsspec filesystem and path, and how DuckDB should name its files."""
-
-    given: str
-    fs: fsspec.AbstractFileSystem
-    path: str
-
-    @property
-    def local(self) -> bool:
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return protocol in ("file", "local")
-
-    def join(self, *parts: str) -> str:
-        return posixpath.join(self.path, *parts)
-
-    def uri(self, fs_path: str) -> str:
-        """The full name of a file for DuckDB (a local absolute path, or protocol://...)."""
-        return fs_path if self.local else self.fs.unstrip_protocol(fs_path)
-
-
-def open_root(root: str, storage_options: dict | None = None, must_exist: bool = True) -> Root:
+def open_root(root: str, storage_options: dict | None = None, must_exist: bool = True) -> Store:
+    """The output root `root` through the pipeline's own filesystem layer (embedlib.root.store): a local path is
+    a path, only a storage URI is remote. `storage_options` open the remote filesystem (credentials, endpoint)."""
+    fs = None
+    protocol = uri_protocol(root)
     try:
-        fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+        if storage_options and protocol not in (None, "file"):
+            import fsspec
+
+            fs = fsspec.filesystem(protocol, **storage_options)
+        store = Store(root, fs=fs)
     except (ValueError, ImportError) as exc:
         raise QueryError(f"cannot open output root {root!r}: {exc}") from exc
-    r = Root(given=root, fs=fs, path=path.rstrip("/") or "/")
     if must_exist:
         try:
-            isdir = fs.isdir(r.path)
+            isdir = store.is_folder()
         except Exception as exc:  # noqa: BLE001 - any backend failure is one line for the user
             raise QueryError(f"cannot read output root {root!r}: {exc}") from exc
         if not isdir:
-            what = "is a file, not an output root" if fs.exists(r.path) else "does not exist"
+            what = "is a file, not an output root" if store.exists("") else "does not exist"
             raise QueryError(f"output root {root!r} {what}")
-    return r
+    return store
 
 
 @dataclass
 class Listing:
-    """Every finished Parquet file under a root, by table (and model version where the table has one)."""
+    """Every committed Parquet file under a root (relative paths), by table (and model version where the table has
+    one)."""
 
-    root: Root
+    store: Store
     embeddings: dict[str, list[str]] = field(default_factory=dict)  # model version -> files
     neighbors: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     runs_of_version: dict[str, set[str]] = field(default_factory=dict)  # model version -> run ids embedded
+    snapshot: catalog.Snapshot | None = None  # what the lists were taken from
 
     @property
     def empty(self) -> bool:
         return not (self.embeddings or self.errors or self.runs or self.neighbors)
 
 
-def _find(root: Root, table: str) -> list[str]:
-    top = root.join(table)
-    try:
-        if not root.fs.isdir(top):
-            return []
-        return sorted(p for p in root.fs.find(top) if is_data_file(p))
-    except FileNotFoundError:
-        return []
-
-
-def list_root(root: Root) -> Listing:
-    out = Listing(root=root)
+def list_root(store: Store) -> Listing:
+    """The committed files of every table (catalog.snapshot)."""
+    snap = catalog.snapshot(store, TABLES)
+    out = Listing(store=store, snapshot=snap)
     for table in ("embeddings", "neighbors"):
-        for path in _find(root, table):
-            parts = posixpath.relpath(path, root.join(table)).split("/")
-            version = _partition_value(parts[0], "model_version") if len(parts) == 3 else None
-            run = _partition_value(parts[1], "run") if len(parts) == 3 else None
-            if version is None or run is None:
+        for rel in snap.table_files(table):
+            version = catalog.version_of(rel)
+            if version is None:
                 continue  # not in the layout: not ours
-            getattr(out, table).setdefault(version, []).append(path)
+            getattr(out, table).setdefault(version, []).append(rel)
             if table == "embeddings":
-                out.runs_of_version.setdefault(version, set()).add(run)
-    out.errors = _find(root, "errors")
-    out.runs = [p for p in _find(root, "runs") if posixpath.dirname(p) == root.join("runs")]
+                out.runs_of_version.setdefault(version, set()).update(snap.runs_in(rel))
+    out.errors = list(snap.table_files("errors"))
+    out.runs = list(snap.table_files("runs"))
     return out
-
-
-def read_runs(listing: Listing) -> pa.Table | None:
-    """The runs table (one small file per finished run), or None when no run has finished."""
-    if not listing.runs:
-        return None
-    tables = []
-    for path in listing.runs:
-        with listing.root.fs.open(path, "rb") as fh:
-            tables.append(pq.read_table(fh))
-    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def current_model_version(listing: Listing) -> str:
     """The model version of the latest finished run; without a runs table, of the newest run embedded."""
-    runs = read_runs(listing)
-    if runs is not None and runs.num_rows:
+    runs = catalog.read_runs(listing.store, listing.snapshot)
+    if runs.num_rows:
         rows = runs.select(["run_id", "model_version", "finished"]).to_pylist()
         finished = [r for r in rows if r["finished"] is not None] or rows
         latest = max(finished, key=lambda r: (r["finished"] is not None, r["finished"] or 0, r["run_id"]))
         return latest["model_version"]
     if listing.embeddings:
         return max(listing.runs_of_version, key=lambda v: max(listing.runs_of_version[v]))
-    raise QueryError(f"output root {listing.root.given!r} holds no finished run and no embeddings")
+    raise QueryError(f"output root {listing.store.given!r} holds no finished run and no embeddings")
 
 
-def file_schema(root: Root, path: str) -> pa.Schema:
-    with root.fs.open(path, "rb") as fh:
+def file_schema(store: Store, rel: str) -> pa.Schema:
+    with store.open(rel) as fh:
         return pq.read_schema(fh)
 
 
-def embedding_dim(root: Root, path: str) -> int:
+def embedding_dim(store: Store, rel: str) -> int:
     """The embedding size written in a file: its fixed-size list, or the embedlib.embedding_dim metadata."""
-    schema = file_schema(root, path)
+    schema = file_schema(store, rel)
     typ = schema.field("embedding").type
     if pa.types.is_fixed_size_list(typ):
         return typ.list_size
     meta = schema.metadata or {}
     if b"embedlib.embedding_dim" in meta:
         return int(meta[b"embedlib.embedding_dim"])
-    raise QueryError(f"{root.uri(path)}: the embedding column has no fixed size and no embedlib.embedding_dim")
+    raise QueryError(f"{store.uri(rel)}: the embedding column has no fixed size and no embedlib.embedding_dim")

@@ -1,27 +1,32 @@
-"""Batch nearest neighbours: the k nearest of every new row of a run, against the whole table of its model
-version, written as ROOT/neighbors/model_version=V/run=R/part-NNNNNN.parquet (schema.NEIGHBORS).
+"""Batch nearest neighbours: the k nearest of every row of a run, against the whole table of its model version,
+written as ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet (schema.NEIGHBORS) under the
+root's lease, and committed by ROOT/commits/W.json (embedlib.root.catalog): readers see a whole rewrite or
+none of it.
 
 `knn` is pure (arrays in, arrays out) and works in blocks, so memory stays at block_rows x corpus_block
 distances whatever the corpus size: a BLAS matmul per block on the CPU (numpy), or torch on a GPU. Ties are
 broken by the neighbour's sha256 (the corpus is sorted by it), as the SQL macros do. The fan-out over Ray
-tasks lives in embedlib/ray_io.py (knn_ray) and calls the same `knn` on slices of the queries.
+tasks lives in embedlib/ray_io/knn.py (knn_ray), handed in by the job, and calls the same `knn` on slices of the
+queries.
 """
 
 from __future__ import annotations
 
-import logging
 import time
+from typing import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedlib import schema
+from embedlib.root import catalog
+from embedlib.root.lease import RootLock
+from embedlib.root.store import Store
 from embedlib.query import layout
 from embedlib.query.errors import QueryError
-
-log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "l2")
 MAX_K = 1000
@@ -29,7 +34,7 @@ MAX_K = 1000
 
 @dataclass
 class NeighborsResult:
-    run_id: str
+    runs: list[str]  # the runs whose rows got neighbours
     model_version: str
     queries: int
     corpus: int
@@ -40,7 +45,13 @@ class NeighborsResult:
     seconds: float
 
     def describe(self) -> str:
-        return (f"neighbors: {self.queries} rows of run {self.run_id} x {self.corpus} rows of model version "
+        if not self.runs:
+            return (f"neighbors: every committed run of model version {self.model_version} already has neighbours; "
+                    "nothing to do")
+        names = self.runs if len(self.runs) <= 4 else [*self.runs[:2], "...", self.runs[-1]]
+        which = (f"run {self.runs[0]}" if len(self.runs) == 1
+                 else f"{len(self.runs)} runs without neighbours ({', '.join(names)})")
+        return (f"neighbors: {self.queries} rows of {which} x {self.corpus} rows of model version "
                 f"{self.model_version}, k={self.k} ({self.metric}, {self.backend}) -> {len(self.parts)} part(s) "
                 f"in {self.seconds:.1f} s")
 
@@ -165,17 +176,17 @@ def default_backend() -> str:
 # -- reading a model version and writing the neighbors table (I/O) ------------------------------------------
 
 @dataclass
-class Corpus:
+class VersionRows:
     sha256: np.ndarray  # [N] str, sorted
     run_id: np.ndarray  # [N] str
     vectors: np.ndarray  # [N, D] float32
 
 
-def load_version(root: layout.Root, files: list[str]) -> Corpus:
+def load_version(store: Store, files: list[str]) -> VersionRows:
     """Every row of one model version (sha256, run_id, embedding), sorted by sha256, one row per sha256."""
     shas, runs, vecs = [], [], []
-    for path in files:
-        with root.fs.open(path, "rb") as fh:
+    for rel in files:
+        with store.open(rel) as fh:
             t = pq.read_table(fh, columns=["sha256", "run_id", "embedding"])
         emb = t.column("embedding").combine_chunks()
         dim = emb.type.list_size if pa.types.is_fixed_size_list(emb.type) else len(emb[0]) if len(emb) else 0
@@ -193,7 +204,7 @@ def load_version(root: layout.Root, files: list[str]) -> Corpus:
     if len(dims) > 1:
         raise QueryError(f"one model version with embeddings of different sizes {sorted(dims)}")
     matrix = np.concatenate(vecs)[order] if vecs else np.zeros((0, 0), np.float32)
-    return Corpus(sha256=sha[keep], run_id=np.concatenate(runs)[order], vectors=matrix)
+    return VersionRows(sha256=sha[keep], run_id=np.concatenate(runs)[order], vectors=matrix)
 
 
 def neighbors_table(query_sha: np.ndarray, idx: np.ndarray, dist: np.ndarray, corpus_sha: np.ndarray,
@@ -210,91 +221,115 @@ def neighbors_table(query_sha: np.ndarray, idx: np.ndarray, dist: np.ndarray, co
     }, schema=schema.NEIGHBORS)
 
 
-def _latest_run(listing: layout.Listing) -> tuple[str, str]:
-    runs = layout.read_runs(listing)
-    if runs is None or runs.num_rows == 0:
-        raise QueryError(f"output root {listing.root.given!r} has no finished run: give --run")
-    rows = [r for r in runs.select(["run_id", "model_version", "finished"]).to_pylist() if r["finished"]]
-    if not rows:
-        raise QueryError(f"output root {listing.root.given!r} has no finished run: give --run")
-    latest = max(rows, key=lambda r: (r["finished"], r["run_id"]))
-    return latest["run_id"], latest["model_version"]
-
-
 def _version_of_run(listing: layout.Listing, run: str) -> str:
     """The model version run `run` embedded under: its runs row, else the folder its rows are in."""
-    runs = layout.read_runs(listing)
-    if runs is not None:
+    runs = catalog.read_runs(listing.store, listing.snapshot)
+    if runs.num_rows:
         for row in runs.select(["run_id", "model_version"]).to_pylist():
             if row["run_id"] == run:
                 return row["model_version"]
     having = [v for v, runs_of in listing.runs_of_version.items() if run in runs_of]
     if not having:
-        raise QueryError(f"run {run!r} has no embeddings under {listing.root.given!r} and is no finished run there")
+        raise QueryError(f"run {run!r} has no embeddings under {listing.store.given!r} and is no finished run there")
     return max(having)
+
+
+def runs_without_neighbors(listing: layout.Listing, version: str) -> list[str]:
+    """Committed runs of `version` that embedded rows and whose rows have no stored neighbours yet."""
+    runs = catalog.read_runs(listing.store, listing.snapshot)
+    if not runs.num_rows:
+        return []
+    snap = listing.snapshot
+    covered = {r for f in snap.table_files("neighbors", version) for r in snap.runs_in(f)}
+    return sorted(row["run_id"] for row in runs.select(["run_id", "model_version", "embedded"]).to_pylist()
+                  if row["model_version"] == version and row["embedded"] and row["run_id"] not in covered)
 
 
 def compute_neighbors(root: str, run: str | None = None, model_version: str | None = None, k: int = 10,
                       metric: str = "cosine", backend: str | None = None, block_rows: int = 2048,
-                      corpus_block: int = 16384, rows_per_part: int = 100_000, ray_tasks: int = 0,
-                      ray_address: str | None = None) -> NeighborsResult:
-    """The k nearest rows of model version V (default: the run's) for every row of run R (default: the latest
-    finished run), written to ROOT/neighbors/model_version=V/run=R/. A rerun replaces that folder's parts.
-    ray_tasks > 0 fans the queries out over that many Ray tasks (ray_io.knn_ray). Remote roots use fsspec's
-    configuration (credentials, endpoint), as the pipeline does."""
+                      corpus_block: int = 16384, rows_per_part: int = 100_000,
+                      fan_out: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None) -> NeighborsResult:
+    """The k nearest rows of model version V for every row of run R (with `run`: that committed run, V its
+    version unless given; without: every committed run of V, the current version unless given, that has no
+    neighbours yet, resumed runs included), written under the root's lease and committed as one record:
+    ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet + ROOT/commits/W.json. A recomputed run's
+    earlier neighbours are superseded in the same commit: a reader sees the old ones or the new ones, never
+    half. `fan_out` computes `knn` elsewhere, with its arguments (e.g. over Ray tasks: ray_io.knn_ray). Remote
+    roots use fsspec's configuration (credentials, endpoint), as the pipeline does."""
     t0 = time.perf_counter()
     if not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise QueryError(f"k must be a whole number between 1 and {MAX_K} (got {k!r})")
     if metric not in METRICS:
         raise QueryError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
-    r = layout.open_root(root)
-    listing = layout.list_root(r)
-    if listing.empty:
-        raise QueryError(f"output root {root!r} is empty: nothing to compute neighbours for")
-    if run is None:
-        run, run_version = _latest_run(listing)
-        model_version = model_version or run_version
-    if model_version is None:
-        model_version = _version_of_run(listing, run)
-    if model_version not in listing.embeddings:
-        known = ", ".join(sorted(listing.embeddings)) or "none"
-        raise QueryError(f"model version {model_version!r} has no embeddings under {root!r} (versions: {known})")
-    corpus = load_version(r, listing.embeddings[model_version])
-    mine = np.nonzero(corpus.run_id == run)[0]
-    if run not in listing.runs_of_version.get(model_version, set()):
-        log.info("run %s embedded nothing under model version %s", run, model_version)
-    backend = backend or default_backend()
-    if ray_tasks:
-        from embedlib.ray_io import knn_ray
-
-        idx, dist = knn_ray(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
-                            corpus_block=corpus_block, num_tasks=ray_tasks, backend=backend, address=ray_address)
-    else:
-        idx, dist = knn(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
-                        corpus_block=corpus_block, backend=backend)
-    parts = write_parts(root, corpus.sha256[mine], idx, dist, corpus.sha256, metric, model_version, run,
-                        rows_per_part)
-    return NeighborsResult(run_id=run, model_version=model_version, queries=len(mine), corpus=len(corpus.sha256),
-                           k=idx.shape[1], metric=metric, backend=f"{backend}{'+ray' if ray_tasks else ''}",
-                           parts=parts, seconds=time.perf_counter() - t0)
+    store = layout.open_root(root)
+    commit_id = catalog.new_run_id()
+    with RootLock(store, commit_id) as lock:
+        listing = layout.list_root(store)
+        if listing.empty:
+            raise QueryError(f"output root {root!r} is empty: nothing to compute neighbours for")
+        if run is not None:
+            model_version = model_version or _version_of_run(listing, run)
+            targets = [run]
+        else:
+            model_version = model_version or layout.current_model_version(listing)
+            targets = runs_without_neighbors(listing, model_version)
+        if model_version not in listing.embeddings:
+            known = ", ".join(sorted(listing.embeddings)) or "none"
+            raise QueryError(f"model version {model_version!r} has no embeddings under {root!r} (versions: {known})")
+        backend = backend or default_backend()
+        if not targets:
+            return NeighborsResult(runs=[], model_version=model_version, queries=0, corpus=0, k=0, metric=metric,
+                                   backend=backend, parts=[], seconds=time.perf_counter() - t0)
+        corpus = load_version(store, listing.embeddings[model_version])
+        mine = np.nonzero(np.isin(corpus.run_id, targets))[0]
+        idx, dist = (fan_out or knn)(corpus.vectors[mine], corpus.vectors, k, metric, mine, block_rows=block_rows,
+                                     corpus_block=corpus_block, backend=backend)
+        parts = write_parts(lock, listing.snapshot, commit_id, corpus, mine, idx, dist, metric, model_version,
+                            targets, rows_per_part)
+    return NeighborsResult(runs=targets, model_version=model_version, queries=len(mine), corpus=len(corpus.sha256),
+                           k=idx.shape[1], metric=metric, backend=f"{backend}{'+fan-out' if fan_out else ''}",
+                           parts=[lock.store.uri(rel) for rel in parts], seconds=time.perf_counter() - t0)
 
 
-def write_parts(root: str, query_sha, idx, dist, corpus_sha, metric: str, version: str, run: str,
+def write_parts(lock: RootLock, snap: catalog.Snapshot, commit_id: str, corpus: VersionRows, mine: np.ndarray,
+                idx: np.ndarray, dist: np.ndarray, metric: str, version: str, targets: list[str],
                 rows_per_part: int) -> list[str]:
-    """ROOT/neighbors/model_version=V/run=R/part-NNNNNN.parquet through the pipeline's atomic Store writes;
-    deterministic names (a rerun overwrites them), then any older part of that folder removed."""
-    from embedlib.pipeline.store import Store
-
-    store = Store(root)
-    folder = f"neighbors/model_version={version}/run={run}"
+    """Write the neighbours of `targets` as ROOT/neighbors/model_version=V/run=R/commit=W/part-NNNNNN.parquet
+    (invisible until committed), carry over the other runs' rows of any earlier file that also held a target's
+    rows, then publish commits/W.json superseding the targets' earlier files. Deletes only what it wrote, and
+    only when it fails before committing. Returns the relative paths of the new parts of `targets`."""
+    store = lock.store
     per = max(1, rows_per_part // max(1, idx.shape[1]))  # queries per part
-    written = []
-    for n, s in enumerate(range(0, len(query_sha), per)):
-        rel = f"{folder}/part-{n:06d}.parquet"
-        store.write_parquet(rel, neighbors_table(query_sha[s:s + per], idx[s:s + per], dist[s:s + per], corpus_sha,
-                                                 metric, version, run))
-        written.append(rel)
-    for name in store.listdir(folder):
-        if f"{folder}/{name}" not in written:
-            store.remove(f"{folder}/{name}")
-    return [store.uri(rel) for rel in written]
+    added: dict[str, dict] = {}
+    try:
+        for run in targets:
+            rows = np.nonzero(corpus.run_id[mine] == run)[0]
+            folder = f"neighbors/model_version={version}/run={run}/commit={commit_id}"
+            for n, s in enumerate(range(0, len(rows), per)):
+                sel = rows[s:s + per]
+                rel = f"{folder}/part-{n:06d}.parquet"
+                store.write_parquet(rel, neighbors_table(corpus.sha256[mine][sel], idx[sel], dist[sel],
+                                                         corpus.sha256, metric, version, run))
+                added[rel] = {"rows": int(len(sel) * idx.shape[1]), "runs": [run]}
+            lock.check()
+        parts = list(added)
+        removed = []
+        for n, rel in enumerate(f for f in snap.table_files("neighbors", version)
+                                if set(snap.runs_in(f)) & set(targets)):
+            removed.append(rel)
+            others = sorted(set(snap.runs_in(rel)) - set(targets))
+            if others:  # a compacted file holding other runs' neighbours too: they stay visible
+                old = store.read_parquet(rel)
+                kept = old.filter(pc.invert(pc.is_in(old.column("run_id"), value_set=pa.array(targets, pa.string()))))
+                carried = f"neighbors/model_version={version}/commit={commit_id}/part-kept-{n:06d}.parquet"
+                store.write_parquet(carried, kept)
+                added[carried] = {"rows": kept.num_rows, "runs": others}
+        if added or removed:
+            lock.check(commit=True)
+            catalog.kill_point("neighbors-commit")
+            catalog.write_commit(store, commit_id, "neighbors", added, removed)
+    except BaseException:
+        for rel in added:
+            store.remove(rel)
+        raise
+    return parts

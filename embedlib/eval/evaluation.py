@@ -1,0 +1,381 @@
+"""The evaluate job's library: one gallery from embedding tables and labels, training-free baselines computed
+from the files, the ablation table on one protocol (embedlib.eval.retrieval), CPU cost per file, report files and
+pictures.
+
+Each variant is an embedding-job output (ROOT/embeddings/...); the gallery is the labelled files that every
+variant embedded (the same sha256s), so every row of the table is scored on exactly the same queries. The
+baselines need no training: the strings sketch (printable strings >= 6 bytes, each distinct string hashed into
+4096 buckets, as a set, TF-IDF over the gallery, cosine: embedlib.views' hashing), TLSH and ssdeep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from embedlib.eval import retrieval
+from embedlib.train import split
+from embedlib.files.inputs import read_labels
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("strings", "tlsh", "ssdeep")
+STRINGS_BUCKETS = 4096
+STRINGS_MIN_LEN = 6
+
+
+@dataclass
+class Gallery:
+    """The evaluated files, row-aligned; vectors per variant."""
+
+    sha256: list[str]
+    path: list[str]
+    family: np.ndarray  # str
+    name: np.ndarray  # file name (basename): the other-programs mode drops a query's namesakes
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    model: dict[str, str | None] = field(default_factory=dict)  # variant -> checkpoint it was embedded with
+    tlsh: list[str | None] = field(default_factory=list)
+    ssdeep: list[str | None] = field(default_factory=list)
+    strings: list[np.ndarray] = field(default_factory=list)  # bucket sets (strings sketch)
+    distinct_strings: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.sha256)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------
+
+def read_embeddings(root: str) -> pa.Table:
+    """The embeddings of an output root's latest model version (the one its latest finished run wrote): its
+    committed files. A bare table without runs (a study's output, e.g. studies/retrieval/retrieval_study.py) is read whole."""
+    from embedlib.root import catalog
+    from embedlib.root.store import Store
+
+    store = Store(root)
+    runs = catalog.read_runs(store).sort_by("run_id").to_pylist()
+    version = runs[-1]["model_version"] if runs else None
+    committed = catalog.table_files(store, "embeddings", version) if runs else store.find("embeddings", ".parquet")
+    files = [store.path(f) for f in committed]
+    columns = ["sha256", "path", "family", "tlsh", "ssdeep", "embedding"]
+    return pads.dataset(files, filesystem=store.arrow_filesystem(), format="parquet",
+                        partitioning=None).to_table(columns=columns)
+
+
+def run_model(root: str) -> str | None:
+    """The checkpoint the root's latest embed run used."""
+    from embedlib.root import catalog
+    from embedlib.root.store import Store
+
+    runs = catalog.read_runs(Store(root)).sort_by("run_id").to_pylist()
+    return json.loads(runs[-1]["config"]).get("model") if runs else None
+
+
+def labelled(labels: str) -> list[tuple[str, str]]:
+    """(path, family) of a manifest's labelled rows (cells as text)."""
+    t = read_labels(labels)
+    return [(p, f) for p, f in zip(t.column("path").to_pylist(), t.column("family").to_pylist()) if f]
+
+
+def read_json(uri: str) -> dict | None:
+    try:
+        with fsspec.open(uri, "r") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+
+
+def gallery_from(labels: str, variants: dict[str, str], max_files: int | None = None) -> Gallery:
+    """Labelled files embedded by every variant (family from the manifest by path, else the table's own)."""
+    by_path = dict(labelled(labels))
+    rows: dict[str, dict[str, Any]] = {}
+    vectors: dict[str, dict[str, np.ndarray]] = {}
+    model: dict[str, str | None] = {}
+    for name, root in variants.items():
+        t = read_embeddings(root)
+        emb = np.asarray(t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                         dtype=np.float32).reshape(t.num_rows, -1) if t.num_rows else np.zeros((0, 1), np.float32)
+        vectors[name] = {}
+        for i, (sha, path, fam, tl, ss) in enumerate(zip(*(t.column(c).to_pylist() for c in
+                                                           ("sha256", "path", "family", "tlsh", "ssdeep")))):
+            family = by_path.get(path) or fam
+            if not family or sha in vectors[name]:
+                continue
+            vectors[name][sha] = emb[i]
+            rows.setdefault(sha, {"path": path, "family": family, "tlsh": tl, "ssdeep": ss})
+        model[name] = run_model(root)
+    common = set(rows)
+    for v in vectors.values():
+        common &= set(v)
+    shas = sorted(common, key=lambda s: rows[s]["path"])
+    if max_files and len(shas) > max_files:
+        keep = set(sorted(shas, key=lambda s: split.bucket(s, "evaluate"))[:max_files])
+        shas = [s for s in shas if s in keep]
+    paths = [rows[s]["path"] for s in shas]
+    return Gallery(shas, paths, np.array([rows[s]["family"] for s in shas], dtype=str),
+                   np.array([os.path.basename(p.rstrip("/")) for p in paths], dtype=str),
+                   {k: np.stack([v[s] for s in shas]) if shas else np.zeros((0, 1), np.float32)
+                    for k, v in vectors.items()},
+                   model, [rows[s]["tlsh"] for s in shas], [rows[s]["ssdeep"] for s in shas])
+
+
+def gallery_from_manifest(labels: str, max_files: int | None = None) -> Gallery:
+    """Baselines only (no variant): every readable labelled file of the manifest, one row per sha256."""
+    from embedlib.config import InputConfig
+    from embedlib.files.sources import read_path
+
+    cfg = InputConfig(max_bytes=1)  # only the sha256 (of the whole file) is needed here
+    seen: dict[str, tuple[str, str]] = {}
+    for path, family in labelled(labels):
+        r = read_path(path, cfg)
+        if r.ok and r.sha256 not in seen:
+            seen[r.sha256] = (path, family)
+    shas = sorted(seen, key=lambda s: seen[s][0])
+    if max_files and len(shas) > max_files:
+        keep = set(sorted(shas, key=lambda s: split.bucket(s, "evaluate"))[:max_files])
+        shas = [s for s in shas if s in keep]
+    paths = [seen[s][0] for s in shas]
+    return Gallery(shas, paths, np.array([seen[s][1] for s in shas], dtype=str),
+                   np.array([os.path.basename(p.rstrip("/")) for p in paths], dtype=str),
+                   tlsh=[None] * len(shas), ssdeep=[None] * len(shas))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Baselines and costs, from the files
+# ---------------------------------------------------------------------------------------------------
+
+def _read(path: str, max_bytes: int) -> bytes:
+    """The bounded read every method's cost includes (the pipeline's read of the first max_bytes)."""
+    from embedlib.config import InputConfig
+    from embedlib.files.sources import read_path
+
+    return read_path(path, InputConfig(max_bytes=max_bytes, max_hash_bytes=max(max_bytes, 2**31)), hash_all=False).data
+
+
+def file_baselines(path: str, max_bytes: int, methods: Sequence[str]) -> dict[str, Any]:
+    """One file's strings sketch (bucket set + distinct strings), TLSH and ssdeep digests, with the CPU seconds of
+    read + each method."""
+    import numpy as np
+
+    from embedlib import views
+
+    from embedlib.views import digests
+
+    out: dict[str, Any] = {"path": path}
+    t = time.process_time()
+    try:
+        data = _read(path, max_bytes)
+    except OSError as exc:
+        return {"path": path, "error": f"{type(exc).__name__}: {exc}"}
+    out["read_cpu_s"] = time.process_time() - t
+    arr = np.frombuffer(data, np.uint8)
+    if "strings" in methods:
+        t = time.process_time()
+        h = views.string_hashes(arr, STRINGS_MIN_LEN)
+        out["strings"] = np.unique(views.bucket_of(h, STRINGS_BUCKETS)).astype(np.int16)
+        out["strings_cpu_s"] = time.process_time() - t
+        out["distinct_strings"] = len(h)
+    if "tlsh" in methods:
+        t = time.process_time()
+        out["tlsh"] = digests.tlsh_digest(data)
+        out["tlsh_cpu_s"] = time.process_time() - t
+    if "ssdeep" in methods:
+        t = time.process_time()
+        out["ssdeep"] = digests.ssdeep_digest(data)
+        out["ssdeep_cpu_s"] = time.process_time() - t
+    return out
+
+
+def _file_baselines_args(args: tuple) -> dict[str, Any]:
+    return file_baselines(*args)
+
+
+def compute_baselines(g: Gallery, max_bytes: int, methods: Sequence[str], workers: int = 1) -> dict[str, Any]:
+    """Fill the gallery's strings sketch (always: the string-poor subset needs it) and the digests the tables
+    lack; returns CPU ms per file (read + method) over the files computed here."""
+    need = set(methods) | {"strings"}
+    for m in ("tlsh", "ssdeep"):  # a table that has a digest column filled keeps it (None = none for that file)
+        if any(d is not None for d in getattr(g, m)):
+            need.discard(m)
+    jobs = [(p, max_bytes, sorted(need)) for p in g.path]
+    started = time.perf_counter()
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+            results = list(pool.map(_file_baselines_args, jobs, chunksize=16))
+    else:
+        results = [_file_baselines_args(j) for j in jobs]
+    errors = {r["path"]: r["error"] for r in results if "error" in r}
+    g.strings = [r.get("strings", np.zeros(0, np.int16)) for r in results]
+    g.distinct_strings = np.array([r.get("distinct_strings", 0) for r in results])
+    for m in ("tlsh", "ssdeep"):
+        if m in need:
+            setattr(g, m, [r.get(m) for r in results])
+    ok = [r for r in results if "error" not in r]
+    cost: dict[str, Any] = {"files": len(ok), "wall_seconds": time.perf_counter() - started, "unreadable": errors,
+                            "read_cpu_ms": 1000 * float(np.mean([r["read_cpu_s"] for r in ok])) if ok else None}
+    for m in need:
+        if ok:
+            cost[f"{m}_cpu_ms"] = 1000 * float(np.mean([r[f"{m}_cpu_s"] for r in ok]))
+    return cost
+
+
+def baseline_costs(paths: Sequence[str], max_bytes: int, methods: Sequence[str]) -> list[dict[str, Any]]:
+    """CPU ms per file of read + each baseline, measured here (one process) on `paths`."""
+    results = [r for r in (file_baselines(p, max_bytes, methods) for p in paths) if "error" not in r]
+    read = 1000 * float(np.mean([r["read_cpu_s"] for r in results])) if results else float("nan")
+    rows = []
+    for m in methods:
+        compute = 1000 * float(np.mean([r[f"{m}_cpu_s"] for r in results])) if results else float("nan")
+        rows.append({"method": f"{m} (read + digest)", "files": len(results), "cpu_ms_per_file": read + compute,
+                     "read_cpu_ms": read, "compute_cpu_ms": compute, "views_cpu_ms": float("nan"),
+                     "model_cpu_ms": float("nan"), "reembedded_cosine_to_table": float("nan")})
+    return rows
+
+
+def embedding_cost(model_uri: str, paths: Sequence[str], max_bytes: int, threads: int = 1) -> dict[str, Any]:
+    """CPU ms per file of the product's embedding: read + views (embedlib.views) + model forward (batched on
+    CPU with `threads` torch threads), measured on `paths`."""
+    import torch
+
+    from embedlib import views
+
+    from embedlib.model import checkpoint
+
+    torch.set_num_threads(threads)
+    ckpt = checkpoint.load(model_uri)
+    cfg = ckpt.config
+    read_s = views_s = 0.0
+    batches: list[dict[str, np.ndarray]] = []
+    for p in paths:
+        t = time.process_time()
+        data = _read(p, max_bytes)
+        read_s += time.process_time() - t
+        t = time.process_time()
+        batches.append(views.compute_views(data, cfg))
+        views_s += time.process_time() - t
+    stacked = {k: torch.from_numpy(np.stack([b[k] for b in batches])) for k in batches[0]}
+    vectors = []
+    with torch.inference_mode():
+        ckpt.model.embed({k: v[:2] for k, v in stacked.items()})  # warm-up
+        t = time.process_time()
+        for s in range(0, len(paths), 256):
+            vectors.append(ckpt.model.embed({k: v[s : s + 256] for k, v in stacked.items()}).numpy())
+        model_s = time.process_time() - t
+    n = max(len(paths), 1)
+    return {"files": len(paths), "read_cpu_ms": 1000 * read_s / n, "views_cpu_ms": 1000 * views_s / n,
+            "model_cpu_ms": 1000 * model_s / n, "torch_threads": threads,
+            "total_cpu_ms": 1000 * (read_s + views_s + model_s) / n, "vectors": np.concatenate(vectors)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------------------------------
+
+def scorers(g: Gallery, baselines: Sequence[str]) -> dict[str, retrieval.Scorer]:
+    out: dict[str, retrieval.Scorer] = {name: retrieval.Cosine(v) for name, v in g.vectors.items()}
+    if "strings" in baselines:
+        out["strings sketch (no training)"] = retrieval.Cosine(retrieval.tfidf_set_vectors(g.strings, STRINGS_BUCKETS))
+    if "tlsh" in baselines:
+        out["TLSH"] = retrieval.TLSH(g.tlsh)
+    if "ssdeep" in baselines:
+        out["ssdeep"] = retrieval.SSDeep(g.ssdeep)
+    return out
+
+
+def string_poor(g: Gallery, quantile: float = 0.25) -> np.ndarray:
+    """Files in the bottom quartile of distinct printable strings (>= 6 bytes): stripped, packed or tiny."""
+    n = g.distinct_strings
+    return n <= np.quantile(n, quantile)
+
+
+def ablation(g: Gallery, methods: dict[str, retrieval.Scorer], unseen_fraction: float, holdout_fraction: float,
+             modes: Sequence[str] = retrieval.MODES, say: Callable[[str], None] | None = None) -> list[dict]:
+    role = retrieval.roles(g.sha256, list(g.family), unseen_fraction, holdout_fraction)
+    cells = retrieval.settings(role, g.family, g.name, modes=modes)
+    subsets = {"string-poor": string_poor(g)} if g.distinct_strings is not None else {}
+    return retrieval.evaluate_methods(methods, g.family, g.name, cells, subsets, say)
+
+
+def describe_gallery(g: Gallery, unseen_fraction: float, holdout_fraction: float) -> dict[str, Any]:
+    role = retrieval.roles(g.sha256, list(g.family), unseen_fraction, holdout_fraction)
+    counts = Counter(role.tolist())
+    return {"files": len(g), "families": len(set(g.family.tolist())),
+            **{f"{r}_files": counts.get(r, 0) for r in ("train", "known", "unseen")},
+            "unseen_families": len(set(g.family[role == "unseen"].tolist())),
+            "unseen_fraction": unseen_fraction, "holdout_fraction": holdout_fraction}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------
+
+def wide_rows(rows: list[dict], subset: str = "all") -> list[dict]:
+    """One row per method: P@1 / P@10 / MAP@R for each (split, mode): the table a person reads."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["subset"] != subset:
+            continue
+        row = out.setdefault(r["method"], {"method": r["method"]})
+        tag = r["split"] + ("" if r["mode"] == "all" else " other-programs")
+        for k, label in (("p_at_1", "P@1"), ("p_at_10", "P@10"), ("map_at_r", "MAP@R")):
+            row[f"{tag} {label}"] = r[k]
+    return list(out.values())
+
+
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    cols = list(rows[0])
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+                     + ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]) + "\n"
+
+
+def write_report(rows: list[dict], info: dict[str, Any], g: Gallery, output: str) -> list[str]:
+    """ablation.{parquet,csv,md}, evaluation.json, retrieval.png, embedding_map.png (first variant)."""
+    from embedlib.eval import plots
+
+    os.makedirs(output, exist_ok=True)
+    table = pa.Table.from_pylist(rows)
+    written = [os.path.join(output, f"ablation.{e}") for e in ("parquet", "csv", "md", "json")]
+    pq.write_table(table, written[0])
+    pa_csv.write_csv(table, written[1])
+    with open(written[2], "w") as fh:
+        fh.write("# Family retrieval ablation\n\n")
+        fh.write("```\n" + json.dumps(info.get("gallery", {}), indent=1) + "\n```\n\n")
+        for subset in dict.fromkeys(r["subset"] for r in rows):
+            fh.write(f"## queries: {subset}\n\n" + markdown(wide_rows(rows, subset)) + "\n")
+        if info.get("costs"):
+            fh.write("## CPU cost per file (ms)\n\n" + markdown(info["costs"]) + "\n")
+    with open(written[3], "w") as fh:
+        json.dump({"rows": rows, **info}, fh, indent=1, default=str)
+    values = {}
+    for r in rows:
+        if r["subset"] == "all" and r["mode"] == "all":
+            values.setdefault(r["method"], {})[f"{r['split']} P@1"] = r["p_at_1"]
+            values[r["method"]][f"{r['split']} MAP@R"] = r["map_at_r"]
+    written.append(plots.metric_bars(values, os.path.join(output, "retrieval.png"),
+                                     "Family retrieval: held-out files of trained families (known), unseen families"))
+    if g.vectors:
+        name = next(iter(g.vectors))
+        coords, explained = plots.pca_2d(g.vectors[name])
+        written.append(plots.pca_map(coords, list(g.family), os.path.join(output, "embedding_map.png"), top=12,
+                                     explained=explained, title=f"{name}: embeddings by family (PCA)"))
+    return written
