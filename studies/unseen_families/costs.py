@@ -32,7 +32,7 @@ sys.path.insert(0, HERE)
 
 from embedlib import views  # noqa: E402
 from embedlib.config import InputConfig, ViewsConfig  # noqa: E402
-from embedlib.sources import read_path  # noqa: E402
+from embedlib.files.sources import read_path  # noqa: E402
 
 import features  # noqa: E402
 import symbols  # noqa: E402

@@ -40,7 +40,7 @@ sys.path.insert(0, HERE)
 
 from embedlib import views  # noqa: E402
 from embedlib.config import Config, InputConfig, ViewsConfig  # noqa: E402
-from embedlib.sources import read_path, sniff_format  # noqa: E402
+from embedlib.files.sources import read_path, sniff_format  # noqa: E402
 
 import symbols  # noqa: E402
 

@@ -22,8 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 
-from embedlib import retrieval  # noqa: E402
-from embedlib.split import bucket  # noqa: E402
+from embedlib.eval import retrieval  # noqa: E402
+from embedlib.train.split import bucket  # noqa: E402
 
 import features  # noqa: E402
 

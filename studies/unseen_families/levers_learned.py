@@ -32,7 +32,7 @@ import bar  # noqa: E402
 import harness as H  # noqa: E402
 import levers_fixed as LF  # noqa: E402
 import train as T  # noqa: E402
-from embedlib.split import bucket  # noqa: E402
+from embedlib.train.split import bucket  # noqa: E402
 
 FIXED = {
     "product": dict(),  # tokens, 4096 buckets, log TF, IDF^2 (training DF), Gaussian 512

@@ -36,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 
-from embedlib import precise_bn  # noqa: E402
+from embedlib.train import precise_bn  # noqa: E402
 from embedlib.views import bucket_of  # noqa: E402
 
 
