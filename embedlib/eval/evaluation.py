@@ -25,6 +25,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from embedlib.errors import UserError
 from embedlib.eval import retrieval
 from embedlib.train import split
 from embedlib.files.inputs import read_labels
@@ -96,6 +97,47 @@ def read_json(uri: str) -> dict | None:
             return json.load(fh)
     except FileNotFoundError:
         return None
+
+
+class SplitError(UserError, ValueError):
+    """Split fractions that would score trained files as unseen or held out, or variants of different splits."""
+
+
+DEFAULT_FRACTION = 0.2  # the split of an evaluation that no checkpoint constrains (baselines alone)
+
+
+def split_of(checkpoints: Sequence[str], unseen: float | None = None, holdout: float | None = None,
+             say: Callable[[str], None] = print) -> tuple[float, float]:
+    """(unseen_fraction, holdout_fraction) of the checkpoints that made the evaluated embeddings: their own
+    training split (train.unseen_family_fraction, train.holdout_fraction in meta.json), so a family a model was
+    trained on is never an "unseen" query and a training file never a "known" one. An explicit fraction may
+    only narrow that split (a smaller fraction: a subset of the same hash-chosen families/files). Checkpoints
+    of different splits cannot share one table. Without a checkpoint (baselines alone) the fractions are the
+    given ones, else 0.2."""
+    from embedlib.model import checkpoint
+
+    splits = {}
+    for uri in dict.fromkeys(checkpoints):
+        train = checkpoint.load_meta(uri).get("config", {}).get("train", {})
+        splits[uri] = (float(train.get("unseen_family_fraction") or 0.0), float(train.get("holdout_fraction", 0.2)))
+    if len(set(splits.values())) > 1:
+        raise SplitError("the variants' checkpoints were trained on different splits (" + ", ".join(
+            f"{u}: unseen {a:g}, holdout {b:g}" for u, (a, b) in splits.items()) + "): evaluate them separately")
+    if not splits:
+        return (DEFAULT_FRACTION if unseen is None else unseen, DEFAULT_FRACTION if holdout is None else holdout)
+    (model_unseen, model_holdout), = set(splits.values())
+    if unseen is not None and unseen > model_unseen:
+        raise SplitError(f"--unseen-fraction {unseen:g} would call families the checkpoint trained on unseen (it "
+                         f"kept {model_unseen:g} of families out of training): use at most {model_unseen:g}")
+    if holdout is not None and holdout > model_holdout:
+        raise SplitError(f"--holdout-fraction {holdout:g} would query files the checkpoint trained on (it held out "
+                         f"{model_holdout:g}): use at most {model_holdout:g}")
+    unseen = model_unseen if unseen is None else unseen
+    holdout = model_holdout if holdout is None else holdout
+    if unseen == 0:
+        say("the checkpoint kept no family out of training (train.unseen_family_fraction = 0): no unseen queries; "
+            "train with train.unseen_family_fraction > 0 to measure unseen families")
+    return unseen, holdout
 
 
 def gallery_from(labels: str, variants: dict[str, str], max_files: int | None = None) -> Gallery:
