@@ -115,8 +115,8 @@ class TrainConfig:
     unseen_family_fraction: float = 0.0  # families (by name hash, embedlib.train.split) kept out of training
     # training without (most) labels (embedlib.train.loop.self_supervised_loss): every file of the corpus trains,
     # labelled or not; InfoNCE between two random sub-samples of each file's sketch items (train.ssl_keep of them),
-    # plus train.loss on the labelled rows. auto: on when some corpus rows have no family or there are fewer than
-    # 2 families (a corpus with every row labelled trains as before); true | false
+    # plus train.loss on the labelled rows. auto: on when most corpus rows have no family or there are fewer than
+    # 2 families (a mostly labelled corpus trains as before, its unlabelled files in the statistics only); true | false
     self_supervised: str = "auto"
     ssl_weight: float = 1.0  # weight of the InfoNCE term (the supervised term weighs 1)
     ssl_keep: float = 0.5  # probability that a sketch bucket stays in a sub-sample

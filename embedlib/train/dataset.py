@@ -103,14 +103,16 @@ def scan_corpus(root: str, cfg: Config, labels: Labels | None = None, families: 
         return list(zip(shas, labels.lookup(shas)))
 
     counts = Counter()
-    unlabelled = 0
+    unlabelled = total = 0
     for f in files:
         rows = identities(f)
         counts += training_family_counts(rows, cfg.train.holdout_fraction, cfg.train.unseen_family_fraction)
         unlabelled += sum(not fam for _, fam in rows)
+        total += len(rows)
     rule = make_rule(counts, cfg, classes=families)
+    # auto: without labels for most of the corpus (or without 2 families) the unlabelled rows train too
     ssl = cfg.train.self_supervised == "true" or (
-        cfg.train.self_supervised == "auto" and families is None and (unlabelled > 0 or len(rule.families) < 2))
+        cfg.train.self_supervised == "auto" and families is None and (2 * unlabelled > total or len(rule.families) < 2))
     rule = replace(rule, self_supervised=ssl)
     blocks, holdout, stats = [], 0, 0
     for f in files:
