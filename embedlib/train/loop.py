@@ -99,12 +99,14 @@ def self_supervised(cfg: Config | None) -> bool:
 def self_supervised_loss(model: nn.Module, views: Batch, labels: torch.Tensor, cfg: Config
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, logits of the first sub-sample): two random sub-samples of every file in one forward pass (so
-    BatchNorm and DDP see one batch), InfoNCE between them (train.ssl_weight), plus train.loss on the labelled
-    rows (label >= 0) of both when there are at least 2 classes."""
+    BatchNorm and DDP see one batch), InfoNCE between their learned parts (the embedding without its fixed,
+    training-free dimensions; train.ssl_weight), plus train.loss on the labelled rows (label >= 0) of both when
+    there are at least 2 classes."""
     n = len(labels)
     a, b = subsample(views, cfg.train.ssl_keep), subsample(views, cfg.train.ssl_keep)
     emb, logits = model({k: torch.cat([a[k], b[k]]) for k in a})
-    loss = cfg.train.ssl_weight * info_nce(emb[:n], emb[n:], cfg.train.ssl_temperature)
+    learned = F.normalize(emb[:, : emb.shape[1] - getattr(unwrap(model), "concat_dim", 0)], dim=1)
+    loss = cfg.train.ssl_weight * info_nce(learned[:n], learned[n:], cfg.train.ssl_temperature)
     both = torch.cat([labels, labels])
     labelled = both >= 0
     if labelled.any() and logits.shape[1] >= 2:
