@@ -7,5 +7,4 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from embedlib.views.symbols import *  # noqa: E402,F401,F403
 from embedlib.views.symbols import EXPORT, IMPORT, LIBRARY, MAX_NAMES, Symbols, parse, parse_lazy, symbol_hashes  # noqa: E402,F401
