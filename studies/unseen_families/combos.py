@@ -32,6 +32,9 @@ FIXED = {
     "exact tokens+strings IDF^2": lambda c: bar.vectors(c, [("tok", 1), ("str", 1)], power=2, df="all"),
     "exact tokens IDF^2 log-TF": lambda c: bar.vectors(c, [("tokc", 1)], power=2, tf="log", df="all"),
     "product fixed part (tokens 4096, Gaussian 512)": lambda c: LF.fixed_part(c),
+    # a fixed-size part the embedding could hold: tokens in 2^20 buckets, log TF, IDF^2 (every file), count sketch
+    "tokens 2^20 buckets IDF^2 count-sketch 2048": lambda c: LF.fixed_part(c, buckets="1048576", proj="countsketch",
+                                                                          dim=2048, df="all"),
 }
 
 
