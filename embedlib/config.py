@@ -117,6 +117,14 @@ class TrainConfig:
     pk_files: int = 4
     schedule: str = "onecycle"  # learning rate: onecycle (warm up, then anneal to 0) | constant
     unseen_family_fraction: float = 0.0  # families (by name hash, embedlib.train.split) kept out of training
+    # training without (most) labels (embedlib.train.loop.self_supervised_loss): every file of the corpus trains,
+    # labelled or not; InfoNCE between two random sub-samples of each file's sketch items (train.ssl_keep of them),
+    # plus train.loss on the labelled rows. auto: on when most corpus rows have no family or there are fewer than
+    # 2 families (a mostly labelled corpus trains as before, its unlabelled files in the statistics only); true | false
+    self_supervised: str = "auto"
+    ssl_weight: float = 1.0  # weight of the InfoNCE term (the supervised term weighs 1)
+    ssl_keep: float = 0.5  # probability that a sketch bucket stays in a sub-sample
+    ssl_temperature: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -287,6 +295,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.unseen_family_fraction must be in [0, 1)")
     if not 0.0 <= cfg.train.holdout_fraction < 1.0:
         raise ConfigError("train.holdout_fraction must be in [0, 1)")
+    if cfg.train.self_supervised not in ("auto", "true", "false"):
+        raise ConfigError(f"train.self_supervised must be auto, true or false, got {cfg.train.self_supervised!r}")
+    if not 0.0 < cfg.train.ssl_keep < 1.0 or cfg.train.ssl_temperature <= 0 or cfg.train.ssl_weight <= 0:
+        raise ConfigError("train.ssl_keep must be in (0, 1), train.ssl_temperature and train.ssl_weight above 0")
 
 
 # Settings that older releases wrote into checkpoints and that no longer exist: ignored when loading one.

@@ -6,10 +6,12 @@
 
 Protocol (embedlib.eval.retrieval): families whose name hashes below --unseen-fraction were never trained on (their
 files are the "unseen" queries); in the other families, files whose sha256 hashes below --holdout-fraction are
-the "known" queries; the gallery is every labelled file that every variant embedded. Both fractions default
-to the --model checkpoint's training settings (train.unseen_family_fraction, train.holdout_fraction), else 0.2.
+the "known" queries; the gallery is every labelled file that every variant embedded. Both fractions are the
+training split of the checkpoint that made the vectors (--model, else the one each variant's embed run recorded:
+train.unseen_family_fraction, train.holdout_fraction); a given fraction may only narrow it. Baselines alone: 0.2.
 Modes: all, and other-programs (files with the query's file name are not candidates). Baselines (no training):
-the strings sketch, TLSH, ssdeep, computed from the first --max-bytes of each file. Rows are added for the
+the strings sketch, the dynamic symbol names, TLSH, ssdeep (libfuzzy), computed from the first --max-bytes of each
+file. Long steps print a progress line at least every 30 seconds. Rows are added for the
 string-poor files (bottom quartile of distinct strings). CPU cost per file: read + each baseline, and read +
 views + model of each variant's checkpoint (from its embed run, or --model) on --timing-files files.
 Writes ablation.{md,csv,parquet,json}, retrieval.png and embedding_map.png to --output.
@@ -71,17 +73,16 @@ def main(argv: list[str] | None = None) -> dict:
     if set(baselines) - set(evaluation.BASELINES) or set(modes) - set(retrieval.MODES) or not (variants or baselines):
         raise SystemExit(f"choose --baselines from {evaluation.BASELINES}, --modes from {retrieval.MODES}, "
                          "and at least one variant or baseline")
-    meta = evaluation.read_json(args.model.rstrip("/") + "/meta.json") if args.model else None
-    train_cfg = (meta or {}).get("config", {}).get("train", {})
-    unseen = args.unseen_fraction if args.unseen_fraction is not None else \
-        train_cfg.get("unseen_family_fraction") or 0.2
-    holdout = args.holdout_fraction if args.holdout_fraction is not None else train_cfg.get("holdout_fraction", 0.2)
-
     g = evaluation.gallery_from(args.labels, variants, args.max_files) if variants else \
         evaluation.gallery_from_manifest(args.labels, args.max_files)
     if len(g) < 2:
         raise SystemExit("fewer than 2 labelled files are embedded by every variant: nothing to evaluate")
-    baseline_cost = evaluation.compute_baselines(g, args.max_bytes, baselines, args.workers)
+    checkpoints = [args.model] if args.model else [m for m in g.model.values() if m]
+    try:  # the split of the checkpoint(s) that made the vectors: trained families are never "unseen"
+        unseen, holdout = evaluation.split_of(checkpoints, args.unseen_fraction, args.holdout_fraction)
+    except evaluation.SplitError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    baseline_cost = evaluation.compute_baselines(g, args.max_bytes, baselines, args.workers, say=print)
     info = {"gallery": evaluation.describe_gallery(g, unseen, holdout), "variants": variants,
             "baseline_cost": baseline_cost, "max_bytes": args.max_bytes}
     print(info["gallery"])

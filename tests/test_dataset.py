@@ -51,6 +51,30 @@ def test_scan_labels_with_the_one_split_rule(samples_root):
     assert train == set(expected.train)
 
 
+def test_unlabelled_rows_train_when_most_of_the_corpus_has_no_family(samples_root):
+    """train.self_supervised=auto: a labelled corpus trains its labelled training rows only; one whose rows mostly
+    have no family trains every statistics row (never held-out files or families kept out of training)."""
+    root, cfg = samples_root
+    every = dataset.scan_corpus(root, cfg)
+    assert not every.rule.self_supervised
+    shas = [s for b in every.blocks for s in dataset.read_block(every, b, "all")[2]]
+    fams = dict(zip(shas, every.labels.lookup(shas)))
+    few = Labels.from_pairs([(s, fams[s]) for s in shas if split.bucket(s, "test-few") < 0.3], "a third labelled")
+    corp = dataset.scan_corpus(root, cfg, few)
+    assert corp.rule.self_supervised
+    trained = {s for b in corp.blocks for s in dataset.read_block(corp, b, "train")[2]}
+    statistics = {s for b in corp.blocks for s in dataset.read_block(corp, b, "statistics")[2]}
+    holdout = {s for b in corp.blocks for s in dataset.read_block(corp, b, "holdout")[2]}
+    assert trained == statistics and corp.train_rows == len(trained) > 2 * corp.rule.train_files > 0
+    assert holdout and not holdout & trained
+    labels = np.concatenate([dataset.read_block(corp, b, "train")[1] for b in corp.blocks])
+    assert (labels >= 0).sum() == corp.rule.train_files and (labels == -1).sum() > 0
+    off = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, self_supervised="false"))
+    assert dataset.scan_corpus(root, off, few).train_rows == corp.rule.train_files
+    on = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, self_supervised="true"))
+    assert dataset.scan_corpus(root, on).rule.self_supervised
+
+
 def _share_rows(corp, share) -> list[str]:
     return [s for piece in share for s in dataset.read_block(corp, piece.block, "train")[2][piece.start:piece.stop]]
 

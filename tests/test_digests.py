@@ -82,3 +82,21 @@ def test_digest_file_reads_bounded_bytes_and_checks_identity(tmp_path):
     assert missing["tlsh"] is None and missing["reason"]
     both = digests.digest_files([path, path], 1000, workers=2)
     assert [r["ssdeep"] for r in both] == [head["ssdeep"]] * 2
+
+
+def test_the_compiled_ssdeep_digest_is_ppdeeps_and_much_faster():
+    """The pipeline's and the evaluate job's ssdeep (libfuzzy via pydeep2) is the pure-Python ppdeep's digest."""
+    import time
+
+    files = small_executables(12) + [p for p in (LS, CP) if os.path.isfile(p)]
+    for p in files:
+        data = open(p, "rb").read()
+        assert file_digests.ssdeep_digest(data) == ppdeep.hash(data), p
+    data = b"".join(open(p, "rb").read() for p in files)
+    t = time.process_time()
+    slow = ppdeep.hash(data)
+    slow_s = time.process_time() - t
+    t = time.process_time()
+    fast = file_digests.ssdeep_digest(data)
+    fast_s = time.process_time() - t
+    assert fast == slow and fast_s * 5 < slow_s

@@ -107,7 +107,8 @@ def test_variants_beside_every_baseline(tmp_path, capsys):
     for png in ("retrieval.png", "embedding_map.png"):
         assert open(os.path.join(output, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     methods = {r["method"] for r in report["rows"]}
-    assert methods == {"first", "second", "strings sketch (no training)", "TLSH", "ssdeep"}
+    assert methods == {"first", "second", "strings sketch (no training)", "dynamic symbol names TF-IDF (no training)",
+                       "TLSH", "ssdeep"}
     first, second = table(report, "first"), table(report, "second")
     assert first["queries"] == second["queries"] == 12  # solo and the unlabelled file are no queries
     assert first["p_at_1"] == pytest.approx(11 / 12) and second["p_at_1"] == 1.0
@@ -118,10 +119,14 @@ def test_variants_beside_every_baseline(tmp_path, capsys):
     assert first["p_at_10"] == pytest.approx(0.3)
     assert other["p_at_10"] == pytest.approx(0.3 - 2 * 0.1 / 12)
     assert {r["subset"] for r in report["rows"]} == {"all", "string-poor"}
-    for m in ("strings sketch (no training)", "TLSH", "ssdeep"):
+    for m in ("strings sketch (no training)", "dynamic symbol names TF-IDF (no training)", "TLSH", "ssdeep"):
         assert 0.0 <= table(report, m)["map_at_r"] <= 1.0
-    assert report["baseline_cost"]["strings_cpu_ms"] > 0 and report["baseline_cost"]["tlsh_cpu_ms"] > 0
-    assert "MAP@R" in capsys.readouterr().out
+    cost = report["baseline_cost"]
+    assert cost["strings_cpu_ms"] > 0 and cost["tlsh_cpu_ms"] > 0 and cost["symbols_cpu_ms"] > 0
+    elf = sum(open(r["path"], "rb").read(4) == b"\x7fELF" for r in rows[:-1])  # the last (unlabelled) is no query
+    assert sum(cost["symbol_status"].values()) == 13 and cost["symbol_status"].get("ok", 0) == elf
+    printed = capsys.readouterr().out
+    assert "MAP@R" in printed and "baselines (" in printed and "13/13" in printed  # progress lines
 
 
 def test_baselines_alone_and_bad_arguments(tmp_path):
@@ -162,3 +167,55 @@ def test_pca_2d_recovers_the_main_axes():
     assert ratio[0] > ratio[1] > 0 and ratio.sum() == pytest.approx(1.0)
     assert abs(np.corrcoef(coords[:, 0], x[:, 2])[0, 1]) > 0.999
     assert pca_2d(np.ones((1, 3)))[0].shape == (1, 2)
+
+
+def trained_checkpoint(path, unseen_fraction: float, holdout_fraction: float = 0.2) -> str:
+    """A real (tiny, untrained) checkpoint whose training settings kept `unseen_fraction` of families out."""
+    import torch
+
+    from embedlib.config import Config, from_dict
+    from embedlib.model import checkpoint
+    from embedlib.model.network import build_model
+
+    torch.manual_seed(0)
+    cfg = from_dict({"raster": {"size": 16}, "views": {"names": ["image"]},
+                     "model": {"embedding_dim": 8, "channels": (4, 4, 4, 4)},
+                     "train": {"unseen_family_fraction": unseen_fraction, "holdout_fraction": holdout_fraction}},
+                    Config())
+    checkpoint.save(str(path), build_model(cfg.model, 2).eval(), cfg, ["fam0", "fam1"], {})
+    return str(path)
+
+
+def test_the_unseen_split_is_the_one_of_the_checkpoint_that_made_the_embeddings(tmp_path, capsys):
+    """Without --model, the split comes from the checkpoint the root's embed run recorded: a model that trained on
+    every family has no unseen queries (it used to call 20% of its trained families "unseen")."""
+    from embedlib.train.split import FAMILY_SALT, bucket
+    from query_fixtures import write_embedded_root
+
+    families = ("fam5", "fam0", "fam1")  # name hashes 0.07, 0.34, 0.52: fam5 is "unseen" under the old default 0.2
+    assert bucket("fam5", FAMILY_SALT) < 0.2 < bucket("fam0", FAMILY_SALT) < 0.4 < bucket("fam1", FAMILY_SALT)
+    paths = real_files(9)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,family\n" + "".join(f"{p},{families[i // 3]}\n" for i, p in enumerate(paths)))
+    args = ["--labels", str(labels), "--output", str(tmp_path / "e"), "--baselines", "strings", "--workers", "1",
+            "--timing-files", "0"]
+
+    every = write_embedded_root(str(tmp_path / "every"), trained_checkpoint(tmp_path / "m0", 0.0), paths)
+    assert len(every) == 9
+    report = evaluate.main([*args, "--embeddings", str(tmp_path / "every")])
+    assert report["gallery"]["unseen_files"] == 0 and report["gallery"]["unseen_fraction"] == 0.0
+    assert table(report, "embedding", split="unseen")["queries"] == 0
+    assert "kept no family out of training" in capsys.readouterr().out
+
+    write_embedded_root(str(tmp_path / "kept"), trained_checkpoint(tmp_path / "m4", 0.4, 0.3), paths)
+    report = evaluate.main([*args, "--embeddings", str(tmp_path / "kept")])
+    assert report["gallery"]["unseen_files"] == 6 and report["gallery"]["unseen_families"] == 2
+    assert report["gallery"]["holdout_fraction"] == 0.3
+    assert table(report, "embedding", split="unseen")["queries"] == 6
+    # a smaller fraction is a subset of the families kept out: allowed; a larger one names trained families
+    report = evaluate.main([*args, "--embeddings", str(tmp_path / "kept"), "--unseen-fraction", "0.2"])
+    assert report["gallery"]["unseen_files"] == 3
+    with pytest.raises(SystemExit, match="trained on"):
+        evaluate.main([*args, "--embeddings", str(tmp_path / "kept"), "--unseen-fraction", "0.5"])
+    with pytest.raises(SystemExit, match="different splits"):
+        evaluate.main([*args, "--variant", f"a={tmp_path / 'every'}", "--variant", f"b={tmp_path / 'kept'}"])

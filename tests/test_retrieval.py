@@ -79,3 +79,20 @@ def test_evaluate_methods_gives_one_row_per_method_split_mode_and_subset():
     assert len(rows) == 2 * 2 * 2
     full = [r for r in rows if r["subset"] == "all" and r["queries"]]
     assert full and all(r["p_at_1"] == 1.0 and r["map_at_r"] == 1.0 for r in full)
+
+
+def test_sparse_cosine_equals_the_dense_tfidf_of_the_same_sets():
+    """Exact item sets (no buckets): the inverted-index cosine equals the dense TF-IDF cosine; empty = NaN."""
+    from embedlib.eval import retrieval as R
+
+    rng = np.random.default_rng(3)
+    vocab = rng.integers(0, 2**63, 60, dtype=np.uint64)
+    sets = [rng.choice(vocab, rng.integers(1, 25)) for _ in range(30)] + [np.zeros(0, np.uint64)]
+    ids = [np.searchsorted(np.unique(vocab), np.unique(s)) for s in sets]
+    dense = R.Cosine(R.tfidf_set_vectors(ids, len(np.unique(vocab))))
+    sparse = R.SparseCosine(sets)
+    rows = np.arange(len(sets))
+    a, b = dense.distances(rows), sparse.distances(rows)
+    assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(b[-1]).all() and np.isnan(b[:, -1]).all()
+    assert np.allclose(a[~np.isnan(a)], b[~np.isnan(b)], atol=1e-5)
+    assert sparse.missing == 1

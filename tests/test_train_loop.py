@@ -62,3 +62,44 @@ def test_pk_batches_have_p_families_of_k_files_and_cover_every_file():
         assert 2 <= len(fams) <= 8
     assert sum(len(b) == 32 for b in batches) >= len(batches) - 3  # full batches but for the tail
     assert [b.tolist() for b in pk_batches(labels, 8, 4, seed=1)] == [b.tolist() for b in batches]
+
+
+def test_self_supervised_steps_learn_to_match_two_subsamples_of_one_file_without_labels():
+    """No label at all: InfoNCE between two random sub-samples of each file's sketch buckets lowers its loss, and
+    the sub-samples thin the sketches only (a byteplot passes unchanged)."""
+    import dataclasses
+
+    from embedlib.config import from_dict
+    from embedlib.train.loop import info_nce, make_optimizer, new_model, subsample, train_step
+    from embedlib.views import view_specs
+
+    torch.manual_seed(0)
+    cfg = from_dict({"views": {"names": ["strings", "tokens"], "buckets": 128},
+                     "model": {"hidden": 32, "embedding_dim": 32, "skip_dim": 8},
+                     "train": {"self_supervised": "true", "lr": 3e-3}}, Config())
+    rng = np.random.default_rng(0)
+    rows = 64
+    files = {v: torch.from_numpy((rng.random((rows, 128)) < 0.15).astype(np.uint8) * rng.integers(1, 4, (rows, 128))
+                                 .astype(np.uint8)) for v in ("strings", "tokens")}
+    image = torch.zeros(rows, 4, 4, dtype=torch.uint8) + 7
+    sub = subsample({**files, "image": image}, 0.5)
+    kept = (sub["strings"] > 0).sum() / (files["strings"] > 0).sum()
+    assert 0.4 < float(kept) < 0.6 and torch.equal(sub["image"], image)
+    assert ((sub["strings"] > 0) <= (files["strings"] > 0)).all()  # only removes items
+    same = F.normalize(torch.randn(8, 16), dim=1)
+    assert info_nce(same, same, 0.1) < info_nce(same, same.roll(1, 0), 0.1)
+
+    model = new_model(cfg, 0)  # no classes: a label-free checkpoint has none
+    assert set(view_specs(cfg)) == {"strings", "tokens"}
+    opt = make_optimizer(model, cfg)
+    unlabelled = torch.full((rows,), -1)
+    losses = [train_step(model, files, unlabelled, opt, cfg)[0] / rows for _ in range(60)]
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
+    assert train_step(model, files, unlabelled, opt, cfg)[1] == 0  # no class, nothing "correct"
+    # semi-supervised: two classes on a few rows add the CosFace term; the unlabelled rows still train
+    labels = torch.full((rows,), -1)
+    labels[:8], labels[8:16] = 0, 1
+    semi = new_model(cfg, 2)
+    loss, correct = train_step(semi, files, labels, make_optimizer(semi, cfg), cfg)
+    assert loss > 0 and 0 <= correct <= 16
+    assert dataclasses.replace(cfg.train, self_supervised="false").self_supervised == "false"

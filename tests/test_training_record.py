@@ -172,3 +172,49 @@ def test_a_checkpoint_that_never_trained_is_refused_like_an_unhealthy_one():
         health.check_health(dropped, allow_unhealthy=False)
     with pytest.raises(health.UnhealthyModelError, match="records no training epoch"):
         health.check_health({"model_version": "m-y", "bn_health": {"healthy": True}}, allow_unhealthy=False)
+
+
+def test_a_manifest_without_families_trains_self_supervised_and_stays_honest(system_files, tmp_path):
+    """The defect: a corpus without labels could not train at all. jobs.train on a manifest with no family column
+    trains on every file (InfoNCE between sub-samples), precise BN over the corpus, and records it as such; the
+    training record still refuses such a checkpoint when it did not train."""
+    files = pick_families(system_files, families=5, per_family=30)
+    manifest = tmp_path / "paths.csv"
+    manifest.write_text("path\n" + "".join(f"{f.path}\n" for f in files))
+    out = _job("jobs.train", "--input", str(manifest), "--workdir", str(tmp_path / "w"), "--output",
+               str(tmp_path / "model"), *_sets(*SMALL, "train.batch_size=32"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "training (self-supervised) on" in out.stdout and "0 of them labelled in 0 families" in out.stdout
+    meta = _meta(tmp_path / "model")
+    assert meta["objective"] == "self-supervised" and meta["families"] == [] and meta["labelled_train_files"] == 0
+    assert meta["config"]["train"]["self_supervised"] == "true"
+    distinct = len({open(f.path, "rb").read() for f in files})
+    assert meta["train_files"] == distinct  # every content trains: no label means no held-out split
+    assert len(meta["history"]) == 2 and all(e["steps"] >= 1 and e["labelled_all_ranks"] == 0 for e in meta["history"])
+    assert all(0 < e["loss"] < 1e6 for e in meta["history"])  # finite (that it learns: test_train_loop)
+    assert meta["precise_bn"]["layers"] and meta["bn_health"]["healthy"] and meta["training"]["healthy"]
+    assert health.check_health(meta, allow_unhealthy=False) is None
+    never = dict(meta, training=None, history=[dict(e, steps=0, samples_all_ranks=0) for e in meta["history"]])
+    with pytest.raises(health.UnhealthyModelError, match="ran 0 steps"):
+        health.check_health(never, allow_unhealthy=False)
+    refused = _job("jobs.train", "--input", str(manifest), "--workdir", str(tmp_path / "w"), "--output",
+                   str(tmp_path / "model-no"), *_sets(*SMALL, "train.batch_size=32", "train.self_supervised=false"))
+    errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")]
+    assert refused.returncode != 0 and len(errors) == 1 and "train.self_supervised=true" in errors[0]
+
+
+def test_a_mostly_unlabelled_corpus_trains_semi_supervised(small_samples):
+    """About a third of the rows carry families: the labelled ones train CosFace, every row trains InfoNCE."""
+    work, cfg, manifest = small_samples
+    from embedlib.train.split import bucket
+
+    rows = open(manifest).read().splitlines()
+    kept = [rows[0]] + [r if bucket(r, "test-labelled") < 0.35 else r.rsplit(",", 1)[0] + "," for r in rows[1:]]
+    partial = work / "partial.csv"
+    partial.write_text("\n".join(kept) + "\n")
+    meta = _train(work, cfg, str(partial), "semi")
+    assert meta["objective"] == "semi-supervised" and len(meta["families"]) >= 2
+    assert meta["train_files"] > 2 * meta["labelled_train_files"] > 0
+    assert all(0 < e["labelled_all_ranks"] < e["samples_all_ranks"] for e in meta["history"])
+    assert meta["holdout_files"] > 0 and "holdout_eval_mode_accuracy" in meta
+    assert meta["training"]["healthy"] and meta["bn_health"]["healthy"]

@@ -5,7 +5,10 @@ pictures.
 Each variant is an embedding-job output (ROOT/embeddings/...); the gallery is the labelled files that every
 variant embedded (the same sha256s), so every row of the table is scored on exactly the same queries. The
 baselines need no training: the strings sketch (printable strings >= 6 bytes, each distinct string hashed into
-4096 buckets, as a set, TF-IDF over the gallery, cosine: embedlib.views' hashing), TLSH and ssdeep.
+4096 buckets, as a set, TF-IDF over the gallery, cosine: embedlib.views' hashing), the dynamic symbol names
+(ELF .dynsym imports/exports and DT_NEEDED, PE imports/exports: embedlib.views.symbols; each whole name its own
+term, TF-IDF, cosine; a file whose tables cannot be read has a per-file status, counted in the report), TLSH and
+ssdeep (libfuzzy).
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import pyarrow.csv as pa_csv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from embedlib.errors import UserError
 from embedlib.eval import retrieval
 from embedlib.train import split
 from embedlib.files.inputs import read_labels
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("strings", "tlsh", "ssdeep")
+BASELINES = ("strings", "symbols", "tlsh", "ssdeep")
 STRINGS_BUCKETS = 4096
 STRINGS_MIN_LEN = 6
 
@@ -49,6 +53,8 @@ class Gallery:
     tlsh: list[str | None] = field(default_factory=list)
     ssdeep: list[str | None] = field(default_factory=list)
     strings: list[np.ndarray] = field(default_factory=list)  # bucket sets (strings sketch)
+    symbols: list[np.ndarray] = field(default_factory=list)  # uint64 hashes of dynamic symbol names
+    symbol_status: list[str] = field(default_factory=list)  # ok | none | error: ... (embedlib.views.symbols)
     distinct_strings: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -96,6 +102,47 @@ def read_json(uri: str) -> dict | None:
             return json.load(fh)
     except FileNotFoundError:
         return None
+
+
+class SplitError(UserError, ValueError):
+    """Split fractions that would score trained files as unseen or held out, or variants of different splits."""
+
+
+DEFAULT_FRACTION = 0.2  # the split of an evaluation that no checkpoint constrains (baselines alone)
+
+
+def split_of(checkpoints: Sequence[str], unseen: float | None = None, holdout: float | None = None,
+             say: Callable[[str], None] = print) -> tuple[float, float]:
+    """(unseen_fraction, holdout_fraction) of the checkpoints that made the evaluated embeddings: their own
+    training split (train.unseen_family_fraction, train.holdout_fraction in meta.json), so a family a model was
+    trained on is never an "unseen" query and a training file never a "known" one. An explicit fraction may
+    only narrow that split (a smaller fraction: a subset of the same hash-chosen families/files). Checkpoints
+    of different splits cannot share one table. Without a checkpoint (baselines alone) the fractions are the
+    given ones, else 0.2."""
+    from embedlib.model import checkpoint
+
+    splits = {}
+    for uri in dict.fromkeys(checkpoints):
+        train = checkpoint.load_meta(uri).get("config", {}).get("train", {})
+        splits[uri] = (float(train.get("unseen_family_fraction") or 0.0), float(train.get("holdout_fraction", 0.2)))
+    if len(set(splits.values())) > 1:
+        raise SplitError("the variants' checkpoints were trained on different splits (" + ", ".join(
+            f"{u}: unseen {a:g}, holdout {b:g}" for u, (a, b) in splits.items()) + "): evaluate them separately")
+    if not splits:
+        return (DEFAULT_FRACTION if unseen is None else unseen, DEFAULT_FRACTION if holdout is None else holdout)
+    (model_unseen, model_holdout), = set(splits.values())
+    if unseen is not None and unseen > model_unseen:
+        raise SplitError(f"--unseen-fraction {unseen:g} would call families the checkpoint trained on unseen (it "
+                         f"kept {model_unseen:g} of families out of training): use at most {model_unseen:g}")
+    if holdout is not None and holdout > model_holdout:
+        raise SplitError(f"--holdout-fraction {holdout:g} would query files the checkpoint trained on (it held out "
+                         f"{model_holdout:g}): use at most {model_holdout:g}")
+    unseen = model_unseen if unseen is None else unseen
+    holdout = model_holdout if holdout is None else holdout
+    if unseen == 0:
+        say("the checkpoint kept no family out of training (train.unseen_family_fraction = 0): no unseen queries; "
+            "train with train.unseen_family_fraction > 0 to measure unseen families")
+    return unseen, holdout
 
 
 def gallery_from(labels: str, variants: dict[str, str], max_files: int | None = None) -> Gallery:
@@ -188,6 +235,13 @@ def file_baselines(path: str, max_bytes: int, methods: Sequence[str]) -> dict[st
         out["strings"] = np.unique(views.bucket_of(h, STRINGS_BUCKETS)).astype(np.int16)
         out["strings_cpu_s"] = time.process_time() - t
         out["distinct_strings"] = len(h)
+    if "symbols" in methods:
+        from embedlib.views import symbols
+
+        t = time.process_time()
+        hashes, _, out["symbol_status"] = symbols.symbol_hashes(data)
+        out["symbols"] = np.unique(hashes)
+        out["symbols_cpu_s"] = time.process_time() - t
     if "tlsh" in methods:
         t = time.process_time()
         out["tlsh"] = digests.tlsh_digest(data)
@@ -203,9 +257,22 @@ def _file_baselines_args(args: tuple) -> dict[str, Any]:
     return file_baselines(*args)
 
 
-def compute_baselines(g: Gallery, max_bytes: int, methods: Sequence[str], workers: int = 1) -> dict[str, Any]:
-    """Fill the gallery's strings sketch (always: the string-poor subset needs it) and the digests the tables
-    lack; returns CPU ms per file (read + method) over the files computed here."""
+def progress(items, total: int, what: str, say: Callable[[str], None] | None, every_s: float = 30.0):
+    """`items`, with a line to `say` at most every `every_s` seconds (and at the end): a long step is never silent."""
+    started = last = time.perf_counter()
+    for i, item in enumerate(items, 1):
+        yield item
+        now = time.perf_counter()
+        if say and (now - last > every_s or i == total):
+            last = now
+            say(f"{what}: {i}/{total} ({now - started:.0f}s)")
+
+
+def compute_baselines(g: Gallery, max_bytes: int, methods: Sequence[str], workers: int = 1,
+                      say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fill the gallery's strings sketch (always: the string-poor subset needs it), its symbol names and the digests
+    the tables lack; returns CPU ms per file (read + method) over the files computed here, and the symbol
+    reader's per-file statuses."""
     need = set(methods) | {"strings"}
     for m in ("tlsh", "ssdeep"):  # a table that has a digest column filled keeps it (None = none for that file)
         if any(d is not None for d in getattr(g, m)):
@@ -217,12 +284,17 @@ def compute_baselines(g: Gallery, max_bytes: int, methods: Sequence[str], worker
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
-            results = list(pool.map(_file_baselines_args, jobs, chunksize=16))
+            results = list(progress(pool.map(_file_baselines_args, jobs, chunksize=16), len(jobs),
+                                    "baselines (" + ", ".join(sorted(need)) + ") of files", say))
     else:
-        results = [_file_baselines_args(j) for j in jobs]
+        results = list(progress(map(_file_baselines_args, jobs), len(jobs),
+                                "baselines (" + ", ".join(sorted(need)) + ") of files", say))
     errors = {r["path"]: r["error"] for r in results if "error" in r}
     g.strings = [r.get("strings", np.zeros(0, np.int16)) for r in results]
     g.distinct_strings = np.array([r.get("distinct_strings", 0) for r in results])
+    if "symbols" in need:
+        g.symbols = [r.get("symbols", np.zeros(0, np.uint64)) for r in results]
+        g.symbol_status = [r.get("symbol_status", "unreadable") for r in results]
     for m in ("tlsh", "ssdeep"):
         if m in need:
             setattr(g, m, [r.get(m) for r in results])
@@ -232,6 +304,9 @@ def compute_baselines(g: Gallery, max_bytes: int, methods: Sequence[str], worker
     for m in need:
         if ok:
             cost[f"{m}_cpu_ms"] = 1000 * float(np.mean([r[f"{m}_cpu_s"] for r in ok]))
+    if g.symbol_status:  # how many files had dynamic names, none, or tables that could not be read (and why)
+        cost["symbol_status"] = dict(Counter(s if not s.startswith("error") else "error" for s in g.symbol_status))
+        cost["symbol_errors"] = dict(Counter(s for s in g.symbol_status if s.startswith("error")).most_common(10))
     return cost
 
 
@@ -291,6 +366,8 @@ def scorers(g: Gallery, baselines: Sequence[str]) -> dict[str, retrieval.Scorer]
     out: dict[str, retrieval.Scorer] = {name: retrieval.Cosine(v) for name, v in g.vectors.items()}
     if "strings" in baselines:
         out["strings sketch (no training)"] = retrieval.Cosine(retrieval.tfidf_set_vectors(g.strings, STRINGS_BUCKETS))
+    if "symbols" in baselines:
+        out["dynamic symbol names TF-IDF (no training)"] = retrieval.SparseCosine(g.symbols)
     if "tlsh" in baselines:
         out["TLSH"] = retrieval.TLSH(g.tlsh)
     if "ssdeep" in baselines:

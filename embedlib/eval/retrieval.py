@@ -1,4 +1,4 @@
-"""Family retrieval on one protocol for every method: embeddings, the strings sketch, TLSH, ssdeep.
+"""Family retrieval on one protocol for every method: embeddings, the strings sketch, symbol names, TLSH, ssdeep.
 
 The protocol (issue 12), pure functions of sha256 and family name, so the training job and the evaluation agree:
 
@@ -125,6 +125,51 @@ def tfidf_set_vectors(bucket_sets: Sequence[np.ndarray], buckets: int,
 
 
 @dataclass
+class SparseCosine:
+    """Cosine distance between TF-IDF weighted sets of exact item hashes (no buckets, no projection): e.g. the
+    dynamic symbol names of each file, every whole name its own term. idf = log((1 + N) / (1 + df)) + 1 over
+    the gallery, like tfidf_set_vectors. An empty set is "missing" (NaN). Scored through an inverted index, so
+    a vocabulary of millions of names costs only the postings of a query's own names."""
+
+    sets: Sequence[np.ndarray]  # per row: uint64 hashes (duplicates count once)
+
+    def __post_init__(self) -> None:
+        n = len(self.sets)
+        lengths = np.array([len(np.unique(x)) for x in self.sets], np.int64)
+        flat = np.concatenate([np.unique(np.asarray(x, np.uint64)) for x in self.sets]) if n else \
+            np.zeros(0, np.uint64)
+        vocab, term = np.unique(flat, return_inverse=True)
+        doc = np.repeat(np.arange(n), lengths)
+        df = np.bincount(term, minlength=len(vocab))
+        idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float64)
+        self.row_ptr = np.concatenate([[0], np.cumsum(lengths)])
+        self.row_term, self.row_weight = term, idf[term]
+        self.norm = np.sqrt(np.bincount(doc, weights=self.row_weight ** 2, minlength=n))
+        order = np.argsort(term, kind="stable")  # postings: the rows of each term
+        self.post_ptr = np.concatenate([[0], np.cumsum(df)])
+        self.post_doc, self.post_weight = doc[order], self.row_weight[order]
+        self.missing = int(np.sum(lengths == 0))
+
+    def distances(self, rows: np.ndarray) -> np.ndarray:
+        n = len(self.norm)
+        out = np.full((len(rows), n), np.nan)
+        empty = self.norm == 0
+        for i, r in enumerate(rows):
+            a, b = self.row_ptr[r], self.row_ptr[r + 1]
+            if a == b:
+                continue
+            terms, w = self.row_term[a:b], self.row_weight[a:b]
+            starts, ends = self.post_ptr[terms], self.post_ptr[terms + 1]
+            counts = ends - starts
+            idx = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+            dot = np.bincount(self.post_doc[idx], weights=self.post_weight[idx] * np.repeat(w, counts), minlength=n)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[i] = 1.0 - dot / (self.norm[r] * self.norm)
+            out[i, empty] = np.nan
+        return out
+
+
+@dataclass
 class TLSH:
     """TLSH distance (tlsh.diff); NaN where a digest is missing."""
 
@@ -197,9 +242,12 @@ class SSDeep:
 # ---------------------------------------------------------------------------------------------------
 
 def score(scorer: Scorer, rows: np.ndarray, families: np.ndarray, names: np.ndarray | None = None,
-          mode: str = "all", ties: str = "pessimistic", chunk: int = 512) -> dict[str, np.ndarray]:
-    """Per query row: p_at_1, p_at_10, ap_at_r and r (relevant items), the query ranking the whole gallery."""
+          mode: str = "all", ties: str = "pessimistic", chunk: int = 512,
+          say: Callable[[str], None] | None = None, every_s: float = 30.0) -> dict[str, np.ndarray]:
+    """Per query row: p_at_1, p_at_10, ap_at_r and r (relevant items), the query ranking the whole gallery.
+    `say` hears a progress line at most every `every_s` seconds (a slow scorer is not silent)."""
     codes, uniq = _codes(families)
+    started = last = time.perf_counter()
     out: dict[str, list[np.ndarray]] = {"p_at_1": [], "p_at_10": [], "ap_at_r": [], "r": []}
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
@@ -210,6 +258,9 @@ def score(scorer: Scorer, rows: np.ndarray, families: np.ndarray, names: np.ndar
         out["p_at_10"].append(metrics.precision_at_k_ranked(ranking, 10))
         out["ap_at_r"].append(metrics.average_precision_at_r_ranked(ranking))
         out["r"].append(ranking.n_relevant)
+        if say and time.perf_counter() - last > every_s and start + chunk < len(rows):
+            last = time.perf_counter()
+            say(f"  {start + len(part)}/{len(rows)} queries scored ({last - started:.0f}s)")
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 
@@ -253,9 +304,11 @@ def evaluate_methods(scorers: dict[str, Scorer], families: np.ndarray, names: np
     queries inside it (the gallery stays whole)."""
     rows = []
     for name, scorer in scorers.items():
+        slow = not isinstance(scorer, Cosine)  # per-pair scorers: smaller chunks, so progress lines come
         for cell in cells:
             started = time.perf_counter()
-            pq = score(scorer, cell.rows, families, names, cell.mode)
+            pq = score(scorer, cell.rows, families, names, cell.mode, chunk=64 if slow else 512,
+                       say=(lambda m, n=name, c=cell: say(f"{n} {c.split} {c.mode}:{m}")) if say else None)
             base = {"method": name, "split": cell.split, "mode": cell.mode}
             rows.append({**base, "subset": "all", **summarize(pq), "seconds": time.perf_counter() - started})
             for sub, mask in (subsets or {}).items():

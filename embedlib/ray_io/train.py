@@ -200,12 +200,13 @@ def ray_worker(loop_config: dict[str, Any]) -> None:
                    for views, labels in shuffled_batches(corpus, share, bs, steps, cfg.train.shuffle_buffer,
                                                          seed=cfg.train.seed * 1_000_003 + epoch * 1009 + rank, pk=pk))
         stats = train_epoch(model, batches, optimizer, cfg, scheduler)
-        loss_sum, correct, samples, steps_min, steps_max = _all_reduce(
-            [stats["loss_sum"], stats["correct"], stats["samples"]], device) + _steps_range(stats["steps"], device)
+        loss_sum, correct, samples, labelled, steps_min, steps_max = _all_reduce(
+            [stats["loss_sum"], stats["correct"], stats["samples"], stats["labelled"]], device) + \
+            _steps_range(stats["steps"], device)
         metrics = {"epoch": epoch, "steps": int(steps_max), "steps_min_rank": int(steps_min), "world": world,
                    "rows_per_rank": rows_per_rank(corpus, world), "batch_rows": bs,
-                   "samples_all_ranks": int(samples), "loss": loss_sum / max(samples, 1),
-                   "train_mode_accuracy": correct / max(samples, 1)}
+                   "samples_all_ranks": int(samples), "labelled_all_ranks": int(labelled),
+                   "loss": loss_sum / max(samples, 1), "train_mode_accuracy": correct / max(labelled, 1)}
         if probe:
             tm = correct_count(model, probe, train_mode=True)
             em = correct_count(model, probe, train_mode=False)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -103,29 +103,39 @@ def scan_corpus(root: str, cfg: Config, labels: Labels | None = None, families: 
         return list(zip(shas, labels.lookup(shas)))
 
     counts = Counter()
+    unlabelled = total = 0
     for f in files:
-        counts += training_family_counts(identities(f), cfg.train.holdout_fraction, cfg.train.unseen_family_fraction)
+        rows = identities(f)
+        counts += training_family_counts(rows, cfg.train.holdout_fraction, cfg.train.unseen_family_fraction)
+        unlabelled += sum(not fam for _, fam in rows)
+        total += len(rows)
     rule = make_rule(counts, cfg, classes=families)
+    # auto: without labels for most of the corpus (or without 2 families) the unlabelled rows train too
+    ssl = cfg.train.self_supervised == "true" or (
+        cfg.train.self_supervised == "auto" and families is None and (2 * unlabelled > total or len(rule.families) < 2))
+    rule = replace(rule, self_supervised=ssl)
     blocks, holdout, stats = [], 0, 0
     for f in files:
         rows = identities(f)
         roles = Counter(rule.role(s, fam) for s, fam in rows)
-        blocks.append(Block(f, len(rows), roles["train"]))
+        blocks.append(Block(f, len(rows), sum(rule.trains(s, fam) for s, fam in rows)))
         holdout += roles["holdout"]
         stats += sum(rule.in_statistics(s, fam) for s, fam in rows)
-    rule = make_rule(counts, cfg, holdout, classes=families, statistics_files=stats)
+    rule = replace(make_rule(counts, cfg, holdout, classes=families, statistics_files=stats), self_supervised=ssl)
     return Corpus(store.root, tuple(blocks), rule, cfg, labels)
 
 
 def selected(rule: SplitRule, select: str, sha256: str, family: str | None) -> bool:
-    """Row selection by name: 'train', 'holdout'; 'statistics' (rows of the population statistics: training,
+    """Row selection by name: 'train' (the rows the training loop reads: SplitRule.trains), 'holdout'; 'statistics' (rows of the population statistics: training,
     unlabelled and small-family rows, SplitRule.in_statistics), 'probe' / 'precise' (statistics rows in the probe
     / the precise-BN sample); 'all', and 'any_probe' / 'any_precise' (any row in the probe / sample)."""
     if select == "all":
         return True
     if select.startswith("any_"):
         return rule.in_probe(sha256) if select == "any_probe" else rule.in_precise_sample(sha256)
-    if select in ("train", "holdout"):
+    if select == "train":
+        return rule.trains(sha256, family)
+    if select == "holdout":
         return rule.role(sha256, family) == select
     if not rule.in_statistics(sha256, family):
         return False

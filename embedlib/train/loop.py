@@ -69,24 +69,78 @@ def retrieval_loss(embeddings: torch.Tensor, logits: torch.Tensor, labels: torch
     raise ValueError(f"unknown train.loss {kind!r}")
 
 
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between two unit embeddings of the same files: row i of `a` must find row i of `b` among
+    the batch (and back); the batch's other files are the negatives."""
+    logits = a @ b.T / temperature
+    target = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def is_sketch(v: torch.Tensor) -> bool:
+    """Hashed item counts [B, buckets] (uint8): the views a sub-sample thins (a byteplot is [B, H, W])."""
+    return v.dtype == torch.uint8 and v.ndim == 2
+
+
+def subsample(views: Batch, keep: float, generator: torch.Generator | None = None) -> Batch:
+    """Each sketch bucket of each row kept with probability `keep` (independently), other views unchanged: a random
+    sub-sample of the file's strings, names and words, as another build of the same program might show."""
+    views = views if isinstance(views, dict) else {"image": views}
+    return {k: v * (torch.rand(v.shape, generator=generator, device=v.device) < keep).to(v.dtype) if is_sketch(v)
+            else v for k, v in views.items()}
+
+
+def self_supervised(cfg: Config | None) -> bool:
+    """Whether training reads unlabelled rows with the InfoNCE term (the trainer resolves train.self_supervised's
+    'auto' from the corpus before training)."""
+    return cfg is not None and cfg.train.self_supervised == "true"
+
+
+def self_supervised_loss(model: nn.Module, views: Batch, labels: torch.Tensor, cfg: Config
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits of the first sub-sample): two random sub-samples of every file in one forward pass (so
+    BatchNorm and DDP see one batch), InfoNCE between their learned parts (the embedding without its fixed,
+    training-free dimensions; train.ssl_weight), plus train.loss on the labelled rows (label >= 0) of both when
+    there are at least 2 classes."""
+    n = len(labels)
+    a, b = subsample(views, cfg.train.ssl_keep), subsample(views, cfg.train.ssl_keep)
+    emb, logits = model({k: torch.cat([a[k], b[k]]) for k in a})
+    learned = F.normalize(emb[:, : emb.shape[1] - getattr(unwrap(model), "concat_dim", 0)], dim=1)
+    loss = cfg.train.ssl_weight * info_nce(learned[:n], learned[n:], cfg.train.ssl_temperature)
+    both = torch.cat([labels, labels])
+    labelled = both >= 0
+    if labelled.any() and logits.shape[1] >= 2:
+        loss = loss + retrieval_loss(emb[labelled], logits[labelled], both[labelled], cfg)
+    return loss, logits[:n]
+
+
+def correct_of_logits(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Rows whose top class is their label (an unlabelled row, -1, is never correct; no class: 0)."""
+    return int((logits.argmax(1) == labels).sum()) if logits.shape[1] else 0
+
+
 def train_step(model: nn.Module, views: Batch, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
                cfg: Config | None = None) -> tuple[float, int]:
     """One optimizer step in train mode. Without `cfg` the loss is plain cross-entropy on the cosine logits,
-    else train.loss (retrieval_loss). Returns (summed loss, correct count) for the batch."""
+    else train.loss (retrieval_loss), or with self-supervision self_supervised_loss. Returns (summed loss,
+    correct count) for the batch."""
     model.train()
-    emb, logits = model(views)
-    loss = F.cross_entropy(logits, labels) if cfg is None else retrieval_loss(emb, logits, labels, cfg)
+    if self_supervised(cfg):
+        loss, logits = self_supervised_loss(model, views, labels, cfg)
+    else:
+        emb, logits = model(views)
+        loss = F.cross_entropy(logits, labels) if cfg is None else retrieval_loss(emb, logits, labels, cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item() * len(labels), int((logits.argmax(1) == labels).sum())
+    return loss.item() * len(labels), correct_of_logits(logits, labels)
 
 
 def train_epoch(model: nn.Module, batches: Iterable[tuple[Batch, torch.Tensor]], optimizer: torch.optim.Optimizer,
                 cfg: Config | None = None, scheduler: Any | None = None) -> dict[str, float]:
     """Train over `batches`; returns mean loss and train-mode accuracy (batch statistics, as training sees it).
     `scheduler` (if any) steps once per batch."""
-    total_loss, correct, seen, steps = 0.0, 0, 0, 0
+    total_loss, correct, seen, labelled, steps = 0.0, 0, 0, 0, 0
     for views, labels in batches:
         loss, ok = train_step(model, views, labels, optimizer, cfg)
         if scheduler is not None:
@@ -94,9 +148,10 @@ def train_epoch(model: nn.Module, batches: Iterable[tuple[Batch, torch.Tensor]],
         total_loss += loss
         correct += ok
         seen += len(labels)
+        labelled += int((labels >= 0).sum())
         steps += 1
-    return {"loss": total_loss / max(seen, 1), "train_mode_accuracy": correct / max(seen, 1), "steps": steps,
-            "samples": seen, "loss_sum": total_loss, "correct": correct}
+    return {"loss": total_loss / max(seen, 1), "train_mode_accuracy": correct / max(labelled, 1), "steps": steps,
+            "samples": seen, "labelled": labelled, "loss_sum": total_loss, "correct": correct}
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int):
@@ -116,7 +171,7 @@ def correct_count(model: nn.Module, batches: Iterable[tuple[Batch, torch.Tensor]
     with torch.no_grad():
         for views, labels in batches:
             _, logits = net(views)
-            correct += int((logits.argmax(1) == labels).sum())
+            correct += correct_of_logits(logits, labels)
             seen += len(labels)
     if saved is not None:
         net.load_state_dict(saved)
@@ -160,13 +215,15 @@ def batch_rows(cfg: Config) -> int:
 
 
 def uses_logits(cfg: Config) -> bool:
-    """Whether train.loss reads the classifier (class directions): supcon alone trains the embedding only."""
-    return cfg.train.loss != "supcon"
+    """Whether every step's loss reads the classifier (class directions): supcon alone trains the embedding only,
+    and with self-supervision a batch may hold no labelled row."""
+    return cfg.train.loss != "supcon" and not self_supervised(cfg)
 
 
 def describe_epoch(m: dict[str, Any], epochs: int) -> str:
-    line = (f"epoch {int(m['epoch']) + 1:>3}/{epochs}  loss {m['loss']:.4f}  train-mode acc "
-            f"{m['train_mode_accuracy']:.3f}")
+    line = f"epoch {int(m['epoch']) + 1:>3}/{epochs}  loss {m['loss']:.4f}"
+    if m.get("labelled_all_ranks", 1):
+        line += f"  train-mode acc {m['train_mode_accuracy']:.3f}"
     if "probe_eval_mode_accuracy" in m:
         line += (f"  probe ({m['probe_files']} files): train-mode {m['probe_train_mode_accuracy']:.3f} "
                  f"eval-mode {m['probe_eval_mode_accuracy']:.3f}")

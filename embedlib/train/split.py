@@ -46,6 +46,7 @@ class SplitRule:
     holdout_files: int = 0
     unseen_fraction: float = 0.0  # families kept out of training (is_unseen_family)
     statistics_files: int = 0  # rows that make the population statistics (in_statistics)
+    self_supervised: bool = False  # every statistics row trains, labelled or not (train.self_supervised)
     index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +73,12 @@ class SplitRule:
         training. Unlabelled files count: the statistics need no labels, and they are what gets embedded."""
         role = self.role(sha256, family)
         return role in ("train", "unlabelled") or (role == "other" and not is_holdout(sha256, self.holdout_fraction))
+
+    def trains(self, sha256: str, family: str | None) -> bool:
+        """Whether a row is read by the training loop: a labelled training row, and with self-supervision every
+        statistics row (unlabelled files, files of families too small to be classes). Held-out files and files of
+        families kept out of training never train."""
+        return self.role(sha256, family) == "train" or (self.self_supervised and self.in_statistics(sha256, family))
 
     def in_probe(self, sha256: str) -> bool:
         return bucket(sha256, "probe") < self.probe_fraction

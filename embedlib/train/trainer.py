@@ -226,6 +226,14 @@ def calibrate_and_check(model: torch.nn.Module, corpus: Corpus, block_map: Block
     return out
 
 
+def objective_of(rule) -> str:
+    """supervised (every training row labelled), semi-supervised (labels on some rows, InfoNCE on all) or
+    self-supervised (no two families to tell apart: InfoNCE alone)."""
+    if not rule.self_supervised:
+        return "supervised"
+    return "semi-supervised" if len(rule.families) >= 2 else "self-supervised"
+
+
 # fit(cfg, corpus, probe, document_frequency, storage, run name) -> (final state dict, per-epoch history):
 # ray_io.train_with_ray, or an in-process loop in tests
 Fit = Callable[[Config, Corpus, Any, dict, str, str], tuple[dict, list]]
@@ -256,16 +264,23 @@ def train(samples_root: str, output: str, cfg: Config, fit: Fit, block_map: Bloc
     corpus = scan_corpus(samples_root, cfg, labels)
     rule = corpus.rule
     notices: list[str] = []
-    if len(rule.families) < 2:
+    if len(rule.families) < 2 and not rule.self_supervised:
         raise NotEnoughFamilies(f"training needs at least 2 families with >= {cfg.train.min_family_size} training "
                                 f"files; {samples_root} has {len(rule.families)} ({corpus.labels.describe()}): add "
-                                "labelled files (a manifest with a family column) or lower train.min_family_size")
+                                "labelled files (a manifest with a family column), lower train.min_family_size or "
+                                "train without labels (train.self_supervised=true)")
+    # the mode this corpus trains in, resolved from 'auto' and recorded in the checkpoint's config
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, self_supervised="true" if rule.self_supervised else "false"))
+    corpus = dataclasses.replace(corpus, config=cfg)
+    objective = objective_of(rule)
     cfg = fit_workers(corpus.train_rows, cfg, notices.append)
     attempt = attempts.choose(storage, name, attempts.fingerprint(cfg.to_dict(), corpus.fingerprint()))
     say(attempt.describe())
     for line in [corpus.labels.describe(), *notices]:
         say(line)
-    say(f"training on {rule.train_files} files of {len(rule.families)} families ({rule.holdout_files} held out) "
+    say(f"training ({objective}) on {corpus.train_rows} files, {rule.train_files} of them labelled in "
+        f"{len(rule.families)} families ({rule.holdout_files} held out) "
         f"in {len(corpus.blocks)} blocks; {cfg.train.num_workers} workers x {steps_per_epoch(corpus, cfg.train.num_workers, batch_rows(cfg))} "
         f"steps of {batch_rows(cfg)} rows per epoch, norm={cfg.model.norm}, {cfg.train.epochs} epochs")
     scans = Scans()
@@ -277,7 +292,8 @@ def train(samples_root: str, output: str, cfg: Config, fit: Fit, block_map: Bloc
     model.load_state_dict(state)
     extra = calibrate_and_check(model, corpus, block_map, cfg, say, probe=probe, scans=scans)
     trained = health.training_report(history, corpus.train_rows, cfg.to_dict()["train"])
-    extra.update(history=history, train_files=rule.train_files, samples_root=samples_root, training=trained,
+    extra.update(history=history, train_files=corpus.train_rows, labelled_train_files=rule.train_files,
+                 objective=objective, samples_root=samples_root, training=trained,
                  training_run=attempt.name, labels_source=corpus.labels.source, corpus_scans=scans.by_purpose)
     say(scans.describe())
     say(health.describe_training(trained))
