@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -42,10 +41,9 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from embedlib import views
-
-from embedlib.files import corpus
-
+from bench import proctree  # noqa: E402
+from embedlib import views  # noqa: E402
+from embedlib.files import corpus  # noqa: E402
 from embedlib.files import inputs  # noqa: E402
 from embedlib.config import Config  # noqa: E402
 from embedlib.files.inputs import InputFile  # noqa: E402
@@ -100,29 +98,6 @@ def plain_loop(files: list[str], model: str, cfg: Config) -> None:
         embedder.embed_views(views.stack(batch, embedder.config))
 
 
-def _proc_tree_cpu(root: int, seen: dict[int, float]) -> None:
-    """Record in `seen` (pid -> CPU seconds, user + system) every live process descended from `root`."""
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    for pid, seconds in cpu.items():
-        p = pid
-        while p in parent and p != root and p > 1:
-            p = parent[p]
-        if p == root:
-            seen[pid] = max(seen.get(pid, 0.0), seconds)
-
-
 def ray_job(manifest: str, model: str, out: str, cwd: str = REPO, env: dict[str, str] | None = None
             ) -> tuple[float, float, int, float]:
     """(wall seconds, seconds after Ray started, driver peak RSS in bytes, CPU seconds of the job's process
@@ -133,31 +108,15 @@ def ray_job(manifest: str, model: str, out: str, cwd: str = REPO, env: dict[str,
            "--no-progress", "--set", "input.shard_size=512", "--allow-unhealthy-model"]  # a --model may be random
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
-    cpu: dict[int, float] = {}
-
-    def watch() -> None:
-        while proc.poll() is None:
-            try:
-                with open(f"/proc/{proc.pid}/status") as fh:
-                    for line in fh:
-                        if line.startswith("VmHWM:"):
-                            peak[0] = max(peak[0], int(line.split()[1]) * 1024)
-            except OSError:
-                pass
-            _proc_tree_cpu(proc.pid, cpu)
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    stdout, stderr = proc.communicate()
-    watcher.join()
+    with proctree.Sampler(proc.pid, interval=0.2) as sampler:
+        stdout, stderr = proc.communicate()
+    tree = sampler.tree
     wall = time.perf_counter() - started
     if proc.returncode:
         raise SystemExit(f"jobs.embed failed:\n{stderr}")
     runs = [line for line in stdout.splitlines() if line.startswith("run ")]
     job_seconds = float(runs[-1].split(" in ")[1].split(" s ")[0]) if runs else wall
-    return wall, job_seconds, peak[0], sum(cpu.values())
+    return wall, job_seconds, tree.peak_rss.get("driver", 0), sum(tree.cpu.values())
 
 
 def _tlsh_one(path: str) -> None:
