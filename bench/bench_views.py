@@ -6,6 +6,8 @@ reference (views.compute_views_reference, rows marked "ref"), side by side.
   nice -n 10 .venv/bin/python bench/bench_views.py              # this machine's /usr/bin ELF files
   nice -n 10 .venv/bin/python bench/bench_views.py --roots /usr/bin /usr/lib --only-default --rounds 5
 
+--only-default: TLSH, the default views and the default views before token_ids (strings+idents+tokens).
+
 Each file is read once (bounded by --max-bytes, like the product) and kept in memory; then every method runs
 over all files, --rounds times after a warm-up round (discarded; it also pays the kernels' first call, reported
 apart: a compile, or a load from numba's on-disk cache), methods interleaved within each round so that a change
@@ -77,15 +79,16 @@ def main() -> None:
     read_ms = 1000 * (time.process_time() - t) / len(paths)
     base = Config()
     methods = {"tlsh": lambda d: tlsh.hash(d)}
-    combos = [base.views.names] if a.only_default else (
+    before_ids = ("strings", "idents", "tokens")  # the default views before token_ids (issue 22), side by side
+    combos = [before_ids, base.views.names] if a.only_default else (
         [(n,) for n in views.VIEW_NAMES] + [("strings", "idents"), ("image", "strings", "idents"),
                                             ("strings", "idents", "bytehist"), views.VIEW_NAMES, ("tokens",),
-                                            ("strings", "idents", "tokens"), ("idents", "tokens")])
+                                            before_ids, ("idents", "tokens"), base.views.names])
     for combo in combos:
         cfg = dataclasses.replace(base, views=dataclasses.replace(base.views, names=combo),
                                   raster=dataclasses.replace(base.raster, size=a.raster_size))
         methods["+".join(combo)] = lambda d, cfg=cfg: views.compute_views(d, cfg)
-        if {"strings", "idents", "tokens"} & set(combo):
+        if {"strings", "idents", "tokens", "token_ids"} & set(combo):
             methods["ref " + "+".join(combo)] = lambda d, cfg=cfg: views.compute_views_reference(d, cfg)
     rounds: dict[str, list[float]] = {name: [] for name in methods}
     for r in range(a.rounds + 1):

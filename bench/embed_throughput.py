@@ -263,7 +263,7 @@ def main() -> None:
 
         torch.manual_seed(0)
         model = os.path.join(work, "model")
-        checkpoint.save(model, build_model(cfg.model, 8, views.view_specs(cfg)), cfg, [f"f{i}" for i in range(8)],
+        checkpoint.save(model, build_model(cfg.model, 8, views.view_specs(cfg), cfg.views.token_id_bits), cfg, [f"f{i}" for i in range(8)],
                         {"note": "random weights, never trained: a benchmark model (embedded with "
                                  "--allow-unhealthy-model)"})
     files = pick_files(args.input, args.files)

@@ -287,7 +287,7 @@ def random_model(work: str) -> str:
     torch.manual_seed(0)
     path = os.path.join(work, "model")
     if not os.path.exists(os.path.join(path, "meta.json")):
-        checkpoint.save(path, build_model(cfg.model, 8, views.view_specs(cfg)), cfg, [f"f{i}" for i in range(8)],
+        checkpoint.save(path, build_model(cfg.model, 8, views.view_specs(cfg), cfg.views.token_id_bits), cfg, [f"f{i}" for i in range(8)],
                         {"note": "random weights, never trained: a benchmark model (--allow-unhealthy-model)"})
     return path
 

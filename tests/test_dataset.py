@@ -30,7 +30,8 @@ def samples_root(system_files, tmp_path_factory) -> tuple[str, Config]:
     root = tmp_path_factory.mktemp("samples")
     manifest = corpus.write_manifest(files, str(root / "m.csv"))
     cfg = Config(input=InputConfig(shard_size=8), raster=RasterConfig(size=16), views=ViewsConfig(names=("image",)),
-                 train=TrainConfig(min_family_size=2, probe_samples=40, precise_bn_max_samples=60))
+                 train=TrainConfig(min_family_size=2, probe_samples=40, precise_bn_max_samples=60,
+                                   self_supervised="auto"))  # labelled rows train, as the split functions say
     pipeline.rasterize_files(manifest, str(root / "corpus"), cfg, progress=False)
     return str(root / "corpus"), cfg
 

@@ -100,7 +100,7 @@ def test_item_weights_rebuild_the_unit_tfidf_vector():
     counts, items = kernels.sketch_items(np.frombuffer(data, np.uint8), v.names, v.strings_min_len,
                                          v.idents_min_len, v.tokens_min_len, v.buckets)
     idf = np.random.default_rng(0).uniform(1.0, 6.0, v.buckets)
-    for name in v.names:
+    for name in counts:
         w = evidence.item_weights(counts[name], items[name][0], idf ** 2)
         per_bucket = np.bincount(views.bucket_of(items[name][0], v.buckets), weights=w, minlength=v.buckets)
         sketch = SketchWeights(v.buckets, ModelConfig())
@@ -124,12 +124,13 @@ def test_a_model_gives_its_idf_as_evidence_weights():
     cfg = Config()
     model = build_model(cfg.model, 2, views.view_specs(cfg))
     df = np.arange(cfg.views.buckets) % 7
-    for name in cfg.views.names:
+    for name in views.sketch_views(cfg):
         model.set_document_frequency(name, df, 10)
     weights = model.evidence_weights()
     idf = np.log(11.0 / (1.0 + df)) + 1.0
-    assert set(weights) == set(cfg.views.names)
-    assert np.allclose(weights["tokens"], idf ** cfg.model.skip_idf_power, rtol=1e-6)  # the fixed part's power
+    assert set(weights) == set(views.sketch_views(cfg)) == {"strings", "idents", "tokens"}  # token_ids: no text
+    # the words feed the fixed part (through token_ids): their evidence has the fixed part's power
+    assert np.allclose(weights["tokens"], idf ** cfg.model.skip_idf_power, rtol=1e-6)
     assert np.allclose(weights["strings"], idf, rtol=1e-6)
     image_only = build_model(cfg.model, 2, None)
     assert image_only.evidence_weights() == {}

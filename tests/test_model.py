@@ -109,3 +109,84 @@ def test_fixed_part_views_idf_power_and_fixed_only_views():
     w = sharper.encoders["idents"].weighted(batch["idents"], idf_power=2.0)
     assert torch.allclose(w, torch.nn.functional.normalize(torch.log1p(batch["idents"].float())
                                                            * sharper.encoders["idents"].idf ** 2, dim=1))
+
+
+def test_token_id_fold_is_the_count_sketch_of_the_idf_weighted_unit_vector():
+    """The fixed part of an id set equals its closed form: the set's IDF ** power unit vector, each id's weight
+    added with its sign to its dimension; padding weighs nothing; inner products of folds are unbiased estimates
+    of the exact cosines (checked on average over many random pairs). What the copies buy (fewer large errors
+    where a few rare words carry a file's weight) is measured on a corpus: studies/unseen_families/fold.py."""
+    import numpy as np
+
+    from embedlib.model.network import TokenIdFold, splitmix64
+
+    bits, dim, copies, pad = 10, 64, 4, 0xFFFFFFFF
+    fold = TokenIdFold(bits, dim, copies)
+    rng = np.random.default_rng(0)
+    fold.idf.copy_(torch.as_tensor(rng.uniform(1, 5, 1 << bits), dtype=torch.float32))
+    ids = np.array([[3, 17, 900, pad, pad], [3, 18, 901, 1000, pad]], np.uint32)
+    out = fold(torch.from_numpy(ids), idf_power=2.0).numpy()
+    idf = fold.idf.numpy().astype(np.float64)
+    block = dim // copies
+    for row, got in zip(ids, out):
+        real = [int(i) for i in row if i != pad]
+        w = idf[real] ** 2
+        w /= np.linalg.norm(w)
+        want = np.zeros(dim)
+        for c in range(copies):  # block c holds dimensions [c * 16, (c + 1) * 16)
+            for i, wi in zip(real, w):
+                h = int(splitmix64(np.array([i * copies + c], np.uint64))[0])
+                want[c * block + h % block] += (-1 if h >> 63 else 1) * wi / copies ** 0.5
+        assert np.allclose(got, want, atol=1e-6)
+    assert set(fold.state_dict()) == {"idf"}  # the fold is a pure function of the id: only the IDF is saved
+    # unbiased: over random id sets sharing half their ids, drawn from 2^16 ids so that the pairs of ids that
+    # collide differ from one pair of sets to the next (as over random hashes), the mean folded inner product is
+    # the exact cosine
+    bits = 16
+    fold, one = TokenIdFold(bits, dim, copies), TokenIdFold(bits, dim, 1)
+    idf = rng.uniform(1, 5, 1 << bits)
+    fold.idf.copy_(torch.as_tensor(idf, dtype=torch.float32))
+    one.idf.copy_(fold.idf)
+    est, est_one, exact = [], [], []
+    for _ in range(300):
+        shared, only_a, only_b = (rng.choice(1 << bits, 40, replace=False) for _ in range(3))
+        a = np.unique(np.concatenate([shared, only_a])).astype(np.uint32)
+        b = np.unique(np.concatenate([shared, only_b])).astype(np.uint32)
+        n = max(len(a), len(b))
+        x = np.full((2, n), pad, np.uint32)
+        x[0, : len(a)], x[1, : len(b)] = a, b
+        f = fold(torch.from_numpy(x)).numpy().astype(np.float64)
+        g = one(torch.from_numpy(x)).numpy().astype(np.float64)
+        wa, wb = np.zeros(1 << bits), np.zeros(1 << bits)
+        wa[a], wb[b] = idf[a], idf[b]
+        exact.append(wa @ wb / np.linalg.norm(wa) / np.linalg.norm(wb))
+        est.append(f[0] @ f[1])
+        est_one.append(g[0] @ g[1])
+    err, err_one = np.array(est) - exact, np.array(est_one) - exact
+    for e in (err, err_one):  # unbiased: the mean error is within 3 standard errors of 0
+        assert abs(e.mean()) < 3 * e.std() / len(e) ** 0.5
+
+
+def test_default_model_has_the_token_id_fold_as_its_fixed_part():
+    import numpy as np
+
+    from embedlib import views
+    from embedlib.config import Config
+
+    cfg = Config()
+    model = build_model(cfg.model, 3, views.view_specs(cfg), cfg.views.token_id_bits).eval()
+    assert model.fixed_views == ["token_ids"] and set(model.id_sets) == {"token_ids"}
+    assert set(model.encoders) == {"strings", "idents", "tokens"} and not hasattr(model, "concat_projection")
+    df = np.zeros(1 << cfg.views.token_id_bits, np.int64)
+    df[:1000] = 50
+    model.set_document_frequency("token_ids", df, 100)
+    batch = views.stack([views.compute_views(b"\0libfoo_openWindow\0HTTPServer /usr/share/foo\0", cfg),
+                         views.compute_views(b"", cfg)], cfg)
+    with torch.no_grad():
+        emb = model.embed({k: torch.from_numpy(v) for k, v in batch.items()})
+        fixed = model.id_sets["token_ids"](torch.from_numpy(batch["token_ids"]), cfg.model.skip_idf_power)
+    d = cfg.model.embedding_dim - cfg.model.skip_dim
+    assert emb.shape == (2, cfg.model.embedding_dim)
+    assert torch.allclose(emb[0, d:], (1 - cfg.model.skip_weight) ** 0.5 * torch.nn.functional.normalize(fixed, dim=1)[0],
+                          atol=1e-5)
+    assert torch.count_nonzero(emb[1, d:]) == 0  # an empty file has no words: its fixed part is zero

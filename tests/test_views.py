@@ -186,3 +186,47 @@ def test_tokens_on_real_executables_and_hostile_input():
         assert out["tokens"].sum() > out["idents"].sum() > 0  # names split into words: more words than names
     for data in (b"", os.urandom(100_000), b"A" * 5000, b"aB" * 5000):
         check_specs(views.compute_views(data, cfg), cfg)
+
+
+# -- token_ids: the words as fine-grained ids (the embedding's fixed part) ----------------------------------------
+
+def test_token_ids_are_the_smallest_distinct_top_bits_of_the_word_hashes():
+    hashes = np.array([5 << 44, 3 << 44, (5 << 44) + 1, 9 << 44, 1 << 44], np.uint64)  # two words share id 5
+    ids = views.token_ids(hashes, 20, 3)
+    assert ids.dtype == np.uint32 and ids.tolist() == [1, 3, 5]  # distinct, ascending, the 3 smallest
+    padded = views.token_ids(hashes, 20, 6)
+    assert padded.tolist() == [1, 3, 5, 9, views.TOKEN_ID_PAD, views.TOKEN_ID_PAD]
+    assert views.token_ids(np.zeros(0, np.uint64), 20, 2).tolist() == [views.TOKEN_ID_PAD] * 2
+
+
+def test_token_ids_view_holds_the_words_of_the_tokens_view_on_real_files():
+    """Coarsened to the tokens' 4,096 buckets, a file's ids are exactly the tokens view's non-empty buckets (while
+    it keeps them all), the compiled and the numpy definitions agree, and the smallest ids are a consistent
+    sample: two files keep the same ids from the words they share."""
+    cfg = Config()
+    v = cfg.views
+    shift = v.token_id_bits - (v.buckets.bit_length() - 1)
+    kept = []
+    for path in real_executables(6):
+        data = open(path, "rb").read()
+        got, ref = views.compute_views(data, cfg), views.compute_views_reference(data, cfg)
+        assert got["token_ids"].shape == (v.token_ids,) and np.array_equal(got["token_ids"], ref["token_ids"]), path
+        ids = got["token_ids"][got["token_ids"] != views.TOKEN_ID_PAD]
+        assert len(ids) and np.all(np.diff(ids.astype(np.int64)) > 0)
+        if len(ids) < v.token_ids:
+            assert np.array_equal(np.unique(ids >> shift), np.flatnonzero(got["tokens"])), path
+        kept.append(ids)
+    a, b = kept[0], kept[1]
+    top = min(a.max(), b.max())  # below both files' largest kept id, each kept every id it has
+    assert set(a[a <= top]) & set(b[b <= top]) == set(a) & set(b) & set(range(int(top) + 1))
+
+
+def test_document_frequency_counts_files_per_id():
+    cfg = Config(views=ViewsConfig(token_id_bits=8, token_ids=3))
+    pad = views.TOKEN_ID_PAD
+    batch = np.array([[1, 7, pad], [7, 200, 255], [pad, pad, pad]], np.uint32)
+    df = views.document_frequency("token_ids", batch, cfg)
+    assert df.shape == (256,) and df[7] == 2 and df[1] == df[200] == df[255] == 1 and df.sum() == 5
+    sketch = np.array([[0, 3, 1], [2, 0, 0]], np.uint8)
+    assert views.document_frequency("tokens", sketch, cfg).tolist() == [1, 1, 1]
+    assert views.weighted_views(Config()) == ["strings", "idents", "tokens", "token_ids"]

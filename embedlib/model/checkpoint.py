@@ -138,7 +138,7 @@ def load(uri: str, map_location: str = "cpu") -> Checkpoint:
     from embedlib.views import view_specs
 
     cfg = config_of(meta)
-    model = build_model(cfg.model, len(meta["families"]), view_specs(cfg))
+    model = build_model(cfg.model, len(meta["families"]), view_specs(cfg), cfg.views.token_id_bits)
     try:
         model.load_state_dict(torch.load(io.BytesIO(weights), map_location=map_location, weights_only=True))
     except RuntimeError as exc:  # weights saved from a network that its config does not describe

@@ -111,6 +111,8 @@ def self_supervised_loss(model: nn.Module, views: Batch, labels: torch.Tensor, c
     labelled = both >= 0
     if labelled.any() and logits.shape[1] >= 2:
         loss = loss + retrieval_loss(emb[labelled], logits[labelled], both[labelled], cfg)
+    else:  # no labelled row in this batch: the classifier still takes part (a zero gradient), as DDP expects
+        loss = loss + 0.0 * logits.sum()
     return loss, logits[:n]
 
 
@@ -203,7 +205,7 @@ def new_model(cfg: Config, n_classes: int, document_frequency: dict | None = Non
     ({view: (df per bucket, number of files)}, training.document_frequencies)."""
     from embedlib.views import view_specs
 
-    model = build_model(cfg.model, n_classes, view_specs(cfg))
+    model = build_model(cfg.model, n_classes, view_specs(cfg), cfg.views.token_id_bits)
     for view, (df, n_docs) in (document_frequency or {}).items():
         model.set_document_frequency(view, df, n_docs)
     return model
@@ -215,9 +217,9 @@ def batch_rows(cfg: Config) -> int:
 
 
 def uses_logits(cfg: Config) -> bool:
-    """Whether every step's loss reads the classifier (class directions): supcon alone trains the embedding only,
-    and with self-supervision a batch may hold no labelled row."""
-    return cfg.train.loss != "supcon" and not self_supervised(cfg)
+    """Whether every step's loss reads the classifier (class directions): supcon alone trains the embedding only
+    (self_supervised_loss reads it on every batch, with a zero gradient where no row is labelled)."""
+    return cfg.train.loss != "supcon"
 
 
 def describe_epoch(m: dict[str, Any], epochs: int) -> str:

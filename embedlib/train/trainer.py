@@ -31,7 +31,7 @@ from embedlib.errors import UserError
 from embedlib.train.labels import Labels
 from embedlib.model.network import batch_norms, bn_stages
 from embedlib.train.loop import batch_rows, batches_of, correct_count, new_model
-from embedlib.views import sketch_views
+from embedlib.views import document_frequency, weighted_views
 
 
 class NotEnoughFamilies(UserError):
@@ -103,12 +103,12 @@ def probe_and_frequencies_of(corpus: Corpus, blocks: tuple[Block, ...]) -> tuple
     both what training needs up front: the BN health probe's rows and, per sketch view, in how many files each
     bucket occurs."""
     probe_views, probe_labels, df = [], [], {}
-    sketches = sketch_views(corpus.config)
+    weighted = weighted_views(corpus.config)
     for b in blocks:
         views, labels, shas = read_block(corpus, b, "statistics")
-        for name in sketches:
+        for name in weighted:
             counts, n = df.get(name, (0, 0))
-            df[name] = (counts + (views[name] > 0).sum(axis=0, dtype=np.int64), n + len(labels))
+            df[name] = (counts + document_frequency(name, views[name], corpus.config), n + len(labels))
         keep = np.array([corpus.rule.in_probe(s) for s in shas], dtype=bool)
         if keep.any():
             probe_views.append({k: v[keep] for k, v in views.items()})

@@ -17,6 +17,13 @@ Views (their shapes and dtypes are `view_specs(cfg)`; every file gets every view
                            lowercased, of >= tokens_min_len bytes, each DISTINCT word hashed into one of B buckets.
                            A family's project names and prefixes recur inside DIFFERENT strings of its different
                            programs (libfoo_open, FooWindow, /usr/share/foo): whole strings miss that, words do.
+  token_ids uint32 [K]     the same words as a set of fine-grained ids: each distinct word's hash cut to its top
+                           views.token_id_bits bits (2^20 ids by default, where `tokens` keeps 12), ascending,
+                           the K = views.token_ids smallest kept (a consistent sample: two files keep the same
+                           words from what they share), the rest TOKEN_ID_PAD. The embedding's fixed part weighs
+                           each id by its own IDF before folding it into dimensions (embedlib.model.network
+                           WordSetFold): at 4,096 buckets a rare project word shares its bucket's IDF with
+                           hundreds of common words, at 2^20 it keeps its own (studies/unseen_families).
   bytehist  float32 [512]  byte histogram (256, fractions) + byte/entropy histogram (16 entropy bins x 16 high
                            nibbles over 1 KiB-step windows of 2 KiB, fractions; EMBER's "byteentropy" feature)
 
@@ -51,6 +58,7 @@ for _c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@$-"
     _IDENT[_c] = True
 
 VIEW_NAMES = ("image", "strings", "idents", "bytehist")  # the views of the first release (tokens came later)
+TOKEN_ID_PAD = np.uint32(0xFFFFFFFF)  # the unused slots of a token_ids view (never an id: ids have <= 24 bits)
 
 BYTEHIST_DIM = 512
 
@@ -64,6 +72,7 @@ def view_specs(cfg: Config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         "idents": ((buckets,), np.dtype(np.uint8)),
         "bytehist": ((BYTEHIST_DIM,), np.dtype(np.float32)),
         "tokens": ((buckets,), np.dtype(np.uint8)),
+        "token_ids": ((cfg.views.token_ids,), np.dtype(np.uint32)),
     }
     return {k: specs[k] for k in cfg.views.names}
 
@@ -80,7 +89,12 @@ def compute_views_reference(data: bytes, cfg: Config) -> dict[str, np.ndarray]:
     return _views(data, cfg, _sketches_numpy)
 
 
-_SKETCHES = ("strings", "idents", "tokens")
+_SKETCHES = ("strings", "idents", "tokens", "token_ids")  # the views computed from the printable runs
+
+
+def _kernel_names(v: ViewsConfig) -> tuple[str, ...]:
+    """The kernels' views to compute for v.names (token_ids are read from the tokens' distinct words)."""
+    return tuple(n for n in ("strings", "idents", "tokens") if n in v.names or (n == "tokens" and "token_ids" in v.names))
 
 
 def _views(data: bytes, cfg: Config, sketches) -> dict[str, np.ndarray]:
@@ -106,8 +120,29 @@ def _sketches_compiled(arr: np.ndarray, v: ViewsConfig) -> dict[str, np.ndarray]
     half a second to import, which processes that never compute a view need not pay)."""
     from embedlib.views import kernels as sketch_kernels
 
-    names = tuple(n for n in v.names if n in _SKETCHES)
-    return sketch_kernels.sketch_views(arr, names, v.strings_min_len, v.idents_min_len, v.tokens_min_len, v.buckets)
+    counts, items = sketch_kernels.sketch_items(arr, _kernel_names(v), v.strings_min_len, v.idents_min_len,
+                                                v.tokens_min_len, v.buckets)
+    return with_token_ids(counts, items["tokens"][0] if "tokens" in items else None, v)
+
+
+def with_token_ids(counts: dict[str, np.ndarray], word_hashes: np.ndarray | None, v: ViewsConfig
+                   ) -> dict[str, np.ndarray]:
+    """The sketch views of v.names: `counts` (the kernels' or the reference's), plus token_ids from the tokens'
+    distinct word hashes when v.names has it."""
+    out = {k: c for k, c in counts.items() if k in v.names}
+    if "token_ids" in v.names:
+        out["token_ids"] = token_ids(word_hashes, v.token_id_bits, v.token_ids)
+    return out
+
+
+def token_ids(hashes: np.ndarray, bits: int, keep: int) -> np.ndarray:
+    """uint32 [keep]: the distinct top-`bits` ids of `hashes` (uint64), ascending, the `keep` smallest, padded
+    with TOKEN_ID_PAD. The smallest ids of a set are a consistent sample of it (MinHash's bottom-k): a word two
+    files share and that one keeps, the other keeps too unless it has `keep` smaller ids of its own."""
+    out = np.full(keep, TOKEN_ID_PAD, np.uint32)
+    ids = np.unique((np.asarray(hashes, np.uint64) >> np.uint64(64 - bits)).astype(np.uint32))[:keep]
+    out[: len(ids)] = ids
+    return out
 
 
 def _sketches_numpy(arr: np.ndarray, v: ViewsConfig) -> dict[str, np.ndarray]:
@@ -115,7 +150,8 @@ def _sketches_numpy(arr: np.ndarray, v: ViewsConfig) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     # one scan of printable runs serves all three
     wanted = [v.strings_min_len if n == "strings" else v.idents_min_len for n in ("strings", "idents") if n in v.names]
-    shortest = min(wanted + ([v.strings_min_len, v.idents_min_len] if "tokens" in v.names else []))
+    want_words = "tokens" in v.names or "token_ids" in v.names
+    shortest = min(wanted + ([v.strings_min_len, v.idents_min_len] if want_words else []))
     starts, ends = runs(printable(arr), shortest)
     if "strings" in v.names:
         long = (ends - starts) >= v.strings_min_len
@@ -123,13 +159,15 @@ def _sketches_numpy(arr: np.ndarray, v: ViewsConfig) -> dict[str, np.ndarray]:
     if "idents" in v.names:
         s, e = identifiers_among(arr, starts, ends, v.idents_min_len)
         out["idents"] = bucket_counts(np.unique(hash_runs(arr, s, e)), v.buckets)
-    if "tokens" in v.names:
+    words = None
+    if want_words:
         long = (ends - starts) >= v.strings_min_len
         si, ei = identifiers_among(arr, starts[~long], ends[~long], v.idents_min_len)
         s = np.concatenate([starts[long], si])
         e = np.concatenate([ends[long], ei])
-        out["tokens"] = bucket_counts(word_hashes(arr, s, e, v.tokens_min_len), v.buckets)
-    return out
+        words = word_hashes(arr, s, e, v.tokens_min_len)
+        out["tokens"] = bucket_counts(words, v.buckets)
+    return with_token_ids(out, words, v)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -359,6 +397,21 @@ def views_version(cfg: Config) -> str:
 def sketch_views(cfg: Config) -> list[str]:
     """The views whose encoder weights buckets by IDF (their document frequencies are counted before training)."""
     return [name for name, (shape, dtype) in view_specs(cfg).items() if len(shape) == 1 and dtype == np.uint8]
+
+
+def weighted_views(cfg: Config) -> list[str]:
+    """The views whose items the model weighs by IDF: the sketches and the token_ids (their document frequencies
+    are counted before training)."""
+    return sketch_views(cfg) + (["token_ids"] if "token_ids" in cfg.views.names else [])
+
+
+def document_frequency(name: str, batch: np.ndarray, cfg: Config) -> np.ndarray:
+    """int64 per bucket (a sketch view) or per id (token_ids: 2^views.token_id_bits): in how many of the batch's
+    files it occurs."""
+    if name == "token_ids":
+        ids = batch[batch != TOKEN_ID_PAD].astype(np.int64)
+        return np.bincount(ids, minlength=1 << cfg.views.token_id_bits).astype(np.int64)
+    return (batch > 0).sum(axis=0, dtype=np.int64)
 
 
 def decode_column(blobs: list[bytes], name: str, cfg: Config) -> np.ndarray:

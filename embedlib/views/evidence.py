@@ -115,11 +115,10 @@ def views_with_evidence(data: bytes, cfg: Config, weights: Mapping[str, np.ndarr
     found: dict[str, tuple] = {}
 
     def sketches(arr: np.ndarray, v) -> dict[str, np.ndarray]:
-        names = tuple(n for n in v.names if n in views._SKETCHES)
-        counts, items = kernels.sketch_items(arr, names, v.strings_min_len, v.idents_min_len, v.tokens_min_len,
-                                             v.buckets)
+        counts, items = kernels.sketch_items(arr, views._kernel_names(v), v.strings_min_len, v.idents_min_len,
+                                             v.tokens_min_len, v.buckets)
         found.update(items)
-        return counts
+        return views.with_token_ids(counts, items["tokens"][0] if "tokens" in items else None, v)
 
     out = views._views(data, cfg, sketches)
     kept = data[: cfg.input.max_bytes]

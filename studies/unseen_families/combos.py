@@ -35,7 +35,29 @@ FIXED = {
     # a fixed-size part the embedding could hold: tokens in 2^20 buckets, log TF, IDF^2 (every file), count sketch
     "tokens 2^20 buckets IDF^2 count-sketch 2048": lambda c: LF.fixed_part(c, buckets="1048576", proj="countsketch",
                                                                           dim=2048, df="all"),
+    # the product's fixed part since this study (views token_ids + model TokenIdFold), by the product's own code
+    "product token_ids fold 2048": lambda c: product_fold(c),
 }
+
+
+def product_fold(c, dim: int = 2048, chunk: int = 4096) -> np.ndarray:
+    """The fixed part the product's default model computes (embedlib.views.token_ids, the model's TokenIdFold with
+    IDF ** model.skip_idf_power from the training rows' document frequencies), by the product's own functions."""
+    import torch
+
+    from embedlib import views
+    from embedlib.config import Config
+    from embedlib.model.network import TokenIdFold
+
+    cfg = Config()
+    ids = np.stack([views.token_ids(h, cfg.views.token_id_bits, cfg.views.token_ids) for h in c.raw["tok"]])
+    train = ids[c.role == "train"]
+    fold = TokenIdFold(cfg.views.token_id_bits, dim, cfg.model.skip_fold_copies)
+    df = views.document_frequency("token_ids", train, cfg)
+    fold.idf.copy_(torch.as_tensor(np.log((1.0 + len(train)) / (1.0 + df)) + 1.0, dtype=torch.float32))
+    with torch.no_grad():
+        return np.concatenate([fold(torch.from_numpy(ids[s:s + chunk]), cfg.model.skip_idf_power).numpy()
+                               for s in range(0, len(ids), chunk)])
 
 
 def unit(x: np.ndarray) -> np.ndarray:
