@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.input:
         samples = f"{workdir}/corpus"
         for summary in pipeline.rasterize_files(args.input, samples, cfg,
-                                                executor=ray_io.executor_factory(cfg, args.ray_address)):
+                                                executor=ray_io.executor_factory(cfg, args.ray_address,
+                                                                                 dashboard=True)):  # trains next
             print("rasterize: " + summary.describe("rasterized"))
     storage = f"{workdir}/ray" if "://" in workdir else os.path.abspath(f"{workdir}/ray")
     trainer.train(samples, args.output, cfg, fit=ray_io.train_with_ray, block_map=ray_io.block_map(args.ray_address),
