@@ -230,3 +230,15 @@ def test_document_frequency_counts_files_per_id():
     sketch = np.array([[0, 3, 1], [2, 0, 0]], np.uint8)
     assert views.document_frequency("tokens", sketch, cfg).tolist() == [1, 1, 1]
     assert views.weighted_views(Config()) == ["strings", "idents", "tokens", "token_ids"]
+
+
+def test_token_ids_of_a_large_set_equal_the_sorted_definition():
+    """Past 2 x keep words the smallest ids come from a partition, not a sort: the same ids, also when many words
+    share an id (only the few smallest values distinct)."""
+    rng = np.random.default_rng(1)
+    many = rng.integers(0, 2**63, 50_000, dtype=np.uint64) * np.uint64(2)
+    crowded = np.concatenate([np.repeat(np.arange(3, dtype=np.uint64) << np.uint64(44), 5000), many[:100]])
+    for hashes in (many, crowded, many[:4100], many[:4096]):
+        want = np.unique(hashes >> np.uint64(44)).astype(np.uint32)[:2048]
+        got = views.token_ids(hashes, 20, 2048)
+        assert np.array_equal(got[: len(want)], want) and np.all(got[len(want):] == views.TOKEN_ID_PAD)

@@ -154,13 +154,15 @@ class TokenIdFold(nn.Module):
 
     def forward(self, ids: torch.Tensor, idf_power: float = 1.0) -> torch.Tensor:
         idx = ids.to(torch.int64)
-        valid = idx < self.ids
-        idx = idx.masked_fill(~valid, 0)
-        w = self.idf[idx] ** idf_power * valid
-        w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12) / self.copies ** 0.5
-        dims, signs = self.fold_of(idx)
-        out = torch.zeros(len(ids), self.dim, dtype=w.dtype, device=w.device)
-        return out.scatter_add_(1, dims.flatten(1), (w.unsqueeze(-1) * signs).flatten(1))
+        rows, slots = (idx < self.ids).nonzero(as_tuple=True)  # the ids, not the padding (most of a sample)
+        real = idx[rows, slots]
+        w = self.idf[real] ** idf_power
+        norm2 = torch.zeros(len(ids), dtype=w.dtype, device=w.device).index_add_(0, rows, w * w)
+        w = w / norm2.sqrt().clamp_min(1e-12)[rows] / self.copies ** 0.5
+        dims, signs = self.fold_of(real)  # [n, copies]
+        out = torch.zeros(len(ids) * self.dim, dtype=w.dtype, device=w.device)
+        out.index_add_(0, (rows.unsqueeze(1) * self.dim + dims).flatten(), (w.unsqueeze(1) * signs).flatten())
+        return out.view(len(ids), self.dim)
 
 
 class HistogramEncoder(nn.Module):

@@ -140,7 +140,13 @@ def token_ids(hashes: np.ndarray, bits: int, keep: int) -> np.ndarray:
     with TOKEN_ID_PAD. The smallest ids of a set are a consistent sample of it (MinHash's bottom-k): a word two
     files share and that one keeps, the other keeps too unless it has `keep` smaller ids of its own."""
     out = np.full(keep, TOKEN_ID_PAD, np.uint32)
-    ids = np.unique((np.asarray(hashes, np.uint64) >> np.uint64(64 - bits)).astype(np.uint32))[:keep]
+    ids = (np.asarray(hashes, np.uint64) >> np.uint64(64 - bits)).astype(np.uint32)
+    if len(ids) > 2 * keep:  # a large file: the smallest 2 x keep values hold its smallest distinct ids (O(n))
+        head = np.unique(np.partition(ids, 2 * keep)[: 2 * keep + 1])
+        ids = head if len(head) >= keep else np.unique(ids)  # (else: many words share ids; sort them all)
+    else:
+        ids = np.unique(ids)
+    ids = ids[:keep]
     out[: len(ids)] = ids
     return out
 
