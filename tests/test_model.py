@@ -118,7 +118,8 @@ def test_token_id_fold_is_the_count_sketch_of_the_idf_weighted_unit_vector():
     where a few rare words carry a file's weight) is measured on a corpus: studies/unseen_families/fold.py."""
     import numpy as np
 
-    from embedlib.model.network import TokenIdFold, splitmix64
+    from embedlib.model.network import TokenIdFold
+    from embedlib.views import splitmix64
 
     bits, dim, copies, pad = 10, 64, 4, 0xFFFFFFFF
     fold = TokenIdFold(bits, dim, copies)

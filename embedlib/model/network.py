@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedlib.config import ModelConfig
+from embedlib.views import splitmix64
 
 ViewSpecs = Mapping[str, tuple[tuple[int, ...], np.dtype]]
 # What the network eats: a dict of named views (tensors with a leading batch dimension); a bare tensor is
@@ -115,16 +116,6 @@ class SketchEncoder(SketchWeights):
         return F.relu(self.norm(self.linear(self.weighted(counts))))
 
 
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's output function of uint64 values: a fixed, well-mixed hash (numpy integers wrap: exact on every
-    machine and version), which TokenIdFold draws its dimensions and signs from."""
-    with np.errstate(over="ignore"):
-        z = np.asarray(x, np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
 class TokenIdFold(nn.Module):
     """uint32 id sets [B, K] (embedlib.views.token_ids; ids >= 2^bits are padding) -> [B, dim]: the set's TF-IDF unit
     vector (every id counts once, weighted by its IDF ** power) folded into `dim` dimensions by a sparse
@@ -184,11 +175,11 @@ class EmbeddingNet(nn.Module):
         self.encoders = nn.ModuleDict()
         self.fixed_only = nn.ModuleDict()  # sketch views without a learned encoder (fixed part only)
         self.id_sets = nn.ModuleDict()  # id-set views (token_ids) of the fixed part, filled below
-        id_sets = []  # id-set views: in the fixed part only, never learned
+        id_views = []  # id-set views: in the fixed part only, never learned
         for name in names:
             shape, dtype = views[name] if views else ((0, 0), np.dtype(np.uint8))
             if len(shape) == 1 and np.dtype(dtype) == np.uint32:
-                id_sets.append(name)
+                id_views.append(name)
             elif cfg.learned_views and name not in cfg.learned_views:
                 if len(shape) != 1 or np.dtype(dtype) != np.uint8 or cfg.sketch_skip != "concat":
                     raise ValueError(f"view {name!r} is not in model.learned_views: only a sketch view can feed "
@@ -204,11 +195,11 @@ class EmbeddingNet(nn.Module):
                 raise ValueError(f"no encoder for view {name!r} of shape {shape}")
         width = sum(e.out_dim for e in self.encoders.values())
         sketches = [n for n in names if isinstance(self._sketch(n), SketchWeights)]
-        self.concat_dim = cfg.skip_dim if cfg.sketch_skip == "concat" and (sketches or id_sets) else 0
+        self.concat_dim = cfg.skip_dim if cfg.sketch_skip == "concat" and (sketches or id_views) else 0
         # the fixed part's views: those named in skip_views, or every sketch view when none of them is here
         # (so a config that only changes views.names keeps a fixed part)
-        self.fixed_views = [n for n in sketches + id_sets if n in cfg.skip_views] or sketches or id_sets
-        self.id_sets.update({n: TokenIdFold(token_id_bits, self.concat_dim, cfg.skip_fold_copies) for n in id_sets
+        self.fixed_views = [n for n in sketches + id_views if n in cfg.skip_views] or sketches or id_views
+        self.id_sets.update({n: TokenIdFold(token_id_bits, self.concat_dim, cfg.skip_fold_copies) for n in id_views
                              if self.concat_dim and n in self.fixed_views})
         self.skip_idf_power = cfg.skip_idf_power
         if self.concat_dim >= cfg.embedding_dim:

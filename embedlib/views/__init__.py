@@ -22,7 +22,7 @@ Views (their shapes and dtypes are `view_specs(cfg)`; every file gets every view
                            the K = views.token_ids smallest kept (a consistent sample: two files keep the same
                            words from what they share), the rest TOKEN_ID_PAD. The embedding's fixed part weighs
                            each id by its own IDF before folding it into dimensions (embedlib.model.network
-                           WordSetFold): at 4,096 buckets a rare project word shares its bucket's IDF with
+                           TokenIdFold): at 4,096 buckets a rare project word shares its bucket's IDF with
                            hundreds of common words, at 2^20 it keeps its own (studies/unseen_families).
   bytehist  float32 [512]  byte histogram (256, fractions) + byte/entropy histogram (16 entropy bins x 16 high
                            nibbles over 1 KiB-step windows of 2 KiB, fractions; EMBER's "byteentropy" feature)
@@ -118,11 +118,17 @@ def _views(data: bytes, cfg: Config, sketches) -> dict[str, np.ndarray]:
 def _sketches_compiled(arr: np.ndarray, v: ViewsConfig) -> dict[str, np.ndarray]:
     """The sketch views of v.names, by embedlib.views.kernels (imported here, on first use: numba takes about
     half a second to import, which processes that never compute a view need not pay)."""
+    return compiled_sketches(arr, v)[0]
+
+
+def compiled_sketches(arr: np.ndarray, v: ViewsConfig) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
+    """(the sketch views of v.names, each kernel view's distinct items: embedlib.views.kernels.sketch_items) from one
+    pass over the bytes; the evidence reads the items' text."""
     from embedlib.views import kernels as sketch_kernels
 
     counts, items = sketch_kernels.sketch_items(arr, _kernel_names(v), v.strings_min_len, v.idents_min_len,
                                                 v.tokens_min_len, v.buckets)
-    return with_token_ids(counts, items["tokens"][0] if "tokens" in items else None, v)
+    return with_token_ids(counts, items["tokens"][0] if "tokens" in items else None, v), items
 
 
 def with_token_ids(counts: dict[str, np.ndarray], word_hashes: np.ndarray | None, v: ViewsConfig
@@ -225,6 +231,13 @@ def _mix(h: np.ndarray) -> np.ndarray:
     h *= _M2
     h ^= h >> np.uint64(31)
     return h
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output for each uint64 value (a new array): a fixed, well-mixed hash, exact on every machine
+    and version (numpy integers wrap). The embedding's fold of token_ids draws its dimensions and signs from it."""
+    with np.errstate(over="ignore"):
+        return _mix(np.asarray(x, np.uint64) + _K)
 
 
 with np.errstate(over="ignore"):  # a fixed odd key per word position, defined by arithmetic (no RNG version)
@@ -416,7 +429,7 @@ def document_frequency(name: str, batch: np.ndarray, cfg: Config) -> np.ndarray:
     files it occurs."""
     if name == "token_ids":
         ids = batch[batch != TOKEN_ID_PAD].astype(np.int64)
-        return np.bincount(ids, minlength=1 << cfg.views.token_id_bits).astype(np.int64)
+        return np.bincount(ids, minlength=1 << cfg.views.token_id_bits)
     return (batch > 0).sum(axis=0, dtype=np.int64)
 
 

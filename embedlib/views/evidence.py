@@ -110,15 +110,13 @@ def views_with_evidence(data: bytes, cfg: Config, weights: Mapping[str, np.ndarr
                         max_chars: int) -> tuple[dict[str, np.ndarray], list[dict]]:
     """(the views of `compute_views(data, cfg)`, the file's top evidence items) from one pass over the bytes."""
     from embedlib import views
-    from embedlib.views import kernels
 
     found: dict[str, tuple] = {}
 
     def sketches(arr: np.ndarray, v) -> dict[str, np.ndarray]:
-        counts, items = kernels.sketch_items(arr, views._kernel_names(v), v.strings_min_len, v.idents_min_len,
-                                             v.tokens_min_len, v.buckets)
+        counts, items = views.compiled_sketches(arr, v)
         found.update(items)
-        return views.with_token_ids(counts, items["tokens"][0] if "tokens" in items else None, v)
+        return counts
 
     out = views._views(data, cfg, sketches)
     kept = data[: cfg.input.max_bytes]
