@@ -91,6 +91,12 @@ class ModelConfig:
     # concat: the views in the fixed part (when none of them is in views.names: every sketch view)
     skip_views: tuple[str, ...] = ("token_ids",)
     skip_idf_power: float = 2.0  # concat: the fixed part weighs a bucket by idf ** this (rarer words count more)
+    # concat, >= 2 families: the stored embedding's learned share follows the classifier's confidence (max cosine to
+    # a family direction): gate_weight for a file at least as confident as 95% of held-out files, falling to 0 (the
+    # fixed part alone) gate_width below that, so a file of a family never trained on is compared by its words
+    open_set_gate: bool = True
+    gate_weight: float = 0.6
+    gate_width: float = 0.2
     # views with a learned encoder (empty = every view); a sketch view left out only feeds the fixed part
     learned_views: tuple[str, ...] = ()
 
@@ -286,6 +292,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.learned_views names views not in views.names: {sorted(extra)}")
     if not 0 <= cfg.embed.evidence_items <= 1024 or not 8 <= cfg.embed.evidence_chars <= 1024:
         raise ConfigError("embed.evidence_items must be in [0, 1024] and embed.evidence_chars in [8, 1024]")
+    if not 0 < cfg.model.skip_weight < 1 or not 0 <= cfg.model.gate_weight < 1 or cfg.model.gate_width <= 0:
+        raise ConfigError("model.skip_weight must be in (0, 1), model.gate_weight in [0, 1) and model.gate_width > 0")
     if cfg.embed.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"embed.use_gpu must be auto, true or false, got {cfg.embed.use_gpu!r}")
     if cfg.model.sketch_skip not in ("none", "learned", "fixed", "concat"):

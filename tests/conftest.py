@@ -145,6 +145,7 @@ def trained_checkpoint(path: str, cfg, seed: int = 0, rows: int = 64, epochs: in
 
     from embedlib.train import health
     from embedlib.train.precise_bn import precise_statistics
+    from embedlib.train.trainer import calibrate_gate, confidence_histogram
     from embedlib.train.loop import batches_of, make_optimizer, new_model, set_seed, train_epoch
     from embedlib.views import view_specs
 
@@ -171,4 +172,7 @@ def trained_checkpoint(path: str, cfg, seed: int = 0, rows: int = 64, epochs: in
     train_cfg = dict(cfg.to_dict()["train"], epochs=epochs, num_workers=1, batch_size=batch)
     extra = {"history": history, "train_files": rows, "training": health.training_report(history, rows, train_cfg),
              "bn_health": health.bn_health(model, probe, cfg.health), "note": "trained on synthetic rows (tests)"}
+    gate = calibrate_gate(model, confidence_histogram(model, probe), cfg, "probe (training files)")
+    if gate:  # as jobs.train does (there from the held-out files): the embeddings are the gated ones
+        extra["open_set_gate"] = gate
     return checkpoint.save(path, model, cfg, ["a", "b"], extra)

@@ -191,3 +191,48 @@ def test_default_model_has_the_token_id_fold_as_its_fixed_part():
     assert torch.allclose(emb[0, d:], (1 - cfg.model.skip_weight) ** 0.5 * torch.nn.functional.normalize(fixed, dim=1)[0],
                           atol=1e-5)
     assert torch.count_nonzero(emb[1, d:]) == 0  # an empty file has no words: its fixed part is zero
+
+
+def test_open_set_gate_sets_each_files_learned_share_by_its_confidence():
+    """output() = embed() until calibrated; then the learned part's share is gate_weight x clip((confidence - low) /
+    (high - low), 0, 1), each part kept unit: a file the classifier claims weighs its learned part, one it does not
+    is its fixed part alone (closed form on a real default model)."""
+    import numpy as np
+
+    from embedlib import views
+    from embedlib.config import Config
+
+    cfg = Config()
+    model = build_model(cfg.model, 3, views.view_specs(cfg), cfg.views.token_id_bits).eval()
+    data = [b"\0libfoo_openWindow\0HTTPServer /usr/share/foo\0", b"\0gtk_widget_show\0/etc/passwd\0", b"\0zlib deflate\0"]
+    batch = {k: torch.from_numpy(v) for k, v in views.stack([views.compute_views(d, cfg) for d in data], cfg).items()}
+    with torch.no_grad():
+        emb = model.embed(batch)
+        assert torch.equal(model.output(batch), emb) and not model.gated
+        conf = model.confidence(emb)
+        assert torch.allclose(conf, (emb @ torch.nn.functional.normalize(model.class_directions, dim=1).T).max(1).values)
+        order = conf.argsort()
+        low, high = float(conf[order[0]]) + 1e-4, float(conf[order[2]]) - 1e-4  # one below, one between, one above
+        model.calibrate_gate(high, high - low)
+        out = model.output(batch)
+    d = cfg.model.embedding_dim - cfg.model.skip_dim
+    learned = emb[:, :d] / cfg.model.skip_weight ** 0.5
+    fixed = emb[:, d:] / (1 - cfg.model.skip_weight) ** 0.5
+    share = np.clip((conf.numpy() - low) / (high - low), 0, 1) * cfg.model.gate_weight
+    assert share[order[0]] == 0 and share[order[2]] == cfg.model.gate_weight and 0 < share[order[1]] < share[order[2]]
+    for i in range(3):
+        expected = torch.cat([float(share[i]) ** 0.5 * learned[i], float(1 - share[i]) ** 0.5 * fixed[i]])
+        assert torch.allclose(out[i], expected, atol=1e-5)
+    assert torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.count_nonzero(out[order[0], :d]) == 0  # the unclaimed file: its fixed part alone
+
+
+def test_models_without_classes_or_fixed_part_have_no_gate():
+    from embedlib import views
+    from embedlib.config import Config
+
+    cfg = Config()
+    assert not hasattr(build_model(cfg.model, 1, views.view_specs(cfg), cfg.views.token_id_bits), "gate_range")
+    assert not hasattr(build_model(ModelConfig(), 3), "gate_range")  # the byteplot alone: no fixed part
+    off = ModelConfig(open_set_gate=False)
+    assert not hasattr(build_model(off, 3, views.view_specs(cfg), cfg.views.token_id_bits), "gate_range")

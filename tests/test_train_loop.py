@@ -103,3 +103,32 @@ def test_self_supervised_steps_learn_to_match_two_subsamples_of_one_file_without
     loss, correct = train_step(semi, files, labels, make_optimizer(semi, cfg), cfg)
     assert loss > 0 and 0 <= correct <= 16
     assert dataclasses.replace(cfg.train, self_supervised="false").self_supervised == "false"
+
+
+def test_the_open_set_gate_opens_at_the_held_out_confidence_quantile():
+    """calibrate_gate: high = the GATE_QUANTILE of the confidences in the histogram (to one bin), low = high -
+    model.gate_width; confidence_histogram counts every row once, at its EmbeddingNet.confidence."""
+    from embedlib import views
+    from embedlib.model.network import build_model
+    from embedlib.train import trainer
+    from embedlib.train.loop import batches_of
+
+    cfg = Config()
+    model = build_model(cfg.model, 3, views.view_specs(cfg), cfg.views.token_id_bits).eval()
+    conf = np.random.default_rng(0).uniform(0.2, 0.9, 10_000)
+    hist = np.histogram(conf, trainer.CONFIDENCE_BINS, (-1.0, 1.0))[0]
+    gate = trainer.calibrate_gate(model, hist, cfg, "held-out files")
+    bin_width = 2.0 / trainer.CONFIDENCE_BINS
+    assert abs(gate["high"] - np.quantile(conf, trainer.GATE_QUANTILE)) <= bin_width
+    assert gate["low"] == pytest.approx(gate["high"] - cfg.model.gate_width) and gate["files"] == 10_000
+    assert model.gated and model.gate_range.tolist() == pytest.approx([gate["low"], gate["high"]])
+    assert trainer.calibrate_gate(model, np.zeros_like(hist), cfg, "none") is None  # no file: left as it is
+    ungated = build_model(cfg.model, 1, views.view_specs(cfg), cfg.views.token_id_bits)
+    assert trainer.calibrate_gate(ungated, hist, cfg, "held-out files") is None
+    data = [b"\0libfoo_openWindow\0", b"\0gtk_widget_show\0/etc/passwd\0", b"", b"\0zlib deflate\0"]
+    stacked = views.stack([views.compute_views(d, cfg) for d in data], cfg)
+    counted = trainer.confidence_histogram(model, batches_of(stacked, np.zeros(4, np.int64), 3))
+    with torch.no_grad():
+        expected = model.confidence(model.embed({k: torch.from_numpy(v) for k, v in stacked.items()})).numpy()
+    assert counted.sum() == 4
+    assert np.array_equal(counted, np.histogram(expected, trainer.CONFIDENCE_BINS, (-1.0, 1.0))[0])

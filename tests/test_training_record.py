@@ -15,6 +15,7 @@ import pytest
 from conftest import pick_families
 from embedlib import config, pipeline, ray_io
 from embedlib.files import corpus
+from embedlib.model import checkpoint
 from embedlib.train import dataset
 from embedlib.train import health
 from embedlib.train import trainer
@@ -69,6 +70,12 @@ def test_a_one_block_corpus_trains_every_row_on_two_workers(first_training):
         assert epoch["samples_all_ranks"] >= n - world * (batch + 1)  # only the rounding to whole batches
     assert meta["training"]["healthy"] and health.check_health(meta, allow_unhealthy=False) is None
     assert meta["corpus_scans"] == {"probe + document frequencies": 1, "precise BN": 1, "held-out accuracy": 1}
+    # the open-set gate, calibrated in the held-out pass (no extra scan) on the held-out files' confidences
+    gate = meta["open_set_gate"]
+    assert gate["from"] == "held-out files" and gate["files"] == meta["holdout_files"] > 0
+    assert -1 < gate["low"] < gate["high"] <= 1 and gate["weight"] == meta["config"]["model"]["gate_weight"]
+    model = checkpoint.load(str(work / "model")).model
+    assert model.gated and model.gate_range.tolist() == pytest.approx([gate["low"], gate["high"]], abs=1e-6)
     # the defect: jobs.train rasterized on a Ray started without its dashboard, then trained on it, and Ray Train's
     # placement-group cleaner warned once a second that it could not reach the State API
     assert "placement_group_cleaner" not in out.stderr + out.stdout
@@ -197,6 +204,7 @@ def test_a_manifest_without_families_trains_self_supervised_and_stays_honest(sys
     assert all(0 < e["loss"] < 1e6 for e in meta["history"])  # finite (that it learns: test_train_loop)
     assert meta["precise_bn"]["layers"] and meta["bn_health"]["healthy"] and meta["training"]["healthy"]
     assert health.check_health(meta, allow_unhealthy=False) is None
+    assert "open_set_gate" not in meta  # no family direction, no confidence: the embedding has one fixed mix
     never = dict(meta, training=None, history=[dict(e, steps=0, samples_all_ranks=0) for e in meta["history"]])
     with pytest.raises(health.UnhealthyModelError, match="ran 0 steps"):
         health.check_health(never, allow_unhealthy=False)

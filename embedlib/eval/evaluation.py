@@ -348,10 +348,10 @@ def embedding_cost(model_uri: str, paths: Sequence[str], max_bytes: int, threads
     stacked = {k: torch.from_numpy(np.stack([b[k] for b in batches])) for k in batches[0]}
     vectors = []
     with torch.inference_mode():
-        ckpt.model.embed({k: v[:2] for k, v in stacked.items()})  # warm-up
+        ckpt.model.output({k: v[:2] for k, v in stacked.items()})  # warm-up
         t = time.process_time()
         for s in range(0, len(paths), 256):
-            vectors.append(ckpt.model.embed({k: v[s : s + 256] for k, v in stacked.items()}).numpy())
+            vectors.append(ckpt.model.output({k: v[s : s + 256] for k, v in stacked.items()}).numpy())
         model_s = time.process_time() - t
     n = max(len(paths), 1)
     return {"files": len(paths), "read_cpu_ms": 1000 * read_s / n, "views_cpu_ms": 1000 * views_s / n,

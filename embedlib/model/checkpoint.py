@@ -109,7 +109,7 @@ def load_meta(uri: str) -> dict:
 
 # settings added after checkpoints existed, with the value that reproduces a checkpoint saved without them (the
 # defaults may differ: a default applied to an older checkpoint would silently change its embeddings)
-BEFORE_THEY_EXISTED = {"model": {"skip_views": [], "skip_idf_power": 1.0}}
+BEFORE_THEY_EXISTED = {"model": {"skip_views": [], "skip_idf_power": 1.0, "open_set_gate": False}}
 
 
 def config_of(meta: dict) -> Config:

@@ -41,7 +41,7 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
             tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in batch.items()}
-            return self.model.embed(tensors).float().cpu().numpy()
+            return self.model.output(tensors).float().cpu().numpy()
 
     def embed_bytes(self, data: bytes) -> np.ndarray:
         """One file's bounded bytes -> its embedding."""

@@ -227,6 +227,10 @@ class EmbeddingNet(nn.Module):
                     self.skips[name] = skip
         self.class_directions = nn.Parameter(torch.randn(num_classes, cfg.embedding_dim) * 0.01)
         self.logit_scale = cfg.logit_scale
+        self.gate_weight = cfg.gate_weight
+        if self.concat_dim and cfg.open_set_gate and num_classes >= 2:
+            # (low, high) confidence of the open-set gate, set after training (calibrate_gate); low == high: none yet
+            self.register_buffer("gate_range", torch.zeros(2))
 
     @property
     def view_names(self) -> list[str]:
@@ -258,6 +262,35 @@ class EmbeddingNet(nn.Module):
                             dim=1)
         w = self.skip_weight
         return torch.cat([w**0.5 * F.normalize(out, dim=1), (1 - w) ** 0.5 * fixed], dim=1)
+
+    def confidence(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Per row, the cosine to the nearest family direction: how surely the classifier claims the file."""
+        return (embeddings @ F.normalize(self.class_directions, dim=1).T).amax(dim=1)
+
+    @property
+    def gated(self) -> bool:
+        return hasattr(self, "gate_range") and bool(self.gate_range[1] > self.gate_range[0])
+
+    def calibrate_gate(self, high: float, width: float) -> None:
+        """Set the open-set gate: full learned share from confidence `high` (a low quantile of held-out files of
+        known families), none below high - width."""
+        self.gate_range.copy_(torch.tensor([high - width, high]))
+
+    def output(self, inputs: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The embedding that is stored and compared: `embed`, with the open-set gate (model.open_set_gate) once
+        calibrated. Per file the learned part's share is gate_weight x clip((confidence - low) / (high - low), 0, 1):
+        a file the classifier claims is compared mostly by what training learned, a file of a family it never saw
+        by its fixed part (its words' exact weights) alone; and such a file's neighbours among known families
+        count less than its peers, which is what an analyst of a new family wants first."""
+        emb = self.embed(inputs)
+        if not self.gated:
+            return emb
+        low, high = self.gate_range
+        share = self.gate_weight * ((self.confidence(emb) - low) / (high - low)).clamp(0, 1)
+        split = emb.shape[1] - self.concat_dim
+        learned = emb[:, :split] / self.skip_weight ** 0.5
+        fixed = emb[:, split:] / (1 - self.skip_weight) ** 0.5
+        return torch.cat([share.sqrt().unsqueeze(1) * learned, (1 - share).sqrt().unsqueeze(1) * fixed], dim=1)
 
     def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
         """logit_scale x cosine to each family's direction."""

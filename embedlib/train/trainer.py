@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import time
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -90,12 +90,46 @@ def stage_moments_of(corpus: Corpus, blocks: tuple[Block, ...], state: bytes, la
     return {n: m.to_state() for n, m in precise_bn.layer_moments(model, layers, batches).items()}
 
 
-def correct_of(corpus: Corpus, blocks: tuple[Block, ...], state: bytes, select: str) -> tuple[int, int]:
-    """Eval-mode (correct, seen) over the selected rows of `blocks`."""
+CONFIDENCE_BINS = 2000  # a histogram of cosines in [-1, 1]: quantiles of held-out confidence without holding rows
+GATE_QUANTILE = 0.05  # the open-set gate opens fully at the confidence that 95% of held-out files reach
+
+
+def confidence_histogram(model: torch.nn.Module, batches: Iterable[tuple[dict, torch.Tensor]]) -> np.ndarray:
+    """Counts of the rows' confidence (EmbeddingNet.confidence, eval mode) in CONFIDENCE_BINS bins over [-1, 1]."""
+    hist = np.zeros(CONFIDENCE_BINS, np.int64)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for views, _ in batches:
+            conf = model.confidence(model.embed(views)).numpy()
+            hist += np.histogram(conf, CONFIDENCE_BINS, (-1.0, 1.0))[0]
+    model.train(was)
+    return hist
+
+
+def correct_of(corpus: Corpus, blocks: tuple[Block, ...], state: bytes, select: str) -> tuple[int, int, np.ndarray]:
+    """Eval-mode (correct, seen, confidence histogram) over the selected rows of `blocks`."""
     torch.set_num_threads(1)
     model = _model_from(state, corpus.config, len(corpus.rule.families))
     views, labels = rows_of(corpus, blocks, select)
-    return correct_count(model, batches_of(views, labels, 256), train_mode=False) if len(labels) else (0, 0)
+    if not len(labels):
+        return 0, 0, np.zeros(CONFIDENCE_BINS, np.int64)
+    correct, seen = correct_count(model, batches_of(views, labels, 256), train_mode=False)
+    hist = confidence_histogram(model, batches_of(views, labels, 256)) if len(corpus.rule.families) else \
+        np.zeros(CONFIDENCE_BINS, np.int64)
+    return correct, seen, hist
+
+
+def calibrate_gate(model: torch.nn.Module, hist: np.ndarray, cfg: Config, what: str) -> dict | None:
+    """Open the model's open-set gate (EmbeddingNet.output) fully at the GATE_QUANTILE of `hist` (confidences of
+    files of known families), closed model.gate_width below it. None for a model without a gate."""
+    if not hasattr(model, "gate_range") or not hist.sum():
+        return None
+    edges = np.linspace(-1.0, 1.0, CONFIDENCE_BINS + 1)
+    high = float(edges[np.searchsorted(np.cumsum(hist), GATE_QUANTILE * hist.sum())])
+    model.calibrate_gate(high, cfg.model.gate_width)
+    return {"high": high, "low": high - cfg.model.gate_width, "weight": cfg.model.gate_weight,
+            "quantile": GATE_QUANTILE, "files": int(hist.sum()), "from": what}
 
 
 def probe_and_frequencies_of(corpus: Corpus, blocks: tuple[Block, ...]) -> tuple[tuple[dict, np.ndarray], dict]:
@@ -217,12 +251,21 @@ def calibrate_and_check(model: torch.nn.Module, corpus: Corpus, block_map: Block
         return out
     t = time.perf_counter()
     correct = seen = 0
-    for c, n in scans.count("held-out accuracy", block_map)(correct_of, corpus, _state(model), "holdout"):
-        correct, seen = correct + c, seen + n
+    hist = np.zeros(CONFIDENCE_BINS, np.int64)
+    for c, n, h in scans.count("held-out accuracy", block_map)(correct_of, corpus, _state(model), "holdout"):
+        correct, seen, hist = correct + c, seen + n, hist + h
     out["holdout_files"] = seen
     if seen:
         out["holdout_eval_mode_accuracy"] = correct / seen
         say(f"held-out accuracy (eval mode): {correct / seen:.3f} on {seen} files ({time.perf_counter() - t:.0f} s)")
+    gate = calibrate_gate(model, hist, cfg, "held-out files")
+    if gate is None and hasattr(model, "gate_range"):  # no held-out file: the probe's labelled training files
+        labelled = [({k: v[y >= 0] for k, v in views.items()}, y[y >= 0]) for views, y in probe]
+        gate = calibrate_gate(model, confidence_histogram(model, labelled), cfg, "probe (training files)")
+    if gate:
+        out["open_set_gate"] = gate
+        say(f"open-set gate: learned share {gate['weight']:g} from confidence {gate['high']:.3f} ({gate['quantile']:.0%} "
+            f"of {gate['files']} {gate['from']} are below), none below {gate['low']:.3f}")
     return out
 
 
