@@ -10,8 +10,8 @@ the "known" queries; the gallery is every labelled file that every variant embed
 training split of the checkpoint that made the vectors (--model, else the one each variant's embed run recorded:
 train.unseen_family_fraction, train.holdout_fraction); a given fraction may only narrow it. Baselines alone: 0.2.
 Modes: all, and other-programs (files with the query's file name are not candidates). Baselines (no training):
-the strings sketch, the dynamic symbol names, TLSH, ssdeep (libfuzzy), computed from the first --max-bytes of each
-file. Long steps print a progress line at least every 30 seconds. Rows are added for the
+the strings sketch, the dynamic symbol names, the words (IDF^2), TLSH, ssdeep (libfuzzy), computed from the first
+--max-bytes of each file. Long steps print a progress line at least every 30 seconds. Rows are added for the
 string-poor files (bottom quartile of distinct strings). CPU cost per file: read + each baseline, and read +
 views + model of each variant's checkpoint (from its embed run, or --model) on --timing-files files.
 Writes ablation.{md,csv,parquet,json}, retrieval.png and embedding_map.png to --output.

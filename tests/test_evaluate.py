@@ -108,7 +108,7 @@ def test_variants_beside_every_baseline(tmp_path, capsys):
         assert open(os.path.join(output, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     methods = {r["method"] for r in report["rows"]}
     assert methods == {"first", "second", "strings sketch (no training)", "dynamic symbol names TF-IDF (no training)",
-                       "TLSH", "ssdeep"}
+                       "words TF-IDF, IDF^2 (no training)", "TLSH", "ssdeep"}
     first, second = table(report, "first"), table(report, "second")
     assert first["queries"] == second["queries"] == 12  # solo and the unlabelled file are no queries
     assert first["p_at_1"] == pytest.approx(11 / 12) and second["p_at_1"] == 1.0
@@ -119,10 +119,12 @@ def test_variants_beside_every_baseline(tmp_path, capsys):
     assert first["p_at_10"] == pytest.approx(0.3)
     assert other["p_at_10"] == pytest.approx(0.3 - 2 * 0.1 / 12)
     assert {r["subset"] for r in report["rows"]} == {"all", "string-poor"}
-    for m in ("strings sketch (no training)", "dynamic symbol names TF-IDF (no training)", "TLSH", "ssdeep"):
+    for m in ("strings sketch (no training)", "dynamic symbol names TF-IDF (no training)",
+              "words TF-IDF, IDF^2 (no training)", "TLSH", "ssdeep"):
         assert 0.0 <= table(report, m)["map_at_r"] <= 1.0
     cost = report["baseline_cost"]
     assert cost["strings_cpu_ms"] > 0 and cost["tlsh_cpu_ms"] > 0 and cost["symbols_cpu_ms"] > 0
+    assert cost["words_cpu_ms"] > 0
     elf = sum(open(r["path"], "rb").read(4) == b"\x7fELF" for r in rows[:-1])  # the last (unlabelled) is no query
     assert sum(cost["symbol_status"].values()) == 13 and cost["symbol_status"].get("ok", 0) == elf
     printed = capsys.readouterr().out

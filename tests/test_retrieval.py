@@ -96,3 +96,9 @@ def test_sparse_cosine_equals_the_dense_tfidf_of_the_same_sets():
     assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(b[-1]).all() and np.isnan(b[:, -1]).all()
     assert np.allclose(a[~np.isnan(a)], b[~np.isnan(b)], atol=1e-5)
     assert sparse.missing == 1
+    # idf_power 2: the dense TF-IDF with every idf squared (the words baseline weighs them as the fixed part does)
+    x = R.tfidf_set_vectors(ids, len(np.unique(vocab)))
+    squared = np.where(x > 0, x ** 2, 0)
+    c = R.Cosine(squared).distances(rows)
+    b2 = R.SparseCosine(sets, idf_power=2.0).distances(rows)
+    assert np.allclose(c[~np.isnan(c)], b2[~np.isnan(b2)], atol=1e-5) and not np.allclose(b2[~np.isnan(b2)], b[~np.isnan(b)])

@@ -7,8 +7,9 @@ variant embedded (the same sha256s), so every row of the table is scored on exac
 baselines need no training: the strings sketch (printable strings >= 6 bytes, each distinct string hashed into
 4096 buckets, as a set, TF-IDF over the gallery, cosine: embedlib.views' hashing), the dynamic symbol names
 (ELF .dynsym imports/exports and DT_NEEDED, PE imports/exports: embedlib.views.symbols; each whole name its own
-term, TF-IDF, cosine; a file whose tables cannot be read has a per-file status, counted in the report), TLSH and
-ssdeep (libfuzzy).
+term, TF-IDF, cosine; a file whose tables cannot be read has a per-file status, counted in the report), the words
+(the tokens view's distinct words inside strings and names, each whole word its own term, IDF squared: the exact
+sparse vector the embedding's fixed part folds), TLSH and ssdeep (libfuzzy).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from embedlib.files.inputs import read_labels
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("strings", "symbols", "tlsh", "ssdeep")
+BASELINES = ("strings", "symbols", "words", "tlsh", "ssdeep")
 STRINGS_BUCKETS = 4096
 STRINGS_MIN_LEN = 6
 
@@ -55,6 +56,7 @@ class Gallery:
     strings: list[np.ndarray] = field(default_factory=list)  # bucket sets (strings sketch)
     symbols: list[np.ndarray] = field(default_factory=list)  # uint64 hashes of dynamic symbol names
     symbol_status: list[str] = field(default_factory=list)  # ok | none | error: ... (embedlib.views.symbols)
+    words: list[np.ndarray] = field(default_factory=list)  # uint64 hashes of the tokens view's distinct words
     distinct_strings: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -242,6 +244,13 @@ def file_baselines(path: str, max_bytes: int, methods: Sequence[str]) -> dict[st
         hashes, _, out["symbol_status"] = symbols.symbol_hashes(data)
         out["symbols"] = np.unique(hashes)
         out["symbols_cpu_s"] = time.process_time() - t
+    if "words" in methods:
+        from embedlib.config import ViewsConfig
+
+        t = time.process_time()
+        _, items = views.compiled_sketches(arr, ViewsConfig(names=("tokens",)))
+        out["words"] = np.unique(items["tokens"][0])
+        out["words_cpu_s"] = time.process_time() - t
     if "tlsh" in methods:
         t = time.process_time()
         out["tlsh"] = digests.tlsh_digest(data)
@@ -295,6 +304,8 @@ def compute_baselines(g: Gallery, max_bytes: int, methods: Sequence[str], worker
     if "symbols" in need:
         g.symbols = [r.get("symbols", np.zeros(0, np.uint64)) for r in results]
         g.symbol_status = [r.get("symbol_status", "unreadable") for r in results]
+    if "words" in need:
+        g.words = [r.get("words", np.zeros(0, np.uint64)) for r in results]
     for m in ("tlsh", "ssdeep"):
         if m in need:
             setattr(g, m, [r.get(m) for r in results])
@@ -369,6 +380,8 @@ def scorers(g: Gallery, baselines: Sequence[str]) -> dict[str, retrieval.Scorer]
         out["strings sketch (no training)"] = retrieval.Cosine(retrieval.tfidf_set_vectors(g.strings, STRINGS_BUCKETS))
     if "symbols" in baselines:
         out["dynamic symbol names TF-IDF (no training)"] = retrieval.SparseCosine(g.symbols)
+    if "words" in baselines:
+        out["words TF-IDF, IDF^2 (no training)"] = retrieval.SparseCosine(g.words, idf_power=2.0)
     if "tlsh" in baselines:
         out["TLSH"] = retrieval.TLSH(g.tlsh)
     if "ssdeep" in baselines:

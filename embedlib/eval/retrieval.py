@@ -132,6 +132,7 @@ class SparseCosine:
     a vocabulary of millions of names costs only the postings of a query's own names."""
 
     sets: Sequence[np.ndarray]  # per row: uint64 hashes (duplicates count once)
+    idf_power: float = 1.0  # weigh each item by idf ** this (2: rare words count more, as the fixed part weighs them)
 
     def __post_init__(self) -> None:
         n = len(self.sets)
@@ -141,7 +142,7 @@ class SparseCosine:
         vocab, term = np.unique(flat, return_inverse=True)
         doc = np.repeat(np.arange(n), lengths)
         df = np.bincount(term, minlength=len(vocab))
-        idf = (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float64)
+        idf = ((np.log((1.0 + n) / (1.0 + df)) + 1.0) ** self.idf_power).astype(np.float64)
         self.row_ptr = np.concatenate([[0], np.cumsum(lengths)])
         self.row_term, self.row_weight = term, idf[term]
         self.norm = np.sqrt(np.bincount(doc, weights=self.row_weight ** 2, minlength=n))
