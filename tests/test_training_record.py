@@ -229,3 +229,16 @@ def test_a_mostly_unlabelled_corpus_trains_semi_supervised(small_samples):
     assert all(0 < e["labelled_all_ranks"] < e["samples_all_ranks"] for e in meta["history"])
     assert meta["holdout_files"] > 0 and "holdout_eval_mode_accuracy" in meta
     assert meta["training"]["healthy"] and meta["bn_health"]["healthy"]
+
+
+def test_without_held_out_files_the_gate_is_set_from_the_probes_training_files(small_samples):
+    """train.holdout_fraction=0 leaves no held-out file to measure confidence on: the open-set gate is set from the
+    probe's labelled rows (training files, in memory), and the checkpoint says so."""
+    work, cfg, manifest = small_samples
+    cfg = config.load(None, ["train.holdout_fraction=0"], base=cfg)
+    said: list[str] = []
+    meta = _train(work, cfg, manifest, "no-holdout", say=said.append)
+    gate = meta["open_set_gate"]
+    assert meta["holdout_files"] == 0 and gate["from"] == "probe (training files)" and gate["files"] > 0
+    assert any(line.startswith("open-set gate: learned share") and "probe (training files)" in line for line in said)
+    assert checkpoint.load(str(work / "model-no-holdout")).model.gated
