@@ -132,7 +132,7 @@ def run(paths: list[str]) -> None:
             t = time.process_time()
             try:
                 names, st = fn(data)
-            except Exception as exc:  # noqa: BLE001
+            except Exception:  # noqa: BLE001
                 names, st = set(), "error"
             got[name] = (names, st, time.process_time() - t)
         ref = got["reference"][0]
