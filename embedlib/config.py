@@ -94,9 +94,12 @@ class ModelConfig:
     # concat, >= 2 families: the stored embedding's learned share follows the classifier's confidence (max cosine to
     # a family direction): gate_weight for a file at least as confident as 95% of held-out files, falling to 0 (the
     # fixed part alone) gate_width below that, so a file of a family never trained on is compared by its words
+    # (45,191 Debian files, 86 unseen families, every query; width 0.15 vs 0.2: unseen MAP@R 0.832 vs 0.828, their
+    # other programs P@1 0.952 vs 0.949, known unchanged 0.995 / 0.988; 14,087 files: within 0.001. A narrower gate
+    # trades known for unseen: 0.75 / 0.1 gave unseen 0.844, their other programs 0.960, known P@1 0.994)
     open_set_gate: bool = True
     gate_weight: float = 0.6
-    gate_width: float = 0.2
+    gate_width: float = 0.15
     # views with a learned encoder (empty = every view); a sketch view left out only feeds the fixed part
     learned_views: tuple[str, ...] = ()
 
