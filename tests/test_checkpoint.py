@@ -29,6 +29,13 @@ def test_round_trip_and_version(tmp_path):
     assert os.listdir(tmp_path / "m" / ".tmp") == []  # nothing half-written left behind
 
 
+def test_a_resaved_checkpoint_carries_its_extra_and_nothing_save_writes(tmp_path):
+    """extra_of (what recalibration carries over) is exactly what save() did not write itself."""
+    meta = _save(tmp_path / "m")
+    assert checkpoint.extra_of(meta) == {"note": 0}
+    assert set(meta) == set(checkpoint.SAVE_WRITES) | {"note"}
+
+
 def test_weights_from_another_checkpoint_are_refused(tmp_path):
     _save(tmp_path / "a", seed=0)
     _save(tmp_path / "b", seed=1)

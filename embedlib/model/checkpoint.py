@@ -72,6 +72,16 @@ def model_version(weights: bytes, cfg: Config) -> str:
     return "m-" + h.hexdigest()[:16]
 
 
+# the keys save() writes itself; every other key of a checkpoint's meta is its `extra`
+SAVE_WRITES = ("model_version", "weights_sha256", "created_unix", "embedlib_version", "schema_version", "config",
+               "raster_size", "embedding_dim", "norm", "families")
+
+
+def extra_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint re-saved from `meta` (recalibrated, re-gated) carries over: all save() does not write."""
+    return {k: v for k, v in meta.items() if k not in SAVE_WRITES}
+
+
 def save(uri: str, model: "torch.nn.Module", cfg: Config, families: list[str], extra: dict[str, Any]) -> dict:
     """Write weights, then meta.json, under folder `uri`; returns the meta written."""
     weights = weights_bytes(model)

@@ -365,8 +365,7 @@ def recalibrate(model_uri: str, samples_root: str, output: str, block_map: Block
     corpus = dataclasses.replace(corpus, rule=rule)
     say(f"recalibrating {ckpt.version} over about {min(rows, cfg.train.precise_bn_max_samples)} of {rows} files")
     out = calibrate_and_check(ckpt.model, corpus, block_map, cfg, say, whole_corpus=True)
-    extra = {k: v for k, v in ckpt.meta.items() if k not in ("model_version", "weights_sha256", "created_unix",
-                                                             "config", "families")}
+    extra = checkpoint.extra_of(ckpt.meta)
     extra.update(out, recalibrated_from=ckpt.version, recalibration_corpus=samples_root)
     say("before -> " + health.describe(out["bn_health_before_precise_bn"]))
     say("after  -> " + health.describe(out["bn_health"]))

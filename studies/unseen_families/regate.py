@@ -17,9 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from embedlib.model import checkpoint  # noqa: E402
 
-SET_BY_SAVE = {"model_version", "weights_sha256", "created_unix", "embedlib_version", "schema_version", "config",
-               "raster_size", "embedding_dim", "norm", "families"}
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,8 +26,8 @@ def main() -> None:
     ap.add_argument("--width", type=float, required=True)
     a = ap.parse_args()
     ck = checkpoint.load(a.src)
-    extra = {k: v for k, v in ck.meta.items() if k not in SET_BY_SAVE}
-    gate = extra["open_set_gate"]
+    extra = checkpoint.extra_of(ck.meta)
+    gate, cfg = extra["open_set_gate"], ck.config
     if a.width == 0:
         ck.model.gate_range.zero_()
         extra["open_set_gate"] = None
@@ -38,9 +35,8 @@ def main() -> None:
         ck.model.gate_weight = a.weight
         ck.model.calibrate_gate(gate["high"], a.width)
         extra["open_set_gate"] = {**gate, "low": gate["high"] - a.width, "weight": a.weight}
-    model_cfg = replace(ck.config.model, gate_weight=a.weight or ck.config.model.gate_weight, gate_width=a.width or
-                        ck.config.model.gate_width)
-    meta = checkpoint.save(a.dst, ck.model, replace(ck.config, model=model_cfg), ck.families, extra)
+        cfg = replace(cfg, model=replace(cfg.model, gate_weight=a.weight, gate_width=a.width))
+    meta = checkpoint.save(a.dst, ck.model, cfg, ck.families, extra)
     print(meta["model_version"], extra["open_set_gate"])
 
 
