@@ -37,8 +37,9 @@ def main() -> None:
             rounds[name].append(embedding_cost(uri, paths, a.max_bytes))
     print(f"{len(paths)} files, {a.rounds} rounds, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for name, costs in rounds.items():
-        views_ms, model_ms = (float(np.median([c[k] for c in costs])) for k in ("views_cpu_ms", "model_cpu_ms"))
-        print(f"{name:>12}: views {views_ms:.3f} ms/file  model {model_ms:.3f} ms/file  "
+        views_ms, model_ms, words_ms = (float(np.median([c[k] for c in costs]))
+                                        for k in ("views_cpu_ms", "model_cpu_ms", "words_cpu_ms"))
+        print(f"{name:>12}: views {views_ms:.3f} ms/file  model {model_ms:.3f} ms/file  words {words_ms:.3f} ms/file  "
               f"(D={costs[0]['vectors'].shape[1]})")
 
 

@@ -17,7 +17,9 @@ import pyarrow as pa
 # (errors: the setting a refusal depended on). Rows of older versions have neither: see README.
 # 4: `evidence` (embeddings: the file's most distinctive items, EVIDENCE below). Rows of older versions have
 # none (NULL when read beside newer ones): every query copes, see README.
-SCHEMA_VERSION = 4
+# 5: `words` (embeddings: the fixed part before its fold, WORDS below) and the metadata embedlib.learned_dim.
+# Rows of older versions have none: their neighbours are ranked by the stored embedding alone.
+SCHEMA_VERSION = 5
 
 # Per-path statuses recorded in errors/. Every input path of a run ends up in exactly one of the written
 # table (as its `path`) or errors/.
@@ -88,12 +90,24 @@ EVIDENCE_ITEM = pa.struct([
 EVIDENCE = pa.list_(EVIDENCE_ITEM)
 
 
-def embeddings_schema(dim: int, model_version: str = "") -> pa.Schema:
-    """One embedding per content, as a fixed-size list, so DuckDB can cast it to FLOAT[dim]; its evidence."""
+# The fixed part of an embedding before its fold (embedlib.model.exact): the file's word ids (views.token_ids) and
+# their weights as they sit in the stored embedding's fixed part, at most embed.exact_words of the heaviest, by id.
+# A query re-scores its nearest candidates with them: the learned slice (the first embedlib.learned_dim numbers of
+# `embedding`) dot product plus the exact dot product of the words. NULL for rows written before the column and
+# for models whose fixed part is not the token_ids alone.
+WORD_ITEM = pa.struct([pa.field("id", pa.uint32()), pa.field("weight", pa.float32())])
+WORDS = pa.list_(WORD_ITEM)
+
+
+def embeddings_schema(dim: int, model_version: str = "", learned_dim: int | None = None) -> pa.Schema:
+    """One embedding per content, as a fixed-size list, so DuckDB can cast it to FLOAT[dim]; its evidence and
+    words. learned_dim: how many leading numbers of the embedding are the learned slice (None: all of them)."""
     return pa.schema(
         _CONTENT_FIELDS + _PATH_FIELDS + _RUN_FIELDS
-        + [pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False), pa.field("evidence", EVIDENCE)],
-        metadata=_meta("embeddings", **{"embedlib.embedding_dim": str(dim), "embedlib.model_version": model_version}),
+        + [pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False), pa.field("evidence", EVIDENCE),
+           pa.field("words", WORDS)],
+        metadata=_meta("embeddings", **{"embedlib.embedding_dim": str(dim), "embedlib.model_version": model_version,
+                                        "embedlib.learned_dim": str(dim if learned_dim is None else learned_dim)}),
     )
 
 

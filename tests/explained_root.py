@@ -51,8 +51,8 @@ def model_with_real_idf(path: str, files: list[str], cfg: Config) -> str:
     trained_checkpoint(first, cfg, seed=0)
     ckpt = checkpoint.load(first)
     rows = [views.compute_views(open(f, "rb").read(), cfg) for f in files]
-    for name in views.sketch_views(cfg):
-        df = (np.stack([r[name] for r in rows]) > 0).sum(axis=0)
+    for name in views.weighted_views(cfg):  # the sketches and the word ids of the fixed part
+        df = views.document_frequency(name, np.stack([r[name] for r in rows]), cfg)
         ckpt.model.set_document_frequency(name, df, len(rows))
     extra = {k: v for k, v in ckpt.meta.items()
              if k not in ("model_version", "weights_sha256", "created_unix", "config", "families")}

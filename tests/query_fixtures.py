@@ -86,6 +86,7 @@ def write_root(root: str, dims: dict[str, int] | None = None) -> FixtureRoot:
         cols = {k: [r[k] for r in rows] for k in rows[0]}
         cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
         cols["evidence"] = [None] * len(rows)  # no bytes behind these rows: no evidence (test_explain has real ones)
+        cols["words"] = [None] * len(rows)  # nor words: similar() ranks them by the stored embedding alone
         return pa.Table.from_pydict(cols, schema=embeddings_schema(dim, version))
 
     def write_embeddings(rows: list[dict], version: str, run: str, part: int) -> None:
@@ -160,6 +161,7 @@ def write_root(root: str, dims: dict[str, int] | None = None) -> FixtureRoot:
     cols = {k: [r[k] for r in ghost] for k in ghost[0]}
     cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim_of[MV_B])
     cols["evidence"] = [None] * len(ghost)
+    cols["words"] = [None] * len(ghost)
     store.write_parquet(f"embeddings/model_version={MV_B}/run={RUN_UNFINISHED}/part-000000.parquet",
                         pa.Table.from_pydict(cols, schema=embeddings_schema(dim_of[MV_B], MV_B)))
     store.write_parquet(f"errors/run={RUN_UNFINISHED}/part-read-000000.parquet", pa.Table.from_pylist(

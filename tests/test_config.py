@@ -11,7 +11,7 @@ def test_overrides_are_typed():
 
 
 @pytest.mark.parametrize("bad", ["train.lrr=1", "nosection.x=1", "train=1", "model.norm=layer",
-                                 "train.epochs=many", "raster.size=30"])
+                                 "train.epochs=many", "raster.size=30", "embed.exact_words=-1"])
 def test_bad_settings_are_errors(bad):
     with pytest.raises(config.ConfigError):
         config.load(None, [bad])

@@ -1,7 +1,9 @@
 """Evidence kept with each embedding, and the explanations in SQL (issue 20): the items are the ones the views
 hash (the numpy definition's), weighed by the model's IDF; the pipeline writes them from the same bytes; the
 macros explain(), similar(shared := true), family_profile(), family_neighbors() answer on a real root written by
-the real pipeline, cope with rows that have no evidence, and refuse bad input in one line."""
+the real pipeline, cope with rows that have no evidence, and refuse bad input in one line. On the same root: the
+words kept with each embedding are its fixed part before the fold, and similar() re-scores with them exactly as
+the evaluation does (issue 22)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from explained_root import build
 
+import torch
+
 from embedlib import query, schema, views
 from embedlib.config import Config, ViewsConfig
+from embedlib.eval import retrieval
+from embedlib.model import checkpoint, exact
 from embedlib.root import catalog
 from embedlib.root.store import Store
 from embedlib.views import evidence, kernels
@@ -149,7 +155,7 @@ def test_the_pipeline_keeps_evidence_with_every_row(real, con):
     part = catalog.table_files(store, "embeddings")[0]
     written = pq.read_schema(store.path(part))
     assert written.field("evidence").type == schema.EVIDENCE
-    assert written.metadata[b"embedlib.schema_version"] == b"4" == str(schema.SCHEMA_VERSION).encode()
+    assert written.metadata[b"embedlib.schema_version"] == b"5" == str(schema.SCHEMA_VERSION).encode()
     # the items of a file are its own: found in its bytes (words lowercased)
     path, ev = next((p, e) for p, e in rows if p == real.files[0].path)
     data = open(path, "rb").read().lower()
@@ -249,16 +255,23 @@ def test_bad_input_is_one_line(real, con, call, message):
 
 
 def _drop_evidence(root: str, keep: int) -> list[str]:
-    """Rewrite the root's embeddings parts as an older release wrote them (no evidence column) except the first
-    `keep` parts; returns the paths whose rows now have none."""
+    """Rewrite the root's embeddings parts as an older release wrote them (no evidence or words column, no
+    embedlib.learned_dim) except the first `keep` parts; returns the paths whose rows now have none."""
     store = Store(root)
     old = []
     for rel in catalog.table_files(store, "embeddings")[keep:]:
         table = pq.read_table(store.path(rel))
         old += table.column("path").to_pylist()
         if "evidence" in table.column_names:
-            pq.write_table(table.drop_columns(["evidence"]), store.path(rel))
+            meta = {k: v for k, v in table.schema.metadata.items() if k != b"embedlib.learned_dim"}
+            table = table.drop_columns(["evidence", "words"]).replace_schema_metadata(meta)
+            pq.write_table(table, store.path(rel))
     return old
+
+
+def _stored_distances(c, sha: str) -> dict[str, float]:
+    return dict(c.execute("SELECT e.sha256, array_cosine_distance(e.embedding, q.embedding) FROM embeddings e, "
+                          "embeddings q WHERE q.sha256 = $s", {"s": sha}).fetchall())
 
 
 def test_rows_without_evidence_are_coped_with(real, tmp_path, system_files):
@@ -279,6 +292,13 @@ def test_rows_without_evidence_are_coped_with(real, tmp_path, system_files):
     assert all(r[-1] is None for r in rows)
     cols, rows = query.similar(c, new[0], 30, shared=True)
     assert all(r[-1] is None for r in rows if r[cols.index("sha256")] in old)
+    # rows without words keep their stored distance; a file with words still re-scores its peers that have them
+    stored = _stored_distances(c, new[0])
+    got = {r[cols.index("sha256")]: r[cols.index("distance")] for r in rows}
+    assert all(abs(d - stored[s]) < 1e-5 for s, d in got.items() if s in old)
+    assert any(abs(d - stored[s]) > 1e-4 for s, d in got.items() if s not in old)
+    assert all(abs(r[1] - stored_old) < 1e-5 for r, stored_old in
+               ((r, _stored_distances(c, old[0])[r[2]]) for r in query.similar(c, old[0], 10)[1]))
     c.close()
     # a root none of whose files has the column: the macros exist and say so
     _drop_evidence(root, keep=0)
@@ -288,6 +308,8 @@ def test_rows_without_evidence_are_coped_with(real, tmp_path, system_files):
     with pytest.raises(query.QueryError, match="has evidence"):
         query.family_profile(c, real.files[0].family)
     assert all(r[-1] is None for r in query.similar(c, new[0], 3, shared=True)[1])
+    stored = _stored_distances(c, new[0])  # no words anywhere: the stored embedding alone
+    assert all(abs(r[1] - stored[r[2]]) < 1e-5 for r in query.similar(c, new[0], 10)[1])
     c.close()
 
 
@@ -317,3 +339,61 @@ def test_the_command_explains_and_profiles(real, con, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jobs.query", "explain", a, b, "--db", db, "--format", "csv"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and ",both," in proc.stdout, proc.stderr
+
+
+# -- the fixed part before its fold, and similar()'s re-scoring (issue 22) ------------------------------------------
+
+def _stored(con) -> tuple[list[str], np.ndarray, exact.WordRows]:
+    t = con.execute("SELECT sha256, embedding, words FROM embeddings ORDER BY sha256").to_arrow_table()
+    vectors = np.asarray(t.column("embedding").combine_chunks().flatten().to_numpy(), np.float32).reshape(t.num_rows, -1)
+    return t.column("sha256").to_pylist(), vectors, exact.WordRows.from_arrow(t.column("words"))
+
+
+def test_the_words_are_the_fixed_part_before_its_fold(real, con):
+    ckpt = checkpoint.load(real.model)
+    model = ckpt.model.eval()
+    view, weights = model.exact_word_weights()
+    learned = model.learned_dim
+    store = Store(real.root)
+    assert pq.read_schema(store.path(catalog.table_files(store, "embeddings")[0])).metadata[
+        b"embedlib.learned_dim"] == str(learned).encode() and learned < ckpt.config.model.embedding_dim
+    shas, vectors, words = _stored(con)
+    at = {s: i for i, s in enumerate(shas)}
+    whole = 0
+    for f in real.files:
+        i = at[sha_of(con, f.path)]
+        ids = views.compute_views(open(f.path, "rb").read(), ckpt.config)[view]
+        fixed = vectors[i, learned:].astype(np.float64)
+        want_ids, want_w = exact.words_of(ids[None], weights, [np.linalg.norm(fixed)], 256)[0]
+        got = slice(words.indptr[i], words.indptr[i + 1])
+        assert words.present[i] and np.array_equal(words.ids[got], want_ids)
+        np.testing.assert_allclose(words.weights[got], want_w, rtol=1e-5)
+        if (ids != views.TOKEN_ID_PAD).sum() <= 256:  # every id kept: the fold of the words is the stored fixed part
+            whole += 1
+            np.testing.assert_allclose(words.weights[got] @ words.weights[got], fixed @ fixed, rtol=1e-4)
+            folded = model.id_sets[view](torch.from_numpy(ids[None].astype(np.int64)), model.skip_idf_power)[0]
+            np.testing.assert_allclose(fixed / np.linalg.norm(fixed), (folded / folded.norm()).double().numpy(),
+                                       atol=1e-5)
+    assert whole >= 3
+
+
+def test_similar_rescores_its_candidates_as_the_evaluation_does(real, con):
+    shas, vectors, words = _stored(con)
+    learned = checkpoint.load(real.model).model.learned_dim
+    scorer = retrieval.Reranked(vectors, learned, words, depth=exact.RERANK_DEPTH)
+    plain = retrieval.Cosine(vectors)
+    moved = 0
+    for f in real.files[::5]:
+        sha = sha_of(con, f.path)
+        q = shas.index(sha)
+        got = con.execute("SELECT sha256, distance FROM similar($s, 6)", {"s": sha}).fetchall()
+        d = scorer.distances(np.array([q]))[0]
+        order = sorted((i for i in range(len(shas)) if i != q), key=lambda i: (d[i], shas[i]))[:6]
+        assert [s for s, _ in got] == [shas[i] for i in order]
+        want = 1.0 - (vectors[order, :learned] @ vectors[q, :learned] + words.dots(q, np.array(order)))
+        np.testing.assert_allclose([x for _, x in got], want, atol=1e-5)
+        moved += int(np.abs(want - plain.distances(np.array([q]))[0][order]).max() > 1e-4)
+        l2 = con.execute("SELECT sha256, distance FROM similar($s, 3, metric := 'l2')", {"s": sha}).fetchall()
+        np.testing.assert_allclose([x for _, x in l2], np.linalg.norm(vectors[[shas.index(s) for s, _ in l2]]
+                                                                      - vectors[q], axis=1), atol=1e-5)
+    assert moved, "re-scoring changed no distance: the fold would be exact"

@@ -77,7 +77,7 @@ def test_views_follow_the_layout(con, fx):
     assert [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()] == [qf.RUN1, qf.RUN2, qf.RUN3]
     assert con.execute("SELECT model_version, embedding_dim FROM embedlib_settings").fetchone() == (qf.MV_B, 8)
     cols = [r[0] for r in con.execute("DESCRIBE embeddings").fetchall()]
-    assert "run" not in cols and cols[-2:] == ["embedding", "evidence"]  # no hive column added from the path
+    assert "run" not in cols and cols[-3:] == ["embedding", "evidence", "words"]  # no hive column added from the path
     assert con.execute("SELECT count(*) FROM embedding_duplicates").fetchone()[0] == 0
     # the unfinished run's Parquet parts (every table), staging files and the lock are invisible
     for table in ("embeddings_all", "errors", "neighbors_all", "attribution"):

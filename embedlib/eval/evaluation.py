@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from embedlib.errors import UserError
 from embedlib.eval import retrieval
+from embedlib.model import exact as exact_words
 from embedlib.train import split
 from embedlib.files.inputs import read_labels
 
@@ -58,6 +59,8 @@ class Gallery:
     symbol_status: list[str] = field(default_factory=list)  # ok | none | error: ... (embedlib.views.symbols)
     words: list[np.ndarray] = field(default_factory=list)  # uint64 hashes of the tokens view's distinct words
     distinct_strings: np.ndarray | None = None
+    # variant -> (its learned dimensions, its rows' exact words): what its queries re-score candidates with
+    exact: dict[str, tuple[int, exact_words.WordRows]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.sha256)
@@ -78,9 +81,12 @@ def read_embeddings(root: str) -> pa.Table:
     version = runs[-1]["model_version"] if runs else None
     committed = catalog.table_files(store, "embeddings", version) if runs else store.find("embeddings", ".parquet")
     files = [store.path(f) for f in committed]
+    ds = pads.dataset(files, filesystem=store.arrow_filesystem(), format="parquet", partitioning=None)
     columns = ["sha256", "path", "family", "tlsh", "ssdeep", "embedding"]
-    return pads.dataset(files, filesystem=store.arrow_filesystem(), format="parquet",
-                        partitioning=None).to_table(columns=columns)
+    table = ds.to_table(columns=columns + (["words"] if "words" in ds.schema.names else []))
+    meta = pads.dataset(files[:1], filesystem=store.arrow_filesystem(), format="parquet").schema.metadata or {} \
+        if files else {}
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
 
 
 def run_model(root: str) -> str | None:
@@ -153,8 +159,12 @@ def gallery_from(labels: str, variants: dict[str, str], max_files: int | None = 
     rows: dict[str, dict[str, Any]] = {}
     vectors: dict[str, dict[str, np.ndarray]] = {}
     model: dict[str, str | None] = {}
+    words: dict[str, tuple[int, exact_words.WordRows, dict[str, int]]] = {}
     for name, root in variants.items():
         t = read_embeddings(root)
+        learned = int((t.schema.metadata or {}).get(b"embedlib.learned_dim", 0))
+        if "words" in t.column_names and learned and t.column("words").null_count < t.num_rows:
+            words[name] = (learned, exact_words.WordRows.from_arrow(t.column("words")), {})
         emb = np.asarray(t.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False),
                          dtype=np.float32).reshape(t.num_rows, -1) if t.num_rows else np.zeros((0, 1), np.float32)
         vectors[name] = {}
@@ -164,6 +174,8 @@ def gallery_from(labels: str, variants: dict[str, str], max_files: int | None = 
             if not family or sha in vectors[name]:
                 continue
             vectors[name][sha] = emb[i]
+            if name in words:
+                words[name][2][sha] = i
             rows.setdefault(sha, {"path": path, "family": family, "tlsh": tl, "ssdeep": ss})
         model[name] = run_model(root)
     common = set(rows)
@@ -174,11 +186,14 @@ def gallery_from(labels: str, variants: dict[str, str], max_files: int | None = 
         keep = set(sorted(shas, key=lambda s: split.bucket(s, "evaluate"))[:max_files])
         shas = [s for s in shas if s in keep]
     paths = [rows[s]["path"] for s in shas]
-    return Gallery(shas, paths, np.array([rows[s]["family"] for s in shas], dtype=str),
-                   np.array([os.path.basename(p.rstrip("/")) for p in paths], dtype=str),
-                   {k: np.stack([v[s] for s in shas]) if shas else np.zeros((0, 1), np.float32)
-                    for k, v in vectors.items()},
-                   model, [rows[s]["tlsh"] for s in shas], [rows[s]["ssdeep"] for s in shas])
+    g = Gallery(shas, paths, np.array([rows[s]["family"] for s in shas], dtype=str),
+                np.array([os.path.basename(p.rstrip("/")) for p in paths], dtype=str),
+                {k: np.stack([v[s] for s in shas]) if shas else np.zeros((0, 1), np.float32)
+                 for k, v in vectors.items()},
+                model, [rows[s]["tlsh"] for s in shas], [rows[s]["ssdeep"] for s in shas])
+    g.exact = {k: (learned, w.take(np.array([at[s] for s in shas], np.int64)))
+               for k, (learned, w, at) in words.items()}
+    return g
 
 
 def gallery_from_manifest(labels: str, max_files: int | None = None) -> Gallery:
@@ -336,7 +351,7 @@ def baseline_costs(paths: Sequence[str], max_bytes: int, methods: Sequence[str])
 
 def embedding_cost(model_uri: str, paths: Sequence[str], max_bytes: int, threads: int = 1) -> dict[str, Any]:
     """CPU ms per file of the product's embedding: read + views (embedlib.views) + model forward (batched on
-    CPU with `threads` torch threads), measured on `paths`."""
+    CPU with `threads` torch threads) + the words kept with each row, measured on `paths`."""
     import torch
 
     from embedlib import views
@@ -364,18 +379,37 @@ def embedding_cost(model_uri: str, paths: Sequence[str], max_bytes: int, threads
         for s in range(0, len(paths), 256):
             vectors.append(ckpt.model.output({k: v[s : s + 256] for k, v in stacked.items()}).numpy())
         model_s = time.process_time() - t
+    t = time.process_time()
+    word_weights = ckpt.model.exact_word_weights()  # the words kept with each row (embedlib.model.exact)
+    if word_weights is not None and cfg.embed.exact_words:
+        view, weights = word_weights
+        learned = ckpt.model.learned_dim
+        for s, v in zip(range(0, len(paths), 256), vectors):
+            exact_words.words_of(stacked[view][s : s + 256].numpy(), weights,
+                                 np.linalg.norm(v[:, learned:].astype(np.float64), axis=1), cfg.embed.exact_words)
+    words_s = time.process_time() - t
     n = max(len(paths), 1)
     return {"files": len(paths), "read_cpu_ms": 1000 * read_s / n, "views_cpu_ms": 1000 * views_s / n,
-            "model_cpu_ms": 1000 * model_s / n, "torch_threads": threads,
-            "total_cpu_ms": 1000 * (read_s + views_s + model_s) / n, "vectors": np.concatenate(vectors)}
+            "model_cpu_ms": 1000 * model_s / n, "words_cpu_ms": 1000 * words_s / n, "torch_threads": threads,
+            "total_cpu_ms": 1000 * (read_s + views_s + model_s + words_s) / n, "vectors": np.concatenate(vectors)}
 
 
 # ---------------------------------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------------------------------
 
-def scorers(g: Gallery, baselines: Sequence[str]) -> dict[str, retrieval.Scorer]:
-    out: dict[str, retrieval.Scorer] = {name: retrieval.Cosine(v) for name, v in g.vectors.items()}
+def scorers(g: Gallery, baselines: Sequence[str], rerank_depth: int = exact_words.RERANK_DEPTH
+            ) -> dict[str, retrieval.Scorer]:
+    """Each variant as its queries rank (re-scored, when its rows keep their words, beside the stored embedding
+    alone), then the training-free baselines."""
+    out: dict[str, retrieval.Scorer] = {}
+    for name, v in g.vectors.items():
+        if name in g.exact and rerank_depth > 0:
+            learned, words = g.exact[name]
+            out[name] = retrieval.Reranked(v, learned, words, rerank_depth)
+            out[f"{name}, stored embedding alone (no re-rank)"] = retrieval.Cosine(v)
+        else:
+            out[name] = retrieval.Cosine(v)
     if "strings" in baselines:
         out["strings sketch (no training)"] = retrieval.Cosine(retrieval.tfidf_set_vectors(g.strings, STRINGS_BUCKETS))
     if "symbols" in baselines:

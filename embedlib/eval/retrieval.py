@@ -29,6 +29,7 @@ from typing import Callable, Protocol as TypingProtocol, Sequence
 import numpy as np
 
 from embedlib.eval import metrics
+from embedlib.model import exact
 from embedlib.train.split import is_holdout, is_unseen_family  # the one split
 
 SPLITS = ("known", "unseen")
@@ -109,6 +110,40 @@ class Cosine:
         zero = ~self.unit.any(axis=1)
         d[:, zero] = np.nan
         d[~self.unit[rows].any(axis=1)] = np.nan
+        return d
+
+
+@dataclass
+class Reranked:
+    """How the product's queries rank: the stored embeddings' cosine, then each query's `depth` nearest re-scored
+    with the exact words of both files (embedlib.model.exact.rescore); a candidate beyond `depth` follows every
+    re-scored one in its stored order, and one without words keeps its stored distance."""
+
+    vectors: np.ndarray
+    learned_dim: int
+    words: exact.WordRows
+    depth: int = exact.RERANK_DEPTH
+
+    def __post_init__(self) -> None:
+        self.cosine = Cosine(self.vectors)
+        self.learned = np.ascontiguousarray(self.cosine.unit[:, : self.learned_dim])
+        self.missing = self.cosine.missing
+
+    def distances(self, rows: np.ndarray) -> np.ndarray:
+        d = self.cosine.distances(rows)
+        for i, r in enumerate(rows):
+            if not self.words.present[r] or np.isnan(d[i, r]):
+                continue
+            di = np.where(np.isnan(d[i]), np.inf, d[i])
+            di[r] = np.inf
+            depth = min(self.depth, len(di) - 1)
+            cand = np.argpartition(di, depth - 1)[:depth] if depth > 0 else np.zeros(0, np.int64)
+            cand = cand[np.isfinite(di[cand])]
+            inside = d[i, cand].copy()
+            with_words = self.words.present[cand]
+            inside[with_words] = 1.0 - exact.rescore(self.learned, self.words, r, cand[with_words])
+            d[i] += 4.0  # beyond depth: after every candidate (cosine distances are at most 2); NaN stays NaN
+            d[i, cand] = inside
         return d
 
 

@@ -13,7 +13,7 @@ import torch
 
 from embedlib import views
 
-from embedlib.model import checkpoint
+from embedlib.model import checkpoint, exact
 
 from embedlib.files import sources
 from embedlib.config import InputConfig
@@ -33,6 +33,8 @@ class Embedder:
         self.config = ckpt.config
         self.version = ckpt.version
         self.dim = ckpt.config.model.embedding_dim
+        self.learned_dim = self.model.learned_dim
+        self._word_weights = self.model.exact_word_weights()
 
     def embed_views(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Batched views (views.stack) -> float32 [B, D] unit vectors."""
@@ -42,6 +44,15 @@ class Embedder:
         with torch.inference_mode():
             tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in batch.items()}
             return self.model.output(tensors).float().cpu().numpy()
+
+    def words(self, batch: dict[str, np.ndarray], vectors: np.ndarray, top: int) -> list[exact.Words] | None:
+        """The fixed part before its fold of each embedded row (embedlib.model.exact), its `top` heaviest ids; None
+        when this model's fixed part is not a word-id fold (or top is 0)."""
+        if self._word_weights is None or top < 1:
+            return None
+        view, weights = self._word_weights
+        fixed_norms = np.linalg.norm(vectors[:, self.learned_dim:].astype(np.float64), axis=1)
+        return exact.words_of(batch[view], weights, fixed_norms, top)
 
     def embed_bytes(self, data: bytes) -> np.ndarray:
         """One file's bounded bytes -> its embedding."""

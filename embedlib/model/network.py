@@ -316,6 +316,19 @@ class EmbeddingNet(nn.Module):
                 out[name] = idf ** power
         return out
 
+    def exact_word_weights(self) -> tuple[str, np.ndarray] | None:
+        """(the id-set view, float64 per-id weight IDF ** skip_idf_power) when the fixed part is that view's fold
+        alone, so that its unfolded vector is the whole fixed part (embedlib.model.exact); else None."""
+        if not self.concat_dim or len(self.fixed_views) != 1 or self.fixed_views[0] not in self.id_sets:
+            return None
+        name = self.fixed_views[0]
+        return name, self.id_sets[name].idf.detach().double().cpu().numpy() ** self.skip_idf_power
+
+    @property
+    def learned_dim(self) -> int:
+        """How many leading numbers of an embedding are the learned part (all of them without a fixed part)."""
+        return self.project.out_features
+
     def set_document_frequency(self, view: str, df: np.ndarray, n_docs: int) -> None:
         """IDF weights of a sketch or id-set view from the training files: log((1 + N) / (1 + df)) + 1 (sklearn's).
         A view this model does not weigh (token_ids outside the fixed part's model.skip_views) is left alone."""

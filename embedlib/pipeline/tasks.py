@@ -19,6 +19,7 @@ import pyarrow.dataset as pads
 
 from embedlib import schema, views
 from embedlib.config import Config
+from embedlib.model import exact
 from embedlib.root import catalog, duck
 from embedlib.root.catalog import chunk_name, errors_part, work, written_part
 from embedlib.pipeline.stages import Counts, RunTag, embed_batch, error_row, hash_rows, read_views, written_table
@@ -39,10 +40,11 @@ class Target:
     batch_size: int = 256
     # the model's per-bucket weights of each sketch view: each embedding row keeps its evidence (None: none)
     evidence: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    learned_dim: int | None = None  # embeddings: leading numbers that are the learned part (None: all)
 
     def schema(self) -> pa.Schema:
         if self.table == "embeddings":
-            return schema.embeddings_schema(self.dim, self.version)
+            return schema.embeddings_schema(self.dim, self.version, self.learned_dim)
         return schema.samples_schema(sorted(views.view_specs(self.config)), self.version)
 
 
@@ -231,9 +233,9 @@ def load_views(root: str, run_id: str, task: int, target: Target) -> tuple[list[
 
 
 def store_written(root: str, run_id: str, task: int, target: Target, rows: list[dict], batch: dict[str, np.ndarray],
-                  errors: list[dict], bytes_read: int, embed=None) -> dict:
-    """The second half: embed (embeddings) or encode (samples) the views, write errors, then the table part, then
-    the marker written/N.json. Returns the marker's counts and, beside them (`cpu`, never in the marker: a
+                  errors: list[dict], bytes_read: int, embed=None, words=None) -> dict:
+    """The second half: embed (embeddings; with `words`, the embedder's exact words of each row too) or encode
+    (samples) the views, write errors, then the table part, then the marker written/N.json. Returns the marker's counts and, beside them (`cpu`, never in the marker: a
     redone task measures again), this thread's CPU seconds embedding and writing."""
     started = time.thread_time()
     store = Store(root)
@@ -241,9 +243,14 @@ def store_written(root: str, run_id: str, task: int, target: Target, rows: list[
     if target.table == "embeddings":
         vectors, failed = embed_batch(batch, embed, target.batch_size)
         errors = errors + [error_row(rows[i], schema.STATUS_EMBED_ERROR, reason, tag) for i, reason in sorted(failed.items())]
-        rows = [r for i, r in enumerate(rows) if i not in failed]
+        kept = [i for i in range(len(rows)) if i not in failed]
+        rows = [rows[i] for i in kept]
         flat = pa.array(vectors.reshape(-1).astype(np.float32), pa.float32())
         columns = {"embedding": pa.FixedSizeListArray.from_arrays(flat, target.dim)}
+        exact_words = words({k: v[kept] for k, v in batch.items()}, vectors, target.config.embed.exact_words) \
+            if words is not None and rows else None
+        if exact_words is not None:
+            columns["words"] = exact.to_arrow(exact_words, schema.WORDS)
     else:
         columns = {f"view_{name}": pa.array([np.ascontiguousarray(a).tobytes() for a in arrays], pa.binary())
                    for name, arrays in batch.items()}
@@ -258,15 +265,16 @@ def store_written(root: str, run_id: str, task: int, target: Target, rows: list[
 
 def write_task(root: str, run_id: str, task: int, target: Target, threads: int = 1) -> dict:
     """Both halves in one process (the CPU path: every core reads, computes views and embeds its own chunks)."""
-    embed = None
+    embed = words = None
     if target.table == "embeddings":
         from embedlib.model.embedder import cached_embedder
 
-        embed = cached_embedder(target.model_uri, threads, device="cpu").embed_views  # the CPU path, even beside a GPU
+        embedder = cached_embedder(target.model_uri, threads, device="cpu")  # the CPU path, even beside a GPU
+        embed, words = embedder.embed_views, embedder.words
     started = time.thread_time()
     loaded = load_views(root, run_id, task, target)
     views_cpu = time.thread_time() - started
-    out = store_written(root, run_id, task, target, *loaded, embed=embed)
+    out = store_written(root, run_id, task, target, *loaded, embed=embed, words=words)
     return {**out, "cpu": {"views": views_cpu, **out["cpu"]}}
 
 

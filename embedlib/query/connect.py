@@ -23,6 +23,7 @@ import pyarrow.dataset as ds
 
 import embedlib
 from embedlib import schema
+from embedlib.model import exact
 from embedlib.sql import create_statement, requires, sql_text, statement
 from embedlib.query import layout
 from embedlib.root.store import Store
@@ -114,6 +115,7 @@ def connect(root: str | None = None, *, model_version: str | None = None, labels
         raise QueryError(f"model version {model_version!r} has no embeddings under {root!r} (versions: {known})")
     files = listing.embeddings.get(version, [])
     dim = layout.embedding_dim(store, files[0]) if files else 0
+    learned_dim = layout.learned_dim(store, files, dim) if files else 0
     if database is not None and os.path.exists(database):
         open_database(database, read_only=True).close()  # refuse to replace a file that is not ours
     # A database file is built under a temporary name and renamed: a reader never sees half of it.
@@ -123,7 +125,7 @@ def connect(root: str | None = None, *, model_version: str | None = None, labels
     except DUCKDB_ERRORS as exc:
         raise QueryError(f"cannot create database {database!r}: {translate(exc)}") from exc
     try:
-        _build(con, store, listing, version, dim, labels, materialize, storage_options)
+        _build(con, store, listing, version, dim, learned_dim, labels, materialize, storage_options)
     except DUCKDB_ERRORS as exc:
         con.close()
         _remove(building)
@@ -147,11 +149,12 @@ def _remove(path: str) -> None:
 
 
 def _build(con: duckdb.DuckDBPyConnection, store: Store, listing: layout.Listing, version: str, dim: int,
-           labels: str | None, materialize: bool, storage_options: dict | None) -> None:
+           learned_dim: int, labels: str | None, materialize: bool, storage_options: dict | None) -> None:
     con.execute(statement("no_python_replacements"))
     if not store.local:
         con.register_filesystem(store.fs)
-    con.execute(sql_text("settings"), {"root": store.given, "model_version": version, "dim": dim, "labels": labels,
+    con.execute(sql_text("settings"), {"root": store.given, "model_version": version, "dim": dim,
+                                       "learned_dim": learned_dim, "rerank_depth": exact.RERANK_DEPTH, "labels": labels,
                                        "materialized": materialize, "embedlib_version": embedlib.__version__})
     missing: dict[str, str] = {}
     sources = {
@@ -185,6 +188,8 @@ def _build(con: duckdb.DuckDBPyConnection, store: Store, listing: layout.Listing
             missing[name] = why[name]
             continue
         kind = "create_table" if materialize else "create_view"
+        if name == "embeddings" and not _has_column(con, "embedlib_src_embeddings", "words"):
+            select = "base_embeddings_nowords"  # every file predates the words column
         con.execute(create_statement(kind, name, sql_text(select, dim=dim)))
         built.add(name)
     if "neighbors_all" in built and version not in listing.neighbors:

@@ -130,3 +130,14 @@ def embedding_dim(store: Store, rel: str) -> int:
     if b"embedlib.embedding_dim" in meta:
         return int(meta[b"embedlib.embedding_dim"])
     raise QueryError(f"{store.uri(rel)}: the embedding column has no fixed size and no embedlib.embedding_dim")
+
+
+def learned_dim(store: Store, files: list[str], dim: int, newest: int = 8) -> int:
+    """How many leading numbers of a version's embeddings are the learned part (embedlib.learned_dim), from the
+    newest of its files that says (at most `newest` footers read); files written before schema version 5 say
+    nothing: all of them, so nothing is re-scored."""
+    for rel in reversed(files[-newest:]):
+        meta = file_schema(store, rel).metadata or {}
+        if b"embedlib.learned_dim" in meta:
+            return int(meta[b"embedlib.learned_dim"])
+    return dim

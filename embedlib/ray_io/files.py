@@ -163,7 +163,8 @@ class EmbedActor:
         return True
 
     def write(self, root: str, run_id: str, task: int, target: Target, loaded: tuple) -> dict:
-        return tasks.store_written(root, run_id, task, target, *loaded, embed=self.embedder.embed_views)
+        return tasks.store_written(root, run_id, task, target, *loaded, embed=self.embedder.embed_views,
+                                   words=self.embedder.words)
 
 
 def executor_factory(cfg: Config, address: str | None = None, dashboard: bool = False) -> Callable[[], RayExecutor]:

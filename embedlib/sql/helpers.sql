@@ -29,6 +29,10 @@ CREATE OR REPLACE MACRO embedlib_check_metric(metric) AS
 -- The current model version (of the latest finished run unless connect() was given one).
 CREATE OR REPLACE MACRO embedlib_current_version() AS (SELECT model_version FROM embedlib_settings);
 
+-- How similar() re-scores (settings.sql): the learned part's length and how many nearest candidates.
+CREATE OR REPLACE MACRO embedlib_learned_dim() AS (SELECT learned_dim FROM embedlib_settings);
+CREATE OR REPLACE MACRO embedlib_rerank_depth() AS (SELECT rerank_depth FROM embedlib_settings);
+
 -- The most neighbours one similarity query returns (a larger k is a mistake, not a question).
 CREATE OR REPLACE MACRO embedlib_max_k() AS 10000;
 

@@ -15,6 +15,12 @@
 -- shared := true adds a column `shared`: the texts of the (at most 8) evidence items the file and each
 -- neighbour both keep, by contribution (embedlib/sql/explain.sql; NULL where either has no evidence). The column
 -- exists only when asked, and the evidence is read only then.
+-- Re-scoring (cosine, the current model version, rows that keep their `words`; embedlib/model/exact.py): the
+-- embedlib_rerank_depth() nearest by the stored embedding are re-scored as
+--   1 - (learned slice . learned slice + sum over the word ids both keep of weight x weight)
+-- (the fixed part compared exactly instead of through its fold) and the k best of them returned. A candidate or
+-- query without words (written before the column) keeps its stored cosine distance. metric := 'l2' and
+-- cross-version queries are not re-scored.
 
 CREATE OR REPLACE MACRO "similar"(sha, k := 10, metric := 'cosine', from_version := NULL, cross_version := false,
                                   shared := false) AS TABLE
@@ -28,6 +34,8 @@ WITH q0 AS (
             WHERE a.sha256 = lower(sha) AND a.model_version = from_version
               AND from_version <> embedlib_current_version()
         ) LIMIT 1) AS v,
+        (SELECT any_value(words) FROM embeddings WHERE sha256 = lower(sha)
+         AND coalesce(from_version, embedlib_current_version()) = embedlib_current_version()) AS words,
         embedlib_check_sha256(sha) AND embedlib_check_k(k, embedlib_max_k()) AND embedlib_check_metric(metric)
         AND CASE WHEN from_version IS NOT NULL AND from_version <> embedlib_current_version() AND NOT cross_version
                  THEN error('comparing embeddings of model version ' || from_version || ' with the current model version '
@@ -35,7 +43,9 @@ WITH q0 AS (
                  ELSE true END AS ok
 ),
 q AS (
-    SELECT v, CASE WHEN ok AND v IS NULL THEN error(CASE
+    SELECT v, (v::FLOAT[])[1:embedlib_learned_dim()] AS learned, words,
+           words IS NOT NULL AND lower(metric) <> 'l2' AND embedlib_learned_dim() < @DIM@ AS rescore,
+           CASE WHEN ok AND v IS NULL THEN error(CASE
         WHEN from_version IS NOT NULL AND from_version <> embedlib_current_version()
              AND EXISTS (SELECT 1 FROM embeddings_all WHERE sha256 = lower(sha) AND model_version = from_version)
             THEN 'model version ' || from_version || ' embeds '
@@ -63,13 +73,31 @@ top AS (
         FROM embeddings e, q WHERE q.ok AND lower(metric) = 'l2'
     )
     ORDER BY distance
-    LIMIT greatest(k, 1) + 1  -- the file itself is (nearly always) among them: dropped below
+    -- the file itself is (nearly always) among them: dropped below
+    LIMIT greatest(k, CASE WHEN (SELECT rescore FROM q) THEN embedlib_rerank_depth() ELSE 1 END) + 1
 ),
-ranked AS (
-    SELECT (row_number() OVER (ORDER BY top.distance, e.sha256))::INTEGER AS rank, top.distance, e.sha256, e.path,
-           e.family, e.format, e.size_bytes, e.run_id
+candidates AS (
+    SELECT top.key, top.distance, e.sha256, e.words, (e.embedding::FLOAT[])[1:embedlib_learned_dim()] AS learned
     FROM top JOIN embeddings e ON e.@KEY@ = top.key
     WHERE e.sha256 <> lower(sha)
+),
+exact AS (  -- the exact dot product of each re-scored candidate's words with the file's
+    SELECT c.key, sum(c.weight * f.weight) AS dot
+    FROM (SELECT key, unnest(words, recursive := true) FROM candidates WHERE (SELECT rescore FROM q)) c
+    JOIN (SELECT unnest(words, recursive := true) FROM q WHERE rescore) f ON f.id = c.id
+    GROUP BY c.key
+),
+rescored AS (
+    SELECT c.key, c.sha256,
+           CASE WHEN q.rescore AND c.words IS NOT NULL
+                THEN 1 - (list_dot_product(q.learned, c.learned) + coalesce(x.dot, 0))
+                ELSE c.distance END AS distance
+    FROM candidates c CROSS JOIN q LEFT JOIN exact x ON x.key = c.key
+),
+ranked AS (
+    SELECT (row_number() OVER (ORDER BY r.distance, e.sha256))::INTEGER AS rank, r.distance, e.sha256, e.path,
+           e.family, e.format, e.size_bytes, e.run_id
+    FROM rescored r JOIN embeddings e ON e.@KEY@ = r.key
     QUALIFY rank <= greatest(k, 1)
 ),
 own AS (SELECT any_value(evidence) AS evidence FROM evidence WHERE shared AND sha256 = lower(sha))

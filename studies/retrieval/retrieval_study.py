@@ -347,7 +347,7 @@ def export(c: Corpus, v: Variant, model, log: dict, vectors: np.ndarray, out: st
             "model_version": [meta["model_version"]] * len(c),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()),
                                                            vectors.shape[1])}
-    table = pa.table(rows).cast(schema.embeddings_schema(vectors.shape[1]))
+    table = schema.conform(pa.table(rows), schema.embeddings_schema(vectors.shape[1]))
     pq.write_table(table, os.path.join(emb_dir, "embeddings", "part-000000.parquet"))
     with open(os.path.join(emb_dir, "_run.json"), "w") as fh:
         json.dump({"job": "studies/retrieval/retrieval_study.py", "model": model_dir, "model_version": meta["model_version"]}, fh)

@@ -209,10 +209,13 @@ class Result:
                 **{f"{s}/{m}": {k: v for k, v in r.items() if k != "ap"} for (s, m), r in self.cells.items()}}
 
 
-def evaluate(c: Corpus, x, name: str = "", cells=CELLS) -> Result:
-    """Score vectors `x` ([N, D] unit rows, sparse or dense; zero rows = missing) on every cell."""
+def evaluate(c: Corpus, x, name: str = "", cells=CELLS, sims=None) -> Result:
+    """Score vectors `x` ([N, D] unit rows, sparse or dense; zero rows = missing) on every cell; or, with `sims`
+    (rows -> float32 [len(rows), N] similarities, x None), any scores."""
     t = time.perf_counter()
-    if sp.issparse(x):
+    if x is None:
+        missing = np.zeros(len(c), bool)
+    elif sp.issparse(x):
         missing = np.diff(x.indptr) == 0
     else:
         missing = ~np.asarray(x).any(axis=1)
@@ -221,7 +224,7 @@ def evaluate(c: Corpus, x, name: str = "", cells=CELLS) -> Result:
     for split in ("known", "unseen"):
         wanted = [k for k in cells if k[0] == split]
         allrows = np.unique(np.concatenate([c.cells[k] for k in wanted]))
-        sim = similarities(x, allrows)
+        sim = sims(allrows) if sims is not None else similarities(x, allrows)
         pos = {int(r): i for i, r in enumerate(allrows)}
         for k in wanted:
             rows = c.cells[k]
