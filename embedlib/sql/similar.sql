@@ -26,16 +26,14 @@ CREATE OR REPLACE MACRO "similar"(sha, k := 10, metric := 'cosine', from_version
                                   shared := false) AS TABLE
 WITH q0 AS (
     SELECT
-        (SELECT v FROM (
-            SELECT embedding AS v FROM embeddings
+        (SELECT {'v': v, 'words': words} FROM (
+            SELECT embedding AS v, words FROM embeddings
             WHERE sha256 = lower(sha) AND coalesce(from_version, embedlib_current_version()) = embedlib_current_version()
             UNION ALL
-            SELECT try_cast(a.embedding AS FLOAT[@DIM@]) AS v FROM embeddings_all a
+            SELECT try_cast(a.embedding AS FLOAT[@DIM@]) AS v, NULL AS words FROM embeddings_all a
             WHERE a.sha256 = lower(sha) AND a.model_version = from_version
               AND from_version <> embedlib_current_version()
-        ) LIMIT 1) AS v,
-        (SELECT any_value(words) FROM embeddings WHERE sha256 = lower(sha)
-         AND coalesce(from_version, embedlib_current_version()) = embedlib_current_version()) AS words,
+        ) LIMIT 1) AS hit,
         embedlib_check_sha256(sha) AND embedlib_check_k(k, embedlib_max_k()) AND embedlib_check_metric(metric)
         AND CASE WHEN from_version IS NOT NULL AND from_version <> embedlib_current_version() AND NOT cross_version
                  THEN error('comparing embeddings of model version ' || from_version || ' with the current model version '
@@ -43,9 +41,9 @@ WITH q0 AS (
                  ELSE true END AS ok
 ),
 q AS (
-    SELECT v, (v::FLOAT[])[1:embedlib_learned_dim()] AS learned, words,
+    SELECT hit.v AS v, (hit.v::FLOAT[])[1:embedlib_learned_dim()] AS learned, hit.words AS words,
            words IS NOT NULL AND lower(metric) <> 'l2' AND embedlib_learned_dim() < @DIM@ AS rescore,
-           CASE WHEN ok AND v IS NULL THEN error(CASE
+           CASE WHEN ok AND hit.v IS NULL THEN error(CASE
         WHEN from_version IS NOT NULL AND from_version <> embedlib_current_version()
              AND EXISTS (SELECT 1 FROM embeddings_all WHERE sha256 = lower(sha) AND model_version = from_version)
             THEN 'model version ' || from_version || ' embeds '
@@ -77,7 +75,8 @@ top AS (
     LIMIT greatest(k, CASE WHEN (SELECT rescore FROM q) THEN embedlib_rerank_depth() ELSE 1 END) + 1
 ),
 candidates AS (
-    SELECT top.key, top.distance, e.sha256, e.words, (e.embedding::FLOAT[])[1:embedlib_learned_dim()] AS learned
+    SELECT top.key, top.distance, e.sha256, e.path, e.family, e.format, e.size_bytes, e.run_id, e.words,
+           (e.embedding::FLOAT[])[1:embedlib_learned_dim()] AS learned
     FROM top JOIN embeddings e ON e.@KEY@ = top.key
     WHERE e.sha256 <> lower(sha)
 ),
@@ -87,17 +86,15 @@ exact AS (  -- the exact dot product of each re-scored candidate's words with th
     JOIN (SELECT unnest(words, recursive := true) FROM q WHERE rescore) f ON f.id = c.id
     GROUP BY c.key
 ),
-rescored AS (
-    SELECT c.key, c.sha256,
-           CASE WHEN q.rescore AND c.words IS NOT NULL
-                THEN 1 - (list_dot_product(q.learned, c.learned) + coalesce(x.dot, 0))
-                ELSE c.distance END AS distance
-    FROM candidates c CROSS JOIN q LEFT JOIN exact x ON x.key = c.key
-),
 ranked AS (
-    SELECT (row_number() OVER (ORDER BY r.distance, e.sha256))::INTEGER AS rank, r.distance, e.sha256, e.path,
-           e.family, e.format, e.size_bytes, e.run_id
-    FROM rescored r JOIN embeddings e ON e.@KEY@ = r.key
+    SELECT (row_number() OVER (ORDER BY r.distance, r.sha256))::INTEGER AS rank, r.*
+    FROM (
+        SELECT CASE WHEN q.rescore AND c.words IS NOT NULL
+                    THEN 1 - (list_dot_product(q.learned, c.learned) + coalesce(x.dot, 0))
+                    ELSE c.distance END AS distance,
+               c.sha256, c.path, c.family, c.format, c.size_bytes, c.run_id
+        FROM candidates c CROSS JOIN q LEFT JOIN exact x ON x.key = c.key
+    ) r
     QUALIFY rank <= greatest(k, 1)
 ),
 own AS (SELECT any_value(evidence) AS evidence FROM evidence WHERE shared AND sha256 = lower(sha))
