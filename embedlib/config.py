@@ -169,8 +169,8 @@ class EmbedConfig:
     evidence_items: int = 64
     evidence_chars: int = 64  # an item's text is cut at this many characters (strings can be long)
     # the fixed part before its fold kept with each embedding (schema.WORDS): its heaviest word ids and weights, what
-    # a query re-scores its nearest candidates with (embedlib.model.exact); 0 keeps none. 256 of a file's ids
-    # (527 on average) rank as all of them do within 0.001 MAP@R
+    # a query re-scores its nearest candidates with (embedlib.model.exact); 0 keeps none. The 256 heaviest of a
+    # file's ids (527 on average) rank unseen families within 0.004 MAP@R of all of them (512: 0.002), at 1.4 KB a row
     exact_words: int = 256
 
 

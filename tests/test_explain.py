@@ -397,3 +397,23 @@ def test_similar_rescores_its_candidates_as_the_evaluation_does(real, con):
         np.testing.assert_allclose([x for _, x in l2], np.linalg.norm(vectors[[shas.index(s) for s, _ in l2]]
                                                                       - vectors[q], axis=1), atol=1e-5)
     assert moved, "re-scoring changed no distance: the fold would be exact"
+
+
+def test_compaction_keeps_the_rescoring(real, con, tmp_path):
+    import shutil
+
+    from embedlib.root import compact
+
+    root = str(tmp_path / "root")
+    shutil.copytree(real.root, root)
+    sha = sha_of(con, real.files[0].path)
+    before = con.execute("SELECT sha256, distance FROM similar($s, 8)", {"s": sha}).fetchall()
+    compact.compact(root, target_mb=64)
+    assert len(catalog.table_files(Store(root), "embeddings")) == 1
+    c = query.connect(root)
+    assert c.execute("SELECT learned_dim FROM embedlib_settings").fetchone()[0] == \
+        checkpoint.load(real.model).model.learned_dim
+    after = c.execute("SELECT sha256, distance FROM similar($s, 8)", {"s": sha}).fetchall()
+    c.close()
+    assert [s for s, _ in after] == [s for s, _ in before]
+    np.testing.assert_allclose([d for _, d in after], [d for _, d in before], atol=1e-6)
