@@ -31,21 +31,30 @@ from embedlib.eval import evaluation as E  # noqa: E402
 from embedlib.model import checkpoint  # noqa: E402
 
 
+def corpus_and_stored(feat: str, manifest: str, root: str) -> tuple:
+    """(the harness corpus of `feat`, the embeddings stored in `root` row-aligned with it, float32)."""
+    c = bar.load_corpus(feat, manifest, unseen_fraction=0.1)
+    print(c.describe(), flush=True)
+    g = E.gallery_from(manifest, {"v": root})
+    pos = {s: i for i, s in enumerate(g.sha256)}
+    return c, np.ascontiguousarray(g.vectors["v"][[pos[s] for s in c.sha256]], np.float32)
+
+
+def product_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a study of a product run: the harness features, its manifest, embedding root and model."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("--feat", "--manifest", "--root", "--model"):
+        ap.add_argument(name, required=True)
+    return ap
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--feat", required=True)
-    ap.add_argument("--manifest", required=True)
-    ap.add_argument("--root", required=True)
-    ap.add_argument("--model", required=True)
+    ap = product_parser(__doc__)
     ap.add_argument("--weights", default="0,0.1,0.2,0.3,0.4")
     ap.add_argument("--gates", default="0.39,0.59,0.4 0.39,0.59,0.6")
     ap.add_argument("--bar", default="")
     a = ap.parse_args()
-    c = bar.load_corpus(a.feat, a.manifest, unseen_fraction=0.1)
-    print(c.describe(), flush=True)
-    g = E.gallery_from(a.manifest, {"v": a.root})
-    pos = {s: i for i, s in enumerate(g.sha256)}
-    v = g.vectors["v"][[pos[s] for s in c.sha256]]
+    c, v = corpus_and_stored(a.feat, a.manifest, a.root)
     ckpt = checkpoint.load(a.model)
     directions = torch.nn.functional.normalize(ckpt.model.class_directions.detach(), dim=1).numpy()
     conf = (v @ directions.T).max(1)

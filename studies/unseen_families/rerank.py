@@ -14,7 +14,6 @@ beyond `depth` keep their order below every re-scored one. `top` > 0 keeps each 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -24,10 +23,9 @@ import scipy.sparse as sp
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import bar  # noqa: E402
+import gate  # noqa: E402
 import harness as H  # noqa: E402
 from embedlib import views  # noqa: E402
-from embedlib.eval import evaluation as E  # noqa: E402
 from embedlib.model import checkpoint  # noqa: E402
 
 
@@ -72,19 +70,11 @@ def reranked(c: H.Corpus, v: np.ndarray, split: int, x: sp.csr_matrix, depth: in
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--feat", required=True)
-    ap.add_argument("--manifest", required=True)
-    ap.add_argument("--root", required=True)
-    ap.add_argument("--model", required=True)
+    ap = gate.product_parser(__doc__)
     ap.add_argument("--depths", default="100,300,1000")
     ap.add_argument("--tops", default="0,128,256")
     a = ap.parse_args()
-    c = bar.load_corpus(a.feat, a.manifest, unseen_fraction=0.1)
-    print(c.describe(), flush=True)
-    g = E.gallery_from(a.manifest, {"v": a.root})
-    pos = {s: i for i, s in enumerate(g.sha256)}
-    v = np.ascontiguousarray(g.vectors["v"][[pos[s] for s in c.sha256]], np.float32)
+    c, v = gate.corpus_and_stored(a.feat, a.manifest, a.root)
     ckpt = checkpoint.load(a.model)
     m, vc = ckpt.config.model, ckpt.config.views
     split = m.embedding_dim - m.skip_dim
