@@ -359,16 +359,17 @@ def test_the_words_are_the_fixed_part_before_its_fold(real, con):
         b"embedlib.learned_dim"] == str(learned).encode() and learned < ckpt.config.model.embedding_dim
     shas, vectors, words = _stored(con)
     at = {s: i for i, s in enumerate(shas)}
+    top = Config().embed.exact_words
     whole = 0
     for f in real.files:
         i = at[sha_of(con, f.path)]
         ids = views.compute_views(open(f.path, "rb").read(), ckpt.config)[view]
         fixed = vectors[i, learned:].astype(np.float64)
-        want_ids, want_w = exact.words_of(ids[None], weights, [np.linalg.norm(fixed)], 256)[0]
+        want_ids, want_w = exact.words_of(ids[None], weights, [np.linalg.norm(fixed)], top)[0]
         got = slice(words.indptr[i], words.indptr[i + 1])
         assert words.present[i] and np.array_equal(words.ids[got], want_ids)
         np.testing.assert_allclose(words.weights[got], want_w, rtol=1e-5)
-        if (ids != views.TOKEN_ID_PAD).sum() <= 256:  # every id kept: the fold of the words is the stored fixed part
+        if (ids != views.TOKEN_ID_PAD).sum() <= top:  # every id kept: the fold of the words is the stored fixed part
             whole += 1
             np.testing.assert_allclose(words.weights[got] @ words.weights[got], fixed @ fixed, rtol=1e-4)
             folded = model.id_sets[view](torch.from_numpy(ids[None].astype(np.int64)), model.skip_idf_power)[0]

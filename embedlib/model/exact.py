@@ -13,8 +13,9 @@ which is the stored cosine with the fold's error taken out. Only the `depth` nea
 re-scored (a first stage any index can serve); the rest keep their order below them.
 Measured (studies/unseen_families/rerank.py, 45,191 Debian files, 86 families never trained on, 1,500 queries a
 cell): unseen MAP@R 0.837 -> 0.871 at depth 1000 (0.846 at 100), their other programs 0.822 -> 0.859, known
-families unchanged (0.988); keeping the 256 heaviest ids of each file (202 kept on average) instead of all (527)
-costs 0.004 there (0.001 at depth 100; the 512 heaviest, 309 on average: 0.002).
+families unchanged (0.988). Keeping only a file's heaviest ids costs: the 256 heaviest 0.004 there, and on 14,087
+files with an ungated or a label-free model they rank worse than no re-scoring (unseen 0.809 and 0.740 vs 0.813
+and 0.748; every id: 0.820 and 0.752), so embed.exact_words keeps every id by default.
 Pure: arrays in, arrays out. The SQL form of `rescore` is in embedlib/sql/similar.sql.
 """
 
