@@ -84,9 +84,9 @@ def read_embeddings(root: str) -> pa.Table:
     ds = pads.dataset(files, filesystem=store.arrow_filesystem(), format="parquet", partitioning=None)
     columns = ["sha256", "path", "family", "tlsh", "ssdeep", "embedding"]
     table = ds.to_table(columns=columns + (["words"] if "words" in ds.schema.names else []))
-    meta = pads.dataset(files[:1], filesystem=store.arrow_filesystem(), format="parquet").schema.metadata or {} \
-        if files else {}
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    # the newest file's metadata (embedlib.learned_dim), as the query layer reads it (layout.learned_dim)
+    return table.replace_schema_metadata(pq.read_schema(files[-1], filesystem=store.arrow_filesystem()).metadata
+                                         if files else None)
 
 
 def run_model(root: str) -> str | None:
@@ -351,16 +351,14 @@ def baseline_costs(paths: Sequence[str], max_bytes: int, methods: Sequence[str])
 
 def embedding_cost(model_uri: str, paths: Sequence[str], max_bytes: int, threads: int = 1) -> dict[str, Any]:
     """CPU ms per file of the product's embedding: read + views (embedlib.views) + model forward (batched on
-    CPU with `threads` torch threads) + the words kept with each row, measured on `paths`."""
-    import torch
-
+    CPU with `threads` torch threads) + the words kept with each row, measured on `paths` with the Embedder the
+    write tasks use."""
     from embedlib import views
 
-    from embedlib.model import checkpoint
+    from embedlib.model.embedder import Embedder
 
-    torch.set_num_threads(threads)
-    ckpt = checkpoint.load(model_uri)
-    cfg = ckpt.config
+    embedder = Embedder(model_uri, device="cpu", threads=threads)
+    cfg = embedder.config
     read_s = views_s = 0.0
     batches: list[dict[str, np.ndarray]] = []
     views.compute_views(b"\0warm up\0", cfg)  # the kernels' first call (a load or a compile) is not per file
@@ -371,22 +369,15 @@ def embedding_cost(model_uri: str, paths: Sequence[str], max_bytes: int, threads
         t = time.process_time()
         batches.append(views.compute_views(data, cfg))
         views_s += time.process_time() - t
-    stacked = {k: torch.from_numpy(np.stack([b[k] for b in batches])) for k in batches[0]}
-    vectors = []
-    with torch.inference_mode():
-        ckpt.model.output({k: v[:2] for k, v in stacked.items()})  # warm-up
-        t = time.process_time()
-        for s in range(0, len(paths), 256):
-            vectors.append(ckpt.model.output({k: v[s : s + 256] for k, v in stacked.items()}).numpy())
-        model_s = time.process_time() - t
+    stacked = views.stack(batches, cfg)
+    chunks = [{k: v[s : s + 256] for k, v in stacked.items()} for s in range(0, len(paths), 256)]
+    embedder.embed_views({k: v[:2] for k, v in stacked.items()})  # warm-up
     t = time.process_time()
-    word_weights = ckpt.model.exact_word_weights()  # the words kept with each row (embedlib.model.exact)
-    if word_weights is not None and cfg.embed.exact_words:
-        view, weights = word_weights
-        learned = ckpt.model.learned_dim
-        for s, v in zip(range(0, len(paths), 256), vectors):
-            exact_words.words_of(stacked[view][s : s + 256].numpy(), weights,
-                                 np.linalg.norm(v[:, learned:].astype(np.float64), axis=1), cfg.embed.exact_words)
+    vectors = [embedder.embed_views(c) for c in chunks]
+    model_s = time.process_time() - t
+    t = time.process_time()
+    for c, v in zip(chunks, vectors):
+        embedder.words(c, v, cfg.embed.exact_words)
     words_s = time.process_time() - t
     n = max(len(paths), 1)
     return {"files": len(paths), "read_cpu_ms": 1000 * read_s / n, "views_cpu_ms": 1000 * views_s / n,

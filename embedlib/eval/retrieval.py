@@ -197,7 +197,7 @@ class SparseCosine:
             terms, w = self.row_term[a:b], self.row_weight[a:b]
             starts, ends = self.post_ptr[terms], self.post_ptr[terms + 1]
             counts = ends - starts
-            idx = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+            idx = exact.gather_slices(starts, counts)
             dot = np.bincount(self.post_doc[idx], weights=self.post_weight[idx] * np.repeat(w, counts), minlength=n)
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[i] = 1.0 - dot / (self.norm[r] * self.norm)

@@ -85,7 +85,7 @@ class WordRows:
 
     def take(self, rows: np.ndarray) -> "WordRows":
         starts, counts = self.indptr[rows], np.diff(self.indptr)[rows]
-        idx = _gather(starts, counts)
+        idx = gather_slices(starts, counts)
         return WordRows(np.concatenate([[0], np.cumsum(counts)]), self.ids[idx], self.weights[idx], self.present[rows])
 
     def dots(self, query: int, candidates: np.ndarray) -> np.ndarray:
@@ -95,15 +95,15 @@ class WordRows:
         counts = np.diff(self.indptr)[candidates]
         if a == b or not counts.sum():
             return np.zeros(len(candidates))
-        idx = _gather(self.indptr[candidates], counts)
+        idx = gather_slices(self.indptr[candidates], counts)
         ci = self.ids[idx]
         pos = np.minimum(np.searchsorted(qi, ci), len(qi) - 1)
         contrib = np.where(qi[pos] == ci, self.weights[idx] * qw[pos], 0.0)
         return np.bincount(np.repeat(np.arange(len(candidates)), counts), weights=contrib, minlength=len(candidates))
 
 
-def _gather(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The flat indices of the slices [start, start + count) one after another."""
+def gather_slices(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The flat indices of the slices [start, start + count) one after another (CSR rows, postings)."""
     if not len(counts):
         return np.zeros(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])

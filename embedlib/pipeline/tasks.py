@@ -235,8 +235,9 @@ def load_views(root: str, run_id: str, task: int, target: Target) -> tuple[list[
 def store_written(root: str, run_id: str, task: int, target: Target, rows: list[dict], batch: dict[str, np.ndarray],
                   errors: list[dict], bytes_read: int, embed=None, words=None) -> dict:
     """The second half: embed (embeddings; with `words`, the embedder's exact words of each row too) or encode
-    (samples) the views, write errors, then the table part, then the marker written/N.json. Returns the marker's counts and, beside them (`cpu`, never in the marker: a
-    redone task measures again), this thread's CPU seconds embedding and writing."""
+    (samples) the views, write errors, then the table part, then the marker written/N.json. Returns the marker's
+    counts and, beside them (`cpu`, never in the marker: a redone task measures again), this thread's CPU seconds
+    embedding and writing."""
     started = time.thread_time()
     store = Store(root)
     tag = RunTag(target.version, run_id)
