@@ -18,6 +18,7 @@ from embedlib.files import corpus
 from embedlib.model import checkpoint
 from embedlib.train import dataset
 from embedlib.train import health
+from embedlib.train import pseudo
 from embedlib.train import trainer
 from embedlib.train.labels import labels_from_manifest
 
@@ -186,13 +187,13 @@ def test_a_checkpoint_that_never_trained_is_refused_like_an_unhealthy_one():
 
 def test_a_manifest_without_families_trains_self_supervised_and_stays_honest(system_files, tmp_path):
     """The defect: a corpus without labels could not train at all. jobs.train on a manifest with no family column
-    trains on every file (InfoNCE between sub-samples), precise BN over the corpus, and records it as such; the
-    training record still refuses such a checkpoint when it did not train."""
+    and without pseudo-families trains on every file (InfoNCE between sub-samples), precise BN over the corpus,
+    and records it as such; the training record still refuses such a checkpoint when it did not train."""
     files = pick_families(system_files, families=5, per_family=30)
     manifest = tmp_path / "paths.csv"
     manifest.write_text("path\n" + "".join(f"{f.path}\n" for f in files))
     out = _job("jobs.train", "--input", str(manifest), "--workdir", str(tmp_path / "w"), "--output",
-               str(tmp_path / "model"), *_sets(*SMALL, "train.batch_size=32"))
+               str(tmp_path / "model"), *_sets(*SMALL, "train.batch_size=32", "train.pseudo_families=false"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "training (self-supervised) on" in out.stdout and "0 of them labelled in 0 families" in out.stdout
     meta = _meta(tmp_path / "model")
@@ -209,26 +210,89 @@ def test_a_manifest_without_families_trains_self_supervised_and_stays_honest(sys
     with pytest.raises(health.UnhealthyModelError, match="ran 0 steps"):
         health.check_health(never, allow_unhealthy=False)
     refused = _job("jobs.train", "--input", str(manifest), "--workdir", str(tmp_path / "w"), "--output",
-                   str(tmp_path / "model-no"), *_sets(*SMALL, "train.batch_size=32", "train.self_supervised=false"))
+                   str(tmp_path / "model-no"), *_sets(*SMALL, "train.batch_size=32", "train.self_supervised=false",
+                                                      "train.pseudo_families=false"))
     errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("error:")]
     assert refused.returncode != 0 and len(errors) == 1 and "train.self_supervised=true" in errors[0]
 
 
-def test_a_mostly_unlabelled_corpus_trains_semi_supervised(small_samples):
-    """About a third of the rows carry families: the labelled ones train CosFace, every row trains InfoNCE."""
-    work, cfg, manifest = small_samples
+def _partial_manifest(work, manifest, fraction: float = 0.35) -> str:
+    """The manifest with the family of about `fraction` of its rows kept (the others empty)."""
     from embedlib.train.split import bucket
 
     rows = open(manifest).read().splitlines()
-    kept = [rows[0]] + [r if bucket(r, "test-labelled") < 0.35 else r.rsplit(",", 1)[0] + "," for r in rows[1:]]
+    kept = [rows[0]] + [r if bucket(r, "test-labelled") < fraction else r.rsplit(",", 1)[0] + "," for r in rows[1:]]
     partial = work / "partial.csv"
     partial.write_text("\n".join(kept) + "\n")
-    meta = _train(work, cfg, str(partial), "semi")
+    return str(partial)
+
+
+def test_a_mostly_unlabelled_corpus_trains_semi_supervised(small_samples):
+    """About a third of the rows carry families (no pseudo-families): the labelled ones train CosFace, every row
+    trains InfoNCE."""
+    work, cfg, manifest = small_samples
+    meta = _train(work, config.load(None, ["train.pseudo_families=false"], base=cfg), _partial_manifest(work, manifest),
+                  "semi")
     assert meta["objective"] == "semi-supervised" and len(meta["families"]) >= 2
     assert meta["train_files"] > 2 * meta["labelled_train_files"] > 0
     assert all(0 < e["labelled_all_ranks"] < e["samples_all_ranks"] for e in meta["history"])
     assert meta["holdout_files"] > 0 and "holdout_eval_mode_accuracy" in meta
     assert meta["training"]["healthy"] and meta["bn_health"]["healthy"]
+
+
+def test_pseudo_families_group_files_by_their_words_and_name_groups_from_their_labels(small_samples):
+    """train.pseudo_families: each unlabelled file joins a group of files its words call near (the untrained fixed
+    part); a group with labelled files takes their family. On 300 real files of 10 dpkg families with a third
+    labelled, the labels stay, every content gets a family, what was propagated is mostly right, and the groups are
+    the same whichever order the blocks come back in."""
+    work, cfg, manifest = small_samples
+    cfg = config.load(None, ["model.embedding_dim=160", "model.skip_dim=128"], base=cfg)  # a fold wide enough to rank
+    partial = labels_from_manifest(_partial_manifest(work, manifest), str(work / "corpus"), cfg)
+    truth = labels_from_manifest(manifest, str(work / "corpus"), cfg)
+    corp = dataset.scan_corpus(str(work / "corpus"), cfg, partial)
+    assert trainer.wants_pseudo_families(corp)  # auto: most rows have no family
+    said: list[str] = []
+    grouped = trainer.with_pseudo_families(corp, trainer.local_block_map, said.append)
+    shas = [s.hex() for s in truth.sha]
+    before, after, true = partial.lookup(shas), grouped.lookup(shas), truth.lookup(shas)
+    assert all(a == b for a, b in zip(after, before) if b)  # a label is never changed
+    assert all(after) and len(grouped) == len(truth)
+    propagated = [(a, t) for a, b, t in zip(after, before, true) if not b and not a.startswith(pseudo.PREFIX)]
+    assert len(propagated) >= 20 and sum(a == t for a, t in propagated) >= 0.8 * len(propagated)
+    assert len(said) == 1 and said[0].startswith(f"pseudo-families: {len(shas)} files grouped by their words")
+    reversed_map = lambda fn, corpus, *args: reversed(list(trainer.local_block_map(fn, corpus, *args)))  # noqa: E731
+    assert trainer.with_pseudo_families(corp, reversed_map, said.append).digest == grouped.digest
+    off = dataset.scan_corpus(str(work / "corpus"), config.load(None, ["train.pseudo_families=false"], base=cfg),
+                              partial)
+    assert not trainer.wants_pseudo_families(off)
+    assert not trainer.wants_pseudo_families(dataset.scan_corpus(str(work / "corpus"), cfg, truth))  # all labelled
+
+
+def test_a_manifest_without_families_trains_on_pseudo_families_by_default(system_files, tmp_path):
+    """jobs.train on a manifest with no family column (the defaults): the files are grouped into pseudo-families,
+    which train like families, with the open-set gate's learned share capped at train.pseudo_gate_weight; the
+    checkpoint records where its families came from and the two scans the grouping took. A fixed part too narrow
+    to tell the files apart (16 dimensions) groups them all as one: said, and not used."""
+    files = pick_families(system_files, families=5, per_family=30)
+    manifest = tmp_path / "paths.csv"
+    manifest.write_text("path\n" + "".join(f"{f.path}\n" for f in files))
+    narrow = _job("jobs.train", "--input", str(manifest), "--workdir", str(tmp_path / "w"), "--output",
+                  str(tmp_path / "model-narrow"), *_sets(*SMALL, "train.batch_size=32"))
+    assert narrow.returncode == 0, narrow.stderr[-3000:]
+    assert "notice: pseudo-families not used: one group holds more than 50% of the files" in narrow.stdout
+    assert "training (self-supervised) on" in narrow.stdout and _meta(tmp_path / "model-narrow")["families"] == []
+    out = _job("jobs.train", "--input", str(manifest), "--workdir", str(tmp_path / "w"), "--output",
+               str(tmp_path / "model"), *_sets(*SMALL, "model.embedding_dim=160", "model.skip_dim=128",
+                                                "train.batch_size=32"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "pseudo-families: " in out.stdout and "training (semi-supervised) on" in out.stdout
+    meta = _meta(tmp_path / "model")
+    assert len(meta["families"]) >= 2 and all(f.startswith(pseudo.PREFIX) for f in meta["families"])
+    assert meta["config"]["model"]["gate_weight"] == meta["config"]["train"]["pseudo_gate_weight"] == 0.15
+    assert meta["corpus_scans"]["pseudo-families"] == 2 and "pseudo-families" in meta["labels_source"]
+    assert meta["open_set_gate"]["weight"] == 0.15 and meta["labelled_train_files"] > 0
+    assert meta["training"]["healthy"] and meta["bn_health"]["healthy"]
+    assert health.check_health(meta, allow_unhealthy=False) is None
 
 
 def test_without_held_out_files_the_gate_is_set_from_the_probes_training_files(small_samples):

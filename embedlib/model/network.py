@@ -255,13 +255,18 @@ class EmbeddingNet(nn.Module):
             out = out + skip(self.encoders[name].weighted(views[name]))
         if not self.concat_dim:
             return F.normalize(out, dim=1)
+        w = self.skip_weight
+        return torch.cat([w**0.5 * F.normalize(out, dim=1), (1 - w) ** 0.5 * self.fixed_part(views)], dim=1)
+
+    def fixed_part(self, inputs: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The training-free part (model.sketch_skip=concat), unit rows [B, skip_dim]: the IDF-weighted sketches'
+        random projection plus the id sets' folds. It depends on the document frequencies only, never on
+        training (embedlib.train.pseudo groups files by it before training)."""
+        views = self._views(inputs)
         dense = [self._sketch(n).weighted(views[n], augment=False, idf_power=self.skip_idf_power)
                  for n in self.fixed_views if n not in self.id_sets]
         folded = [fold(views[n], self.skip_idf_power) for n, fold in self.id_sets.items()]
-        fixed = F.normalize(sum(([torch.cat(dense, dim=1) @ self.concat_projection] if dense else []) + folded),
-                            dim=1)
-        w = self.skip_weight
-        return torch.cat([w**0.5 * F.normalize(out, dim=1), (1 - w) ** 0.5 * fixed], dim=1)
+        return F.normalize(sum(([torch.cat(dense, dim=1) @ self.concat_projection] if dense else []) + folded), dim=1)
 
     def confidence(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Per row, the cosine to the nearest family direction: how surely the classifier claims the file."""

@@ -51,6 +51,7 @@ class Corpus:
     rule: SplitRule
     config: Config
     labels: Labels
+    unlabelled_rows: int = 0  # rows of the corpus without a family (counted by scan_corpus)
 
     @property
     def train_rows(self) -> int:
@@ -89,6 +90,12 @@ def recorded_labels(root: str, cfg: Config) -> Labels:
     return Labels.from_pairs(pairs, f"the families recorded in {store.root} when it was rasterized")
 
 
+def mostly_unlabelled(unlabelled: int, total: int, rule: SplitRule) -> bool:
+    """What train.self_supervised=auto and train.pseudo_families=auto look for: most rows without a family, or
+    fewer than 2 families to tell apart."""
+    return 2 * unlabelled > total or len(rule.families) < 2
+
+
 def scan_corpus(root: str, cfg: Config, labels: Labels | None = None, families: list[str] | None = None) -> Corpus:
     """Two passes over the small sha256 column: the classes, then each block's training rows. Memory
     O(blocks + labels), whatever the number of rows. `labels` (default: the families recorded at rasterization)
@@ -112,7 +119,7 @@ def scan_corpus(root: str, cfg: Config, labels: Labels | None = None, families: 
     rule = make_rule(counts, cfg, classes=families)
     # auto: without labels for most of the corpus (or without 2 families) the unlabelled rows train too
     ssl = cfg.train.self_supervised == "true" or (
-        cfg.train.self_supervised == "auto" and families is None and (2 * unlabelled > total or len(rule.families) < 2))
+        cfg.train.self_supervised == "auto" and families is None and mostly_unlabelled(unlabelled, total, rule))
     rule = replace(rule, self_supervised=ssl)
     blocks, holdout, stats = [], 0, 0
     for f in files:
@@ -122,7 +129,7 @@ def scan_corpus(root: str, cfg: Config, labels: Labels | None = None, families: 
         holdout += roles["holdout"]
         stats += sum(rule.in_statistics(s, fam) for s, fam in rows)
     rule = replace(make_rule(counts, cfg, holdout, classes=families, statistics_files=stats), self_supervised=ssl)
-    return Corpus(store.root, tuple(blocks), rule, cfg, labels)
+    return Corpus(store.root, tuple(blocks), rule, cfg, labels, unlabelled)
 
 
 def selected(rule: SplitRule, select: str, sha256: str, family: str | None) -> bool:

@@ -26,7 +26,9 @@ from embedlib.train import health
 
 from embedlib.train import precise_bn
 from embedlib.config import Config
-from embedlib.train.dataset import Block, Corpus, read_block, scan_corpus, steps_per_epoch
+from embedlib.train import pseudo
+from embedlib.train.dataset import Block, Corpus, mostly_unlabelled, read_block, scan_corpus, steps_per_epoch
+from embedlib.train.split import bucket
 from embedlib.errors import UserError
 from embedlib.train.labels import Labels
 from embedlib.model.network import batch_norms, bn_stages
@@ -169,6 +171,71 @@ def probe_and_frequencies(corpus: Corpus, block_map: BlockMap) -> tuple[tuple[di
             np.concatenate([p[1] for p in probes])), total
 
 
+def fixed_vectors_of(corpus: Corpus, blocks: tuple[Block, ...], document_frequency: dict, fraction: float
+                     ) -> tuple[list[str], list[str | None], np.ndarray]:
+    """(sha256s, families or None, float16 fixed parts [n, skip_dim]) of the blocks' rows in the pseudo-family
+    sample (a `fraction` of rows by sha256 hash): the untrained model's training-free part, which depends on the
+    document frequencies alone."""
+    torch.set_num_threads(1)
+    model = new_model(corpus.config, 0, document_frequency).eval()
+    shas, parts = [], []
+    for b in blocks:
+        views, _, block_shas = read_block(corpus, b, "all")
+        keep = np.array([bucket(s, "pseudo") < fraction for s in block_shas], dtype=bool)
+        if not keep.any():
+            continue
+        with torch.no_grad():
+            for batch, _ in batches_of({k: v[keep] for k, v in views.items()}, np.zeros(int(keep.sum())), 256):
+                parts.append(model.fixed_part(batch).to(torch.float16).numpy())
+        shas += [s for s, k in zip(block_shas, keep) if k]
+    vectors = np.concatenate(parts) if parts else np.zeros((0, model.concat_dim), np.float16)
+    return shas, corpus.labels.lookup(shas), vectors
+
+
+def with_pseudo_families(corpus: Corpus, block_map: BlockMap, say: Callable[[str], None]) -> Labels | None:
+    """The corpus's labels plus a pseudo-family for every unlabelled file of the sample (embedlib.train.pseudo):
+    one pass for the document frequencies, one for the fixed parts, then the grouping here in the driver
+    (O(sample x skip_dim) memory, brute-force nearest neighbours). None, said, when the grouping is unusable
+    (pseudo.usable): training then goes on without it."""
+    cfg = corpus.config.train
+    t = time.perf_counter()
+    _, df = probe_and_frequencies(corpus, block_map)
+    total = sum(b.rows for b in corpus.blocks)
+    fraction = min(1.0, cfg.pseudo_max_files / max(total, 1))
+    shas, known, parts = [], [], []
+    for s, k, v in block_map(fixed_vectors_of, corpus, df, fraction):
+        shas, known = shas + s, known + k
+        parts.append(v)
+    order = np.argsort(shas, kind="stable")  # the groups do not depend on the order the blocks came back in
+    shas, known = [shas[i] for i in order], [known[i] for i in order]
+    vectors = torch.from_numpy(np.concatenate(parts)[order].astype(np.float32))
+    idx, sim = pseudo.nearest(vectors, cfg.pseudo_neighbours)
+    group = pseudo.groups(idx, sim, cfg.pseudo_min_cosine)
+    names = pseudo.families(shas, group, known)
+    say(pseudo.describe(names, known) + f" ({time.perf_counter() - t:.0f} s)")
+    if not pseudo.usable(group):
+        say(f"notice: pseudo-families not used: one group holds more than {pseudo.MAX_SHARE:.0%} of the files "
+            "(the fixed part, model.skip_dim, is too narrow or train.pseudo_min_cosine too low for this corpus)")
+        return None
+    listed = set(shas)
+    pairs = list(zip(shas, names)) + [(s.hex(), corpus.labels.families[c]) for s, c in
+                                      zip(corpus.labels.sha, corpus.labels.codes) if s.hex() not in listed]
+    return Labels.from_pairs(pairs, f"{corpus.labels.source}, with pseudo-families for the files without one")
+
+
+def wants_pseudo_families(corpus: Corpus) -> bool:
+    """train.pseudo_families, with 'auto' resolved from the corpus (dataset.mostly_unlabelled); never for a
+    model without a training-free part to group files by."""
+    cfg = corpus.config
+    if cfg.train.pseudo_families == "false" or not new_model(cfg, 0).concat_dim:
+        if cfg.train.pseudo_families == "true":
+            raise UserError("train.pseudo_families=true needs a fixed part to group files by "
+                            "(model.sketch_skip=concat and a sketch or token_ids view)")
+        return False
+    return cfg.train.pseudo_families == "true" or (corpus.unlabelled_rows > 0 and mostly_unlabelled(
+        corpus.unlabelled_rows, sum(b.rows for b in corpus.blocks), corpus.rule))
+
+
 # ---- the steps after training -------------------------------------------------------------------------------------
 
 class Scans:
@@ -305,8 +372,15 @@ def train(samples_root: str, output: str, cfg: Config, fit: Fit, block_map: Bloc
     trains on (embedlib.train.attempts): it resumes only its own interrupted attempt, and says which in its first
     line. The probe rows and the sketches' document frequencies are collected in one pass, beforehand."""
     corpus = scan_corpus(samples_root, cfg, labels)
-    rule = corpus.rule
     notices: list[str] = []
+    scans = Scans()
+    grouped = wants_pseudo_families(corpus) and with_pseudo_families(
+        corpus, scans.count("pseudo-families", block_map), notices.append)
+    if grouped:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, gate_weight=min(cfg.model.gate_weight, cfg.train.pseudo_gate_weight)))
+        corpus = scan_corpus(samples_root, cfg, grouped)
+    rule = corpus.rule
     if len(rule.families) < 2 and not rule.self_supervised:
         raise NotEnoughFamilies(f"training needs at least 2 families with >= {cfg.train.min_family_size} training "
                                 f"files; {samples_root} has {len(rule.families)} ({corpus.labels.describe()}): add "
@@ -326,7 +400,6 @@ def train(samples_root: str, output: str, cfg: Config, fit: Fit, block_map: Bloc
         f"{len(rule.families)} families ({rule.holdout_files} held out) "
         f"in {len(corpus.blocks)} blocks; {cfg.train.num_workers} workers x {steps_per_epoch(corpus, cfg.train.num_workers, batch_rows(cfg))} "
         f"steps of {batch_rows(cfg)} rows per epoch, norm={cfg.model.norm}, {cfg.train.epochs} epochs")
-    scans = Scans()
     probe, df = probe_and_frequencies(corpus, scans.count("probe + document frequencies", block_map))
     attempts.record(storage, attempt, finished=False)
     state, history = fit(cfg, corpus, probe, df, storage, attempt.name)
