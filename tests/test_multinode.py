@@ -237,11 +237,20 @@ class Job:
     logs: str = ""
 
 
-def submit(cluster: LocalCluster, module: str, args: list[str]) -> Job:
+def submit(cluster: LocalCluster, module: str, args: list[str], timeout: float = 180) -> Job:
+    """Submit through the Jobs API. The head's dashboard answers before its job agent registers (seen on a loaded
+    2-core machine: "No available agent to submit job, please try again later"): that answer is retried."""
     entrypoint = shlex.join(["python", "-m", f"jobs.{module}", *args])
-    sid = cluster.client.submit_job(entrypoint=entrypoint,
-                                    runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES})
-    return Job(sid)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sid = cluster.client.submit_job(entrypoint=entrypoint,
+                                            runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES})
+            return Job(sid)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def refresh(cluster: LocalCluster, job: Job) -> Job:

@@ -204,7 +204,8 @@ def with_pseudo_families(corpus: Corpus, block_map: BlockMap, say: Callable[[str
     fraction = min(1.0, cfg.pseudo_max_files / max(total, 1))
     shas, known, parts = [], [], []
     for s, k, v in block_map(fixed_vectors_of, corpus, df, fraction):
-        shas, known = shas + s, known + k
+        shas.extend(s)
+        known.extend(k)
         parts.append(v)
     order = np.argsort(shas, kind="stable")  # the groups do not depend on the order the blocks came back in
     shas, known = [shas[i] for i in order], [known[i] for i in order]
