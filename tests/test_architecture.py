@@ -144,3 +144,34 @@ def test_a_files_jobs_driver_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_the_embed_jobs_driver_loads_no_model(tmp_path):
+    """The embed job's driver checks a checkpoint from its meta.json and starts Ray; the workers load the model
+    (and the evidence weights it gives). Before, the driver loaded the whole model for the evidence weights:
+    torch imported, the network built, ~7 CPU s and ~850 MB of RSS before Ray started (bench/ray_overhead.py)."""
+    import subprocess
+    import sys
+
+    from conftest import trained_checkpoint
+    from embedlib.config import Config
+
+    cfg = Config()
+    assert cfg.embed.evidence_items > 0  # the default keeps evidence: the case that loaded the model
+    trained_checkpoint(str(tmp_path / "model"), cfg)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.bin").write_bytes(b"\x7fELF" + bytes(range(256)) * 8)
+    code = ("import sys\n"
+            "from embedlib import pipeline\n"
+            "from embedlib.config import Config\n"
+            "class Started(Exception): pass\n"
+            "def start(): raise Started\n"
+            "try:\n"
+            f"    pipeline.embed_files({str(tmp_path / 'model')!r}, {str(inputs)!r}, {str(tmp_path / 'root')!r}, "
+            "Config(), executor=start, progress=False)\n"
+            "except Started:\n"
+            "    print('started', 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["started", "False"]

@@ -130,6 +130,10 @@ def test_rerun_adds_nothing_and_the_actor_path_embeds_identically(embedded, tmp_
     assert a.column("sha256").to_pylist() == b.column("sha256").to_pylist()
     assert np.allclose(np.asarray(a.column("embedding").to_pylist()), np.asarray(b.column("embedding").to_pylist()),
                        atol=1e-5)
+    # the evidence too: the actors' CPU tasks weigh it with the checkpoint's weights, loaded in the worker
+    assert any(a.column("evidence").to_pylist())
+    assert [[x["item"] for x in e or []] for e in a.column("evidence").to_pylist()] == \
+        [[x["item"] for x in e or []] for e in b.column("evidence").to_pylist()]
 
 
 def test_embedding_actors_that_cannot_start_never_make_the_job_spin(ray_local, tmp_path, caplog):

@@ -8,6 +8,7 @@ that shape the model's input, so two embedding tables agree on it only if their 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -159,7 +160,9 @@ def load(uri: str, map_location: str = "cpu") -> Checkpoint:
     return Checkpoint(model, cfg, meta)
 
 
-def evidence_weights(uri: str) -> dict:
+@functools.lru_cache(maxsize=2)
+def cached_evidence_weights(uri: str) -> dict:
     """The checkpoint's per-bucket weight of each sketch view ({view: float64 [buckets]}), which the embedding
-    job's tasks weigh each file's evidence with (EmbeddingNet.evidence_weights); empty without sketch views."""
+    job's tasks weigh each file's evidence with (EmbeddingNet.evidence_weights); empty without sketch views.
+    Loaded once per process (Ray reuses workers): it builds the whole model."""
     return load(uri).model.evidence_weights()

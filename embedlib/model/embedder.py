@@ -35,6 +35,7 @@ class Embedder:
         self.dim = ckpt.config.model.embedding_dim
         self.learned_dim = self.model.learned_dim
         self._word_weights = self.model.exact_word_weights()
+        self.evidence_weights = self.model.evidence_weights()  # embedlib.views.evidence: what each item weighs
 
     def embed_views(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Batched views (views.stack) -> float32 [B, D] unit vectors."""

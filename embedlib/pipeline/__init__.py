@@ -63,10 +63,9 @@ def embed_files(model_uri: str, input_uri: str, root: str, cfg: Config, *, glob:
     run_cfg = Config(input=cfg.input, raster=model_cfg.raster, views=model_cfg.views, model=model_cfg.model,
                      embed=cfg.embed)
     _check_max_bytes(root, ckpt["model_version"], cfg.input.max_bytes)
-    evidence = checkpoint.evidence_weights(model_uri) if cfg.embed.evidence_items else None
     m = model_cfg.model
     target = Target("embeddings", ckpt["model_version"], run_cfg, model_uri, m.embedding_dim, cfg.embed.batch_size,
-                    evidence or None, m.embedding_dim - m.skip_dim if m.sketch_skip == "concat" else m.embedding_dim)
+                    cfg.embed.evidence_items > 0, m.embedding_dim - m.skip_dim if m.sketch_skip == "concat" else m.embedding_dim)
     identity = _identity("embed", "embeddings", ckpt["model_version"], input_uri, glob, cfg)
     config_json = {"input": run_cfg.to_dict()["input"], "embed": run_cfg.to_dict()["embed"], "model": model_uri}
     return run_job(identity, target, root, executor or LocalExecutor(), shard_size=cfg.input.shard_size,

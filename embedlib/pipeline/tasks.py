@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 
 from embedlib import schema, views
 from embedlib.config import Config
-from embedlib.model import exact
+from embedlib.model import checkpoint, exact
 from embedlib.root import catalog, duck
 from embedlib.root.catalog import chunk_name, errors_part, work, written_part
 from embedlib.pipeline.stages import Counts, RunTag, embed_batch, error_row, hash_rows, read_views, written_table
@@ -38,8 +38,9 @@ class Target:
     model_uri: str | None = None
     dim: int = 0
     batch_size: int = 256
-    # the model's per-bucket weights of each sketch view: each embedding row keeps its evidence (None: none)
-    evidence: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    # each embedding row keeps its evidence, weighed by the model's per-bucket weights of each sketch view, which
+    # the worker takes from the model it loads (the driver never loads one)
+    evidence: bool = False
     learned_dim: int | None = None  # embeddings: leading numbers that are the learned part (None: all)
 
     def schema(self) -> pa.Schema:
@@ -224,11 +225,16 @@ def reconcile_task(root: str, run_id: str, table: str, version: str) -> dict:
 
 # ---- write -----------------------------------------------------------------------------------------------------
 
-def load_views(root: str, run_id: str, task: int, target: Target) -> tuple[list[dict], dict[str, np.ndarray], list[dict], int]:
-    """The CPU half of writing plan chunk `task`: (rows, batched views, error rows, bytes read)."""
+def load_views(root: str, run_id: str, task: int, target: Target,
+               evidence: Mapping[str, np.ndarray] | None = None) -> tuple[list[dict], dict[str, np.ndarray], list[dict], int]:
+    """The CPU half of writing plan chunk `task`: (rows, batched views, error rows, bytes read). With
+    target.evidence, the rows' evidence is weighed by `evidence` (the caller's model's weights) or, when not given
+    (a CPU task beside GPU actors), by the checkpoint's, loaded once per process."""
     store = Store(root)
     rows = store.read_ipc(work(run_id, "plan", chunk_name(task, "arrow"))).to_pylist()
-    result = read_views(rows, target.config, RunTag(target.version, run_id), target.evidence)
+    if target.evidence and evidence is None:
+        evidence = checkpoint.cached_evidence_weights(target.model_uri)
+    result = read_views(rows, target.config, RunTag(target.version, run_id), evidence if target.evidence else None)
     return result.rows, views.stack(result.views, target.config), result.errors, result.bytes_read
 
 
@@ -266,14 +272,14 @@ def store_written(root: str, run_id: str, task: int, target: Target, rows: list[
 
 def write_task(root: str, run_id: str, task: int, target: Target, threads: int = 1) -> dict:
     """Both halves in one process (the CPU path: every core reads, computes views and embeds its own chunks)."""
-    embed = words = None
+    embed = words = evidence = None
     if target.table == "embeddings":
         from embedlib.model.embedder import cached_embedder
 
         embedder = cached_embedder(target.model_uri, threads, device="cpu")  # the CPU path, even beside a GPU
-        embed, words = embedder.embed_views, embedder.words
+        embed, words, evidence = embedder.embed_views, embedder.words, embedder.evidence_weights
     started = time.thread_time()
-    loaded = load_views(root, run_id, task, target)
+    loaded = load_views(root, run_id, task, target, evidence)
     views_cpu = time.thread_time() - started
     out = store_written(root, run_id, task, target, *loaded, embed=embed, words=words)
     return {**out, "cpu": {"views": views_cpu, **out["cpu"]}}
