@@ -115,6 +115,53 @@ def test_item_weights_rebuild_the_unit_tfidf_vector():
         assert np.allclose(per_bucket, model, atol=1e-5), name
 
 
+def _picks_in_python(data: bytes, starts, ends, lower, max_chars: int, top: int) -> list[int]:
+    """What evidence.top_items kept before its compiled pass: readable (after lowercasing) and unseen, in order."""
+    picked, seen = [], set()
+    for c, (s, e, low) in enumerate(zip(starts, ends, lower)):
+        raw = data[s:min(e, s + max_chars)]
+        raw = raw.lower() if low else raw
+        if raw in seen or not evidence.readable(raw):
+            continue
+        seen.add(raw)
+        picked.append(c)
+        if len(picked) == top:
+            break
+    return picked
+
+
+def test_the_compiled_pick_is_readable_and_unseen_as_in_python():
+    """kernels.evidence_picks against the Python loop it replaced: crafted texts at each rule's edge (11/12 hex
+    digits, a digit at the end of a hex run, 3/4 repeats, a case that repeats only once lowercased, the same text
+    as a string and as a lowercased word, the cut at max_chars), then every item of real files."""
+    texts = [b"abcdef012345", b"abcdef01234", b"abcdefabcdefabcdef7", b"abcdefabcdefabcdef", b"xyaaab", b"xyaaaab",
+             b"zzAAaaq", b"Hello_World", b"hello_world", b"HELLO_WORLD", b"ab1", b"abc", b"x1x2x3", b"\tab\tcd",
+             b"LongPrefix0123456789abcdef", b"LongPrefix0123456789abcdeX", b"gimp"]
+    data = b"\0".join(texts)
+    starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
+    ends = starts + np.array([len(t) for t in texts])
+    for lower_all in (0, 1):
+        for max_chars, top in ((64, 64), (13, 64), (64, 3)):
+            lower = np.full(len(texts), lower_all, np.uint8)
+            lower[::3] = 1 - lower_all
+            got = kernels.evidence_picks(np.frombuffer(data, np.uint8), starts.astype(np.int64),
+                                         ends.astype(np.int64), lower, max_chars, top)
+            assert got.tolist() == _picks_in_python(data, starts, ends, lower, max_chars, top)
+    v = ViewsConfig()
+    for path in FILES:
+        data = open(path, "rb").read()
+        _, items = kernels.sketch_items(np.frombuffer(data, np.uint8), v.names, v.strings_min_len, v.idents_min_len,
+                                        v.tokens_min_len, v.buckets)
+        starts = np.concatenate([items[n][1] for n in items])
+        ends = np.concatenate([items[n][2] for n in items])
+        lower = np.concatenate([np.full(len(items[n][1]), n == "tokens", np.uint8) for n in items])
+        order = np.random.default_rng(0).permutation(len(starts))
+        starts, ends, lower = starts[order], ends[order], lower[order]
+        got = kernels.evidence_picks(np.frombuffer(data, np.uint8), starts, ends, lower, 40, 10**9)
+        want = _picks_in_python(data, starts, ends, lower, 40, 10**9)
+        assert 100 < len(want) < len(starts) and got.tolist() == want, path
+
+
 def test_readable_drops_build_ids_and_code_bytes():
     for text in ("795cd5b54bfa71cab88f597d40c6d6229d679c.debug", "bb3572f54c129e3ea67a61330bfc8d1c96f7c0", "4648",
                  "vuuuuuuuav1", "AAAAAAAA", "%s: %s"):

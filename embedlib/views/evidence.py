@@ -67,7 +67,9 @@ def top_items(data: bytes, counts: Mapping[str, np.ndarray], items: Mapping[str,
     """The `top` heaviest `readable` items over the sketch views that have weights, heaviest first, as rows
     {item, kind, weight}. An item found by two views (a name is also a string) is kept once, under its
     heavier kind. Ties are broken by view and hash, so the same bytes and weights give the same rows. Only the
-    candidates' text is read (a few times `top`): numpy over the distinct items, Python over the few best."""
+    candidates' text is read (a few times `top`): numpy over the distinct items, a compiled pass over the
+    candidates' bytes (kernels.evidence_picks: `readable` and unlike the items kept before), Python over the
+    kept only."""
     names = [v for v in sorted(weights) if v in items and v in counts]
     if not names or top < 1:
         return []
@@ -83,26 +85,23 @@ def top_items(data: bytes, counts: Mapping[str, np.ndarray], items: Mapping[str,
         h.append(hashes[keep])
     code_all, idx_all, w_all = np.concatenate(code), np.concatenate(idx), np.concatenate(w)
     order = np.lexsort((np.concatenate(h), code_all, -w_all))
-    code_l, idx_l, w_l = code_all[order].tolist(), idx_all[order].tolist(), w_all[order].tolist()
-    spans = {c: (items[v][1], items[v][2]) for c, v in enumerate(names)}
-    lower = {c: v == "tokens" for c, v in enumerate(names)}
+    order = order[w_all[order] > 0.0]  # heaviest first: the weightless never make the list
+    code_s, idx_s = code_all[order], idx_all[order]
+    starts = np.empty(len(order), np.int64)
+    ends = np.empty(len(order), np.int64)
+    for c, view in enumerate(names):
+        at = code_s == c
+        starts[at], ends[at] = items[view][1][idx_s[at]], items[view][2][idx_s[at]]
+    lower = np.array([v == "tokens" for v in names], np.uint8)[code_s]
+    from embedlib.views import kernels
+
+    picked = kernels.evidence_picks(np.frombuffer(data, np.uint8), starts, ends, lower, max_chars, top)
     out: list[dict] = []
-    seen: set[bytes] = set()
-    for c, i, weight in zip(code_l, idx_l, w_l):
-        if weight <= 0.0:
-            break
-        starts, ends = spans[c]
-        start, end = int(starts[i]), int(ends[i])
+    for c, start, end, low, weight in zip(code_s[picked].tolist(), starts[picked].tolist(), ends[picked].tolist(),
+                                          lower[picked].tolist(), w_all[order[picked]].tolist()):
         raw = data[start:min(end, start + max_chars)]
-        if lower[c]:
-            raw = raw.lower()
-        if raw in seen or not readable(raw):
-            continue
-        seen.add(raw)
-        text = raw.decode("ascii") + ("..." if end - start > max_chars else "")  # printable ASCII and tabs
-        out.append({"item": text, "kind": KINDS[names[c]], "weight": weight})
-        if len(out) == top:
-            break
+        text = (raw.lower() if low else raw).decode("ascii") + ("..." if end - start > max_chars else "")
+        out.append({"item": text, "kind": KINDS[names[c]], "weight": weight})  # printable ASCII and tabs
     return out
 
 

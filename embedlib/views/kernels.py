@@ -631,3 +631,86 @@ def sketch_views(arr: np.ndarray, names: tuple[str, ...] | list[str], strings_mi
                  tokens_min: int, buckets: int) -> dict[str, np.ndarray]:
     """{name: uint8 [buckets]} for each of strings, idents and tokens in `names`, of the bytes `arr` (uint8)."""
     return sketch_items(arr, names, strings_min, idents_min, tokens_min, buckets)[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evidence: which candidate items a person can read (embedlib.views.evidence)
+# ---------------------------------------------------------------------------------------------------
+
+@_inline
+def _folded(b, lower):
+    """Byte b, lowercased when `lower` (a word's text is stored lowercased)."""
+    if lower and 65 <= b <= 90:
+        return b + 32
+    return b
+
+
+@_helper
+def _readable(arr, start, end, lower):
+    """evidence.readable of arr[start:end] (lowercased when `lower`): >= 3 letters, no letter or digit 4 times in
+    a row, no maximal run of >= 12 hex digits that holds a digit. One pass, no copy."""
+    letters = 0
+    prev = -1
+    repeat = 0
+    hex_len = 0
+    hex_digit = False
+    for t in range(start, end):
+        b = _folded(np.int64(arr[t]), lower)
+        letter = (65 <= b <= 90) or (97 <= b <= 122)
+        digit = 48 <= b <= 57
+        if letter:
+            letters += 1
+        if letter or digit:
+            repeat = repeat + 1 if b == prev else 1
+            if repeat >= 4:
+                return False
+        else:
+            repeat = 0
+        prev = b
+        if digit or (65 <= b <= 70) or (97 <= b <= 102):
+            hex_len += 1
+            hex_digit = hex_digit or digit
+            if hex_len >= 12 and hex_digit:
+                return False
+        else:
+            hex_len = 0
+            hex_digit = False
+    return letters >= 3
+
+
+@_jit
+def evidence_picks(arr, starts, ends, lower, max_chars, top):
+    """The positions of the first `top` candidates (in the order given: heaviest first) whose text
+    arr[start:min(end, start + max_chars)] (lowercased where lower[c]) is `readable` and unlike the text of
+    every candidate picked before it: what evidence.top_items keeps, with one Python object per kept item
+    instead of per candidate looked at."""
+    n = len(starts)
+    picked = np.empty(min(n, top), np.int64)
+    k = 0
+    for c in range(n):
+        if k == top:
+            break
+        s = starts[c]
+        e = min(ends[c], s + max_chars)
+        low = lower[c] != 0
+        if not _readable(arr, s, e, low):
+            continue
+        seen = False
+        for j in range(k):
+            p = picked[j]
+            ps = starts[p]
+            if min(ends[p], ps + max_chars) - ps != e - s:
+                continue
+            plow = lower[p] != 0
+            same = True
+            for t in range(e - s):
+                if _folded(np.int64(arr[s + t]), low) != _folded(np.int64(arr[ps + t]), plow):
+                    same = False
+                    break
+            if same:
+                seen = True
+                break
+        if not seen:
+            picked[k] = c
+            k += 1
+    return picked[:k]
