@@ -111,6 +111,22 @@ def test_fixed_part_views_idf_power_and_fixed_only_views():
                                                            * sharper.encoders["idents"].idf ** 2, dim=1))
 
 
+def test_fold_codes_in_slices_are_the_whole_arrays_formula():
+    """The fold's table is built in cache-sized slices; each slice must give what one pass over the whole array
+    gives (several slices, blocks that do not divide a slice's start, 2^20 x 8 as the default)."""
+    import numpy as np
+
+    from embedlib.model.network import fold_codes
+    from embedlib.views import splitmix64
+
+    for ids, dim, copies in ((1 << 14, 64, 8), (50_000, 96, 3), (7, 16, 2), (1 << 20, 2048, 8)):
+        h = splitmix64(np.arange(ids * copies, dtype=np.uint64)).reshape(ids, copies)
+        block = dim // copies
+        want = ((h % np.uint64(block)).astype(np.int64) + np.arange(copies) * block) * 2 + \
+            (h >> np.uint64(63)).astype(np.int64)
+        assert np.array_equal(fold_codes(ids, dim, copies), want.astype(np.int32)), (ids, dim, copies)
+
+
 def test_token_id_fold_is_the_count_sketch_of_the_idf_weighted_unit_vector():
     """The fixed part of an id set equals its closed form: the set's IDF ** power unit vector, each id's weight
     added with its sign to its dimension; padding weighs nothing; inner products of folds are unbiased estimates
