@@ -8,6 +8,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import query_fixtures as qf
@@ -161,3 +164,20 @@ def test_rewritten_files_are_near_the_target_size(tmp_path):
     assert len(files) == 4 and max(rows) - min(rows) <= 1 and sum(rows) == 20 * 50
     assert all(0.5 < store.size(f) / (total / 4) < 1.5 for f in files)
     assert query.connect(root).execute("SELECT * FROM similar($s, 10)", {"s": sha}).fetchall() == before
+
+
+def test_parts_keep_a_dictionary_only_for_flat_strings(tmp_path):
+    """Store.write_parquet: dictionary encoding for the repeated flat strings (run_id); the embedding's floats are
+    written plainly (a dictionary of floats never fits, and trying cost half of a part's write CPU)."""
+    rng = np.random.default_rng(0)
+    n, dim = 300, 64
+    table = pa.table({"run_id": ["r1"] * n, "sha256": [f"{i:064x}" for i in range(n)],
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(n * dim),
+                                                                              pa.float32()), dim)})
+    store = Store(str(tmp_path))
+    store.write_parquet("part.parquet", table)
+    meta = pq.ParquetFile(store.path("part.parquet")).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: set(meta.column(i).encodings) for i in range(meta.num_columns)}
+    assert any("DICTIONARY" in e for e in encodings["run_id"])
+    assert not any("DICTIONARY" in e for e in encodings["embedding.list.element"])
+    assert pq.read_table(store.path("part.parquet")).equals(table)

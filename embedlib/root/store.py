@@ -209,8 +209,13 @@ class Store:
             self.fs.mv(tmp, dest)
 
     def write_parquet(self, rel: str, table: pa.Table, row_group_size: int | None = None) -> None:
+        """zstd, and dictionary encoding for the flat string columns only (format, model_version, run_id repeat
+        in every row). Tried on the embedding's floats, the words and the evidence, a dictionary never fits and
+        cost half the CPU of writing an embeddings part, for a file 16% larger (512 rows: 123 -> 66 ms, 5.25 ->
+        4.53 MB)."""
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
+        strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size, use_dictionary=strings)
         self.write_bytes(rel, buf.getvalue())
 
     def write_ipc(self, rel: str, table: pa.Table) -> None:
