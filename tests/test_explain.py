@@ -115,6 +115,30 @@ def test_item_weights_rebuild_the_unit_tfidf_vector():
         assert np.allclose(per_bucket, model, atol=1e-5), name
 
 
+def test_the_compiled_pool_is_the_heaviest_items_by_weight_then_hash():
+    """kernels.evidence_pool: item_weights' numbers exactly, the `pool` heaviest, ties by the smaller hash (every
+    item when there are fewer), on real files' views with a real-looking IDF and with one that makes many ties."""
+    v = ViewsConfig()
+    rng = np.random.default_rng(0)
+    share = np.log1p(np.arange(256)) / np.maximum(np.arange(256), 1)
+    for path in FILES:
+        data = open(path, "rb").read()
+        counts, items = kernels.sketch_items(np.frombuffer(data, np.uint8), v.names, v.strings_min_len,
+                                             v.idents_min_len, v.tokens_min_len, v.buckets)
+        for idf in (rng.uniform(1.0, 6.0, v.buckets), np.ones(v.buckets)):
+            for name in counts:
+                hashes = items[name][0]
+                want_w = evidence.item_weights(counts[name], hashes, idf)
+                coords = np.log1p(counts[name].astype(np.float64)) * idf
+                norm = float(np.sqrt(coords @ coords))
+                for pool in (1, 128, 10**6):
+                    got, got_w = kernels.evidence_pool(counts[name], hashes, idf, norm, share,
+                                                       np.uint64(65 - v.buckets.bit_length()), pool)
+                    want = np.lexsort((hashes, -want_w))[:pool]
+                    assert got.tolist() == want.tolist(), (path, name, pool)
+                    assert np.array_equal(got_w, want_w[want])
+
+
 def _picks_in_python(data: bytes, starts, ends, lower, max_chars: int, top: int) -> list[int]:
     """What evidence.top_items kept before its compiled pass: readable (after lowercasing) and unseen, in order."""
     picked, seen = [], set()

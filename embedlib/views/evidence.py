@@ -12,8 +12,11 @@ Weights of different views are coordinates of different unit vectors: a file wit
 more weight than a file with thousands of strings gives each string.
 
 Cost: the kernels return every distinct item's hash and one position with the views (one pass over the
-bytes, embedlib.views.kernels.sketch_items); here, numpy over the distinct items (bucket, weight, a partial
-sort) and the text of the `top` best only, cut at `max_chars`. Pure: bytes and weights in, rows out.
+bytes, embedlib.views.kernels.sketch_items); here, two compiled passes (kernels.evidence_pool: each item's
+weight and a view's 2 x `top` heaviest; kernels.evidence_picks: which of those are readable and new) and Python
+for the text of the `top` kept only, cut at `max_chars`. 0.71 -> 0.29-0.36 ms a file against the numpy and
+Python loop before (1,500 files of this machine's /usr, one thread; the same rows for 1,499, the last one differs
+by which of two items of equal weight made the pool). Pure: bytes and weights in, rows out.
 """
 
 from __future__ import annotations
@@ -73,16 +76,30 @@ def top_items(data: bytes, counts: Mapping[str, np.ndarray], items: Mapping[str,
     names = [v for v in sorted(weights) if v in items and v in counts]
     if not names or top < 1:
         return []
+    from embedlib.views import kernels
+
     pool = 2 * top  # at most `top` of one view make the top (2x: room for noise and repeated text)
     code, idx, w, h = [], [], [], []
     for c, view in enumerate(names):
-        hashes = items[view][0]
-        wv = item_weights(counts[view], hashes, weights[view])
-        keep = np.argpartition(-wv, pool)[:pool] if len(wv) > pool else np.arange(len(wv))
+        hashes, view_counts = items[view][0], counts[view]
+        if len(view_counts) > 1:  # the pool's weights and selection compiled (one bucket: no top bits to read)
+            coords = _LOG1P[view_counts] * weights[view]
+            norm = float(np.sqrt(coords @ coords))
+            if not len(hashes) or norm == 0.0:
+                continue
+            shift = np.uint64(65 - len(view_counts).bit_length())
+            keep, kept_w = kernels.evidence_pool(view_counts, hashes, np.asarray(weights[view], np.float64), norm,
+                                                 _LOG1P_SHARE, shift, pool)
+        else:
+            wv = item_weights(view_counts, hashes, weights[view])
+            keep = np.argsort(-wv, kind="stable")[:pool]
+            kept_w = wv[keep]
         code.append(np.full(len(keep), c))
         idx.append(keep)
-        w.append(wv[keep])
+        w.append(kept_w)
         h.append(hashes[keep])
+    if not code:
+        return []
     code_all, idx_all, w_all = np.concatenate(code), np.concatenate(idx), np.concatenate(w)
     order = np.lexsort((np.concatenate(h), code_all, -w_all))
     order = order[w_all[order] > 0.0]  # heaviest first: the weightless never make the list
@@ -93,8 +110,6 @@ def top_items(data: bytes, counts: Mapping[str, np.ndarray], items: Mapping[str,
         at = code_s == c
         starts[at], ends[at] = items[view][1][idx_s[at]], items[view][2][idx_s[at]]
     lower = np.array([v == "tokens" for v in names], np.uint8)[code_s]
-    from embedlib.views import kernels
-
     picked = kernels.evidence_picks(np.frombuffer(data, np.uint8), starts, ends, lower, max_chars, top)
     out: list[dict] = []
     for c, start, end, low, weight in zip(code_s[picked].tolist(), starts[picked].tolist(), ends[picked].tolist(),
