@@ -98,10 +98,10 @@ def plain_loop(files: list[str], model: str, cfg: Config) -> None:
         embedder.embed_views(views.stack(batch, embedder.config))
 
 
-def ray_job(manifest: str, model: str, out: str, cwd: str = REPO, env: dict[str, str] | None = None
-            ) -> tuple[float, float, int, float]:
-    """(wall seconds, seconds after Ray started, driver peak RSS in bytes, CPU seconds of the job's process
-    tree) of `python -m jobs.embed`. The CPU is sampled every 0.2 s, so a process that ends between two samples
+def embed_job_tree(manifest: str, model: str, out: str, cwd: str = REPO, env: dict[str, str] | None = None
+                   ) -> tuple[float, proctree.Tree, str]:
+    """(wall seconds, the process tree's CPU and memory by role, stdout) of `python -m jobs.embed` into a fresh
+    `out`, run from `cwd` with `env`. The CPU is sampled every 0.2 s, so a process that ends between two samples
     loses its last fraction of a second (Ray's processes live as long as the job)."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "jobs.embed", "--model", model, "--input", manifest, "--output", out,
@@ -110,10 +110,16 @@ def ray_job(manifest: str, model: str, out: str, cwd: str = REPO, env: dict[str,
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with proctree.Sampler(proc.pid, interval=0.2) as sampler:
         stdout, stderr = proc.communicate()
-    tree = sampler.tree
-    wall = time.perf_counter() - started
     if proc.returncode:
-        raise SystemExit(f"jobs.embed failed:\n{stderr}")
+        raise SystemExit(f"jobs.embed failed:\n{stderr[-3000:]}")
+    return time.perf_counter() - started, sampler.tree, stdout
+
+
+def ray_job(manifest: str, model: str, out: str, cwd: str = REPO, env: dict[str, str] | None = None
+            ) -> tuple[float, float, int, float]:
+    """(wall seconds, seconds after Ray started, driver peak RSS in bytes, CPU seconds of the job's process
+    tree) of `python -m jobs.embed` (embed_job_tree)."""
+    wall, tree, stdout = embed_job_tree(manifest, model, out, cwd, env)
     runs = [line for line in stdout.splitlines() if line.startswith("run ")]
     job_seconds = float(runs[-1].split(" in ")[1].split(" s ")[0]) if runs else wall
     return wall, job_seconds, tree.peak_rss.get("driver", 0), sum(tree.cpu.values())
