@@ -134,25 +134,17 @@ def test_a_files_jobs_driver_never_imports_torch():
     """torch costs a process about 2 s of CPU and 450 MB of RSS: the driver of a files job (embed, rasterize,
     neighbours: its workers load the model themselves) never imports it; the training entry points do, at first
     use."""
-    import subprocess
-    import sys
-
     code = ("import sys; import jobs.embed, jobs.rasterize, jobs.neighbors; from embedlib import ray_io; "
             "from embedlib.ray_io import RayExecutor, executor_factory, knn_ray; "
             "from embedlib.query import neighbors; print('torch' in sys.modules); ray_io.train_with_ray; "
             "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["False", "True"]
+    assert _python_says(code) == ["False", "True"]
 
 
 def test_the_embed_jobs_driver_loads_no_model(tmp_path):
     """The embed job's driver checks a checkpoint from its meta.json and starts Ray; the workers load the model
     (and the evidence weights it gives). Before, the driver loaded the whole model for the evidence weights:
-    torch imported, the network built, ~7 CPU s and ~850 MB of RSS before Ray started (bench/ray_overhead.py)."""
-    import subprocess
-    import sys
-
+    torch imported, the network built, ~7 CPU s and ~850 MB of RSS before Ray started (bench/embed_job_cpu.py)."""
     from conftest import trained_checkpoint
     from embedlib.config import Config
 
@@ -172,6 +164,14 @@ def test_the_embed_jobs_driver_loads_no_model(tmp_path):
             "Config(), executor=start, progress=False)\n"
             "except Started:\n"
             "    print('started', 'torch' in sys.modules)\n")
+    assert _python_says(code) == ["started", "False"]
+
+
+def _python_says(code: str) -> list[str]:
+    """The words a fresh Python process prints running `code` in the repository (which must succeed)."""
+    import subprocess
+    import sys
+
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["started", "False"]
+    return out.stdout.split()

@@ -41,11 +41,16 @@ def item_weights(counts: np.ndarray, hashes: np.ndarray, weights: np.ndarray) ->
     """float64 weight of each distinct item (`hashes`) of a view whose bucket counts are `counts` (uint8, as the
     model reads them) and per-bucket weights `weights`: log(1 + count[b]) * w[b] / norm / count[b]. (A bucket
     of more than 255 items, clipped at 255 in the view, gives each a little more than its share.)"""
-    coords = _LOG1P[counts] * weights
-    norm = float(np.sqrt(coords @ coords))
+    norm = view_norm(counts, weights)
     if not len(hashes) or norm == 0.0:
         return np.zeros(len(hashes), np.float64)
     return (_LOG1P_SHARE[counts] * (weights / norm))[bucket_of(hashes, len(counts))]
+
+
+def view_norm(counts: np.ndarray, weights: np.ndarray) -> float:
+    """The norm of a view's TF-IDF vector log(1 + count[b]) * w[b], which its items' weights are divided by."""
+    coords = _LOG1P[counts] * weights
+    return float(np.sqrt(coords @ coords))
 
 
 _HEX_RUN = re.compile(rb"[0-9a-fA-F]{12,}")
@@ -82,18 +87,12 @@ def top_items(data: bytes, counts: Mapping[str, np.ndarray], items: Mapping[str,
     code, idx, w, h = [], [], [], []
     for c, view in enumerate(names):
         hashes, view_counts = items[view][0], counts[view]
-        if len(view_counts) > 1:  # the pool's weights and selection compiled (one bucket: no top bits to read)
-            coords = _LOG1P[view_counts] * weights[view]
-            norm = float(np.sqrt(coords @ coords))
-            if not len(hashes) or norm == 0.0:
-                continue
-            shift = np.uint64(65 - len(view_counts).bit_length())
-            keep, kept_w = kernels.evidence_pool(view_counts, hashes, np.asarray(weights[view], np.float64), norm,
-                                                 _LOG1P_SHARE, shift, pool)
-        else:
-            wv = item_weights(view_counts, hashes, weights[view])
-            keep = np.argsort(-wv, kind="stable")[:pool]
-            kept_w = wv[keep]
+        norm = view_norm(view_counts, weights[view])
+        if not len(hashes) or norm == 0.0:
+            continue
+        shift = np.uint64(65 - len(view_counts).bit_length())  # buckets: a power of two >= 2 (the config's check)
+        keep, kept_w = kernels.evidence_pool(view_counts, hashes, np.asarray(weights[view], np.float64), norm,
+                                             _LOG1P_SHARE, shift, pool)
         code.append(np.full(len(keep), c))
         idx.append(keep)
         w.append(kept_w)
