@@ -129,8 +129,7 @@ def test_the_compiled_pool_is_the_heaviest_items_by_weight_then_hash():
             for name in counts:
                 hashes = items[name][0]
                 want_w = evidence.item_weights(counts[name], hashes, idf)
-                coords = np.log1p(counts[name].astype(np.float64)) * idf
-                norm = float(np.sqrt(coords @ coords))
+                norm = evidence.view_norm(counts[name], idf)
                 for pool in (1, 128, 10**6):
                     got, got_w = kernels.evidence_pool(counts[name], hashes, idf, norm, share,
                                                        np.uint64(65 - v.buckets.bit_length()), pool)
@@ -184,6 +183,56 @@ def test_the_compiled_pick_is_readable_and_unseen_as_in_python():
         got = kernels.evidence_picks(np.frombuffer(data, np.uint8), starts, ends, lower, 40, 10**9)
         want = _picks_in_python(data, starts, ends, lower, 40, 10**9)
         assert 100 < len(want) < len(starts) and got.tolist() == want, path
+
+
+def _top_items_in_python(data: bytes, counts, items, weights, top: int, max_chars: int) -> list[dict]:
+    """evidence.top_items as plain numpy and Python: each view's 2 x top heaviest items (ties: smaller hash),
+    all of them ordered by weight, view, hash; the weightless dropped; then the readable and unseen, cut text."""
+    candidates = []
+    for c, view in enumerate(sorted(weights)):
+        if view not in items or view not in counts:
+            continue
+        hashes, starts, ends = items[view]
+        w = evidence.item_weights(counts[view], hashes, weights[view])
+        candidates += [(-w[i], c, int(hashes[i]), int(starts[i]), int(ends[i]), view)
+                       for i in np.lexsort((hashes, -w))[: 2 * top] if w[i] > 0]
+    candidates.sort()
+    picked = _picks_in_python(data, [x[3] for x in candidates], [x[4] for x in candidates],
+                              [x[5] == "tokens" for x in candidates], max_chars, top)
+    rows = []
+    for neg_w, _, _, s, e, view in (candidates[p] for p in picked):
+        raw = data[s:min(e, s + max_chars)]
+        text = (raw.lower() if view == "tokens" else raw).decode("ascii") + ("..." if e - s > max_chars else "")
+        rows.append({"item": text, "kind": evidence.KINDS[view], "weight": -neg_w})
+    return rows
+
+
+def test_top_items_are_the_plain_selection():
+    """evidence.top_items (compiled) keeps exactly the rows of the plain definition: real files, a real-looking
+    IDF, one that makes many ties, a view without weights, a short text cut, `top` of 1 and of every item."""
+    v = ViewsConfig()
+    rng = np.random.default_rng(1)
+    for path in FILES:
+        data = open(path, "rb").read()
+        counts, items = kernels.sketch_items(np.frombuffer(data, np.uint8), v.names, v.strings_min_len,
+                                             v.idents_min_len, v.tokens_min_len, v.buckets)
+        for weights in ({n: rng.uniform(1.0, 6.0, v.buckets) for n in counts},
+                        {n: np.ones(v.buckets) for n in counts},
+                        {"tokens": rng.uniform(0.0, 3.0, v.buckets) ** 2, "idents": np.zeros(v.buckets)}):
+            for top, max_chars in ((64, 64), (1, 64), (64, 9)) + (((10**5, 40),) if path == FILES[0] else ()):
+                got = evidence.top_items(data, counts, items, weights, top, max_chars)
+                assert got == _top_items_in_python(data, counts, items, weights, top, max_chars), (path, top)
+                assert got, path
+    # equal weights in two views: the view decides (idents before strings), not the smaller hash (the string's)
+    data = b"alpha_name\0beta string"
+    counts = {"idents": np.array([0, 0, 0, 1], np.uint8), "strings": np.array([0, 1, 0, 0], np.uint8)}
+    items = {"idents": (np.array([3 << 62], np.uint64), np.array([0]), np.array([10])),
+             "strings": (np.array([1 << 62], np.uint64), np.array([11]), np.array([22]))}
+    weights = {"idents": np.ones(4), "strings": np.ones(4)}
+    for top in (1, 2):
+        got = evidence.top_items(data, counts, items, weights, top, 64)
+        assert got == _top_items_in_python(data, counts, items, weights, top, 64)
+        assert [x["item"] for x in got] == ["alpha_name", "beta string"][:top]
 
 
 def test_readable_drops_build_ids_and_code_bytes():

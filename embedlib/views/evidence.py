@@ -12,11 +12,10 @@ Weights of different views are coordinates of different unit vectors: a file wit
 more weight than a file with thousands of strings gives each string.
 
 Cost: the kernels return every distinct item's hash and one position with the views (one pass over the
-bytes, embedlib.views.kernels.sketch_items); here, two compiled passes (kernels.evidence_pool: each item's
-weight and a view's 2 x `top` heaviest; kernels.evidence_picks: which of those are readable and new) and Python
-for the text of the `top` kept only, cut at `max_chars`. 0.71 -> 0.29-0.36 ms a file against the numpy and
-Python loop before (1,500 files of this machine's /usr, one thread; the same rows for 1,499, the last one differs
-by which of two items of equal weight made the pool). Pure: bytes and weights in, rows out.
+bytes, embedlib.views.kernels.sketch_items); here, one compiled call (kernels.evidence_top: each view's norm,
+each item's weight and a view's 2 x `top` heaviest, their order, which of those are readable and new) and Python
+for the text of the `top` kept only, cut at `max_chars`: 0.22-0.28 ms a file (1,500 files of this machine's
+/usr, one thread; README, *Why are two files near?*). Pure: bytes and weights in, rows out.
 """
 
 from __future__ import annotations
@@ -49,8 +48,10 @@ def item_weights(counts: np.ndarray, hashes: np.ndarray, weights: np.ndarray) ->
 
 def view_norm(counts: np.ndarray, weights: np.ndarray) -> float:
     """The norm of a view's TF-IDF vector log(1 + count[b]) * w[b], which its items' weights are divided by."""
-    coords = _LOG1P[counts] * weights
-    return float(np.sqrt(coords @ coords))
+    from embedlib.views import kernels
+
+    return float(kernels.view_norm(np.ascontiguousarray(counts, np.uint8), np.ascontiguousarray(weights, np.float64),
+                                   _LOG1P))
 
 
 _HEX_RUN = re.compile(rb"[0-9a-fA-F]{12,}")
@@ -74,48 +75,32 @@ def top_items(data: bytes, counts: Mapping[str, np.ndarray], items: Mapping[str,
               weights: Mapping[str, np.ndarray], top: int, max_chars: int) -> list[dict]:
     """The `top` heaviest `readable` items over the sketch views that have weights, heaviest first, as rows
     {item, kind, weight}. An item found by two views (a name is also a string) is kept once, under its
-    heavier kind. Ties are broken by view and hash, so the same bytes and weights give the same rows. Only the
-    candidates' text is read (a few times `top`): numpy over the distinct items, a compiled pass over the
-    candidates' bytes (kernels.evidence_picks: `readable` and unlike the items kept before), Python over the
-    kept only."""
+    heavier kind. Ties are broken by view and hash, so the same bytes and weights give the same rows. The
+    selection is one compiled call (kernels.evidence_top: each view's 2 x `top` heaviest, then the readable and
+    unlike the items kept before); Python builds the rows of the kept only."""
     names = [v for v in sorted(weights) if v in items and v in counts]
     if not names or top < 1:
         return []
     from embedlib.views import kernels
 
-    pool = 2 * top  # at most `top` of one view make the top (2x: room for noise and repeated text)
-    code, idx, w, h = [], [], [], []
-    for c, view in enumerate(names):
-        hashes, view_counts = items[view][0], counts[view]
-        norm = view_norm(view_counts, weights[view])
-        if not len(hashes) or norm == 0.0:
-            continue
-        shift = np.uint64(65 - len(view_counts).bit_length())  # buckets: a power of two >= 2 (the config's check)
-        keep, kept_w = kernels.evidence_pool(view_counts, hashes, np.asarray(weights[view], np.float64), norm,
-                                             _LOG1P_SHARE, shift, pool)
-        code.append(np.full(len(keep), c))
-        idx.append(keep)
-        w.append(kept_w)
-        h.append(hashes[keep])
-    if not code:
-        return []
-    code_all, idx_all, w_all = np.concatenate(code), np.concatenate(idx), np.concatenate(w)
-    order = np.lexsort((np.concatenate(h), code_all, -w_all))
-    order = order[w_all[order] > 0.0]  # heaviest first: the weightless never make the list
-    code_s, idx_s = code_all[order], idx_all[order]
-    starts = np.empty(len(order), np.int64)
-    ends = np.empty(len(order), np.int64)
-    for c, view in enumerate(names):
-        at = code_s == c
-        starts[at], ends[at] = items[view][1][idx_s[at]], items[view][2][idx_s[at]]
-    lower = np.array([v == "tokens" for v in names], np.uint8)[code_s]
-    picked = kernels.evidence_picks(np.frombuffer(data, np.uint8), starts, ends, lower, max_chars, top)
+    shift = np.uint64(65 - len(counts[names[0]]).bit_length())  # buckets: a power of two >= 2 (the config's check)
+    code, starts, ends, kept_w = kernels.evidence_top(
+        np.frombuffer(data, np.uint8), np.stack([counts[v] for v in names]).astype(np.uint8, copy=False),
+        np.stack([weights[v] for v in names]).astype(np.float64, copy=False),
+        *(np.concatenate([items[v][j] for v in names]).astype(dtype, copy=False)
+          for j, dtype in ((0, np.uint64), (1, np.int64), (2, np.int64))),
+        np.cumsum([0] + [len(items[v][0]) for v in names]), np.array([v == "tokens" for v in names], np.uint8),
+        _LOG1P, _LOG1P_SHARE, shift, 2 * top, top, max_chars)
+    kinds = [KINDS[v] for v in names]
     out: list[dict] = []
-    for c, start, end, low, weight in zip(code_s[picked].tolist(), starts[picked].tolist(), ends[picked].tolist(),
-                                          lower[picked].tolist(), w_all[order[picked]].tolist()):
-        raw = data[start:min(end, start + max_chars)]
-        text = (raw.lower() if low else raw).decode("ascii") + ("..." if end - start > max_chars else "")
-        out.append({"item": text, "kind": KINDS[names[c]], "weight": weight})  # printable ASCII and tabs
+    for c, start, end, weight in zip(code.tolist(), starts.tolist(), ends.tolist(), kept_w.tolist()):
+        if end - start <= max_chars:
+            raw = data[start:end]
+            text = (raw.lower() if kinds[c] == "word" else raw).decode("ascii")  # printable ASCII and tabs
+        else:
+            raw = data[start:start + max_chars]
+            text = (raw.lower() if kinds[c] == "word" else raw).decode("ascii") + "..."
+        out.append({"item": text, "kind": kinds[c], "weight": weight})
     return out
 
 

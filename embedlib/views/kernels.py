@@ -752,3 +752,55 @@ def evidence_pool(counts, hashes, weights, norm, share, shift, pool):
     order = chosen[np.argsort(hashes[chosen], kind="mergesort")]
     order = order[np.argsort(-w[order], kind="mergesort")]
     return order, w[order]
+
+
+@_jit
+def view_norm(counts, weights, log1p):
+    """The norm of a view's TF-IDF vector log1p[count[b]] * weights[b] (evidence.view_norm)."""
+    total = 0.0
+    for b in range(len(counts)):
+        x = log1p[counts[b]] * weights[b]
+        total += x * x
+    return np.sqrt(total)
+
+
+@_jit
+def evidence_top(arr, counts, weights, hashes, starts, ends, offsets, lower, log1p, share, shift, pool, top,
+                 max_chars):
+    """evidence.top_items in one compiled call. View v has bucket counts counts[v], per-bucket weights
+    weights[v], distinct items hashes/starts/ends[offsets[v]:offsets[v + 1]], and lowercased text when lower[v].
+    Each view's `pool` heaviest items (evidence_pool), all of them heaviest first, then by view and hash, the
+    weightless dropped; then the first `top` readable and unseen (evidence_picks). Returns the kept items'
+    (view, start, end, weight): no Python object per item looked at."""
+    n = 0
+    for v in range(len(offsets) - 1):
+        n += min(offsets[v + 1] - offsets[v], pool)
+    code = np.empty(n, np.int64)
+    at = np.empty(n, np.int64)
+    w = np.empty(n, np.float64)
+    k = 0
+    for v in range(len(offsets) - 1):
+        first, last = offsets[v], offsets[v + 1]
+        if last == first:
+            continue
+        norm = view_norm(counts[v], weights[v], log1p)
+        if norm == 0.0:
+            continue
+        keep, kept_w = evidence_pool(counts[v], hashes[first:last], weights[v], norm, share, shift, pool)
+        for j in range(len(keep)):
+            if kept_w[j] > 0.0:
+                code[k] = v
+                at[k] = first + keep[j]
+                w[k] = kept_w[j]
+                k += 1
+    code, at, w = code[:k], at[:k], w[:k]
+    order = np.argsort(hashes[at], kind="mergesort")
+    order = order[np.argsort(code[order], kind="mergesort")]
+    order = order[np.argsort(-w[order], kind="mergesort")]
+    at = at[order]
+    low = np.empty(k, np.uint8)
+    for j in range(k):
+        low[j] = lower[code[order[j]]]
+    picked = evidence_picks(arr, starts[at], ends[at], low, max_chars, top)
+    chosen = order[picked]
+    return code[chosen], starts[at[picked]], ends[at[picked]], w[chosen]
