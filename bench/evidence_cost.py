@@ -25,7 +25,7 @@ from embedlib.config import Config
 from embedlib.model import checkpoint
 from embedlib.root import catalog
 from embedlib.root.store import Store
-from embedlib.views.evidence import top_items, views_with_evidence
+from embedlib.views.evidence import top_items, views_and_items, views_with_evidence
 
 
 def parquet_bytes(table: pa.Table) -> int:
@@ -60,7 +60,7 @@ def main() -> None:
     with open(args.input, newline="") as fh:
         paths = [r["path"] for r in csv.DictReader(fh)][: args.files]
     data = [open(path, "rb").read()[: cfg.input.max_bytes] for path in paths if os.path.isfile(path)]
-    found = [sketch_items_of(d, cfg) for d in data]  # the views' counts and items, for the selection alone
+    found = [views_and_items(d, cfg) for d in data]  # the views' counts and items, for the selection alone
     best: dict[str, float] = {}
     for _ in range(3):
         for name, fn in (("views", lambda i: views.compute_views(data[i], cfg)),
@@ -75,18 +75,6 @@ def main() -> None:
           f"{best['views']:.3f} ms, views + evidence {best['views + evidence']:.3f} ms: evidence "
           f"{best['views + evidence'] - best['views']:.3f} ms/file; the selection alone (top_items, from the "
           f"items the views' pass returned) {best['selection']:.3f} ms/file")
-
-
-def sketch_items_of(data: bytes, cfg: Config) -> tuple[dict, dict]:
-    """(the sketch views, their distinct items) as views_with_evidence gets them from the kernels."""
-    found: dict[str, tuple] = {}
-
-    def sketches(arr, v):
-        counts, items = views.compiled_sketches(arr, v)
-        found.update(items)
-        return counts
-
-    return views._views(data, cfg, sketches), found
 
 
 if __name__ == "__main__":

@@ -83,30 +83,25 @@ def top_items(data: bytes, counts: Mapping[str, np.ndarray], items: Mapping[str,
         return []
     from embedlib.views import kernels
 
+    lower = [v == "tokens" for v in names]  # words are stored lowercased
     shift = np.uint64(65 - len(counts[names[0]]).bit_length())  # buckets: a power of two >= 2 (the config's check)
     code, starts, ends, kept_w = kernels.evidence_top(
         np.frombuffer(data, np.uint8), np.stack([counts[v] for v in names]).astype(np.uint8, copy=False),
         np.stack([weights[v] for v in names]).astype(np.float64, copy=False),
         *(np.concatenate([items[v][j] for v in names]).astype(dtype, copy=False)
           for j, dtype in ((0, np.uint64), (1, np.int64), (2, np.int64))),
-        np.cumsum([0] + [len(items[v][0]) for v in names]), np.array([v == "tokens" for v in names], np.uint8),
+        np.cumsum([0] + [len(items[v][0]) for v in names]), np.array(lower, np.uint8),
         _LOG1P, _LOG1P_SHARE, shift, 2 * top, top, max_chars)
-    kinds = [KINDS[v] for v in names]
     out: list[dict] = []
     for c, start, end, weight in zip(code.tolist(), starts.tolist(), ends.tolist(), kept_w.tolist()):
-        if end - start <= max_chars:
-            raw = data[start:end]
-            text = (raw.lower() if kinds[c] == "word" else raw).decode("ascii")  # printable ASCII and tabs
-        else:
-            raw = data[start:start + max_chars]
-            text = (raw.lower() if kinds[c] == "word" else raw).decode("ascii") + "..."
-        out.append({"item": text, "kind": kinds[c], "weight": weight})
+        raw = data[start:min(end, start + max_chars)]
+        text = (raw.lower() if lower[c] else raw).decode("ascii") + ("..." if end - start > max_chars else "")
+        out.append({"item": text, "kind": KINDS[names[c]], "weight": weight})  # printable ASCII and tabs
     return out
 
 
-def views_with_evidence(data: bytes, cfg: Config, weights: Mapping[str, np.ndarray], top: int,
-                        max_chars: int) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """(the views of `compute_views(data, cfg)`, the file's top evidence items) from one pass over the bytes."""
+def views_and_items(data: bytes, cfg: Config) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, ...]]]:
+    """(the views of `compute_views(data, cfg)`, the sketch views' distinct items) from one pass over the bytes."""
     from embedlib import views
 
     found: dict[str, tuple] = {}
@@ -116,6 +111,12 @@ def views_with_evidence(data: bytes, cfg: Config, weights: Mapping[str, np.ndarr
         found.update(items)
         return counts
 
-    out = views._views(data, cfg, sketches)
+    return views._views(data, cfg, sketches), found
+
+
+def views_with_evidence(data: bytes, cfg: Config, weights: Mapping[str, np.ndarray], top: int,
+                        max_chars: int) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """(the views of `compute_views(data, cfg)`, the file's top evidence items) from one pass over the bytes."""
+    out, found = views_and_items(data, cfg)
     kept = data[: cfg.input.max_bytes]
     return out, top_items(kept, out, found, weights, top, max_chars) if top > 0 else []
